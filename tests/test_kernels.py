@@ -1,0 +1,98 @@
+import math
+
+import pytest
+import torch
+
+from switchema import _kernels as K
+
+
+def _tensors(seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(3, 4), (5,), (2, 3, 3, 3), (1,), (7, 1)]
+    return [torch.randn(s, generator=g).to(dtype) for s in shapes]
+
+
+def test_flat_group_views_cover_storage_in_order():
+    ts = _tensors()
+    g = K.FlatGroup(ts, k=2, dtype=torch.float32)
+    assert g.flat.shape == (2, sum(t.numel() for t in ts))
+    for j in range(2):
+        for t, v in zip(ts, g.views[j]):
+            assert torch.equal(v, t)  # initialised as a copy of the sources
+            assert v.untyped_storage().data_ptr() == g.flat.untyped_storage().data_ptr()
+    # kviews[i][j] is the same memory as views[j][i]
+    g.flat.copy_(torch.arange(g.flat.numel(), dtype=torch.float32).view_as(g.flat))
+    for i in range(len(ts)):
+        for j in range(2):
+            assert torch.equal(g.kviews[i][j], g.views[j][i])
+
+
+def test_channels_last_views_match_source_layout():
+    t = torch.randn(8, 4, 3, 3).to(memory_format=torch.channels_last)
+    g = K.FlatGroup([torch.randn(5), t], k=3, dtype=torch.float32)
+    assert g.views[0][1].stride() == t.stride()
+    assert torch.equal(g.views[2][1], t)
+    for j in range(3):
+        assert torch.equal(g.kviews[1][j], g.views[j][1])
+
+
+def test_lerp_matches_reference_loop():
+    avgs_fast = _tensors(0)
+    avgs_ref = [a.clone() for a in avgs_fast]
+    for step in range(5):
+        src = _tensors(step + 1)
+        K.lerp_(avgs_fast, src, 1 - 0.9)
+        K.reference_lerp_(avgs_ref, src, 0.9)
+    for a, b in zip(avgs_fast, avgs_ref):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_lerp_mixed_dtype_keeps_average_precision():
+    avg = [torch.zeros(4)]
+    src = [torch.full((4,), 1.0, dtype=torch.bfloat16)]
+    K.lerp_(avg, src, 1e-3)
+    assert avg[0].dtype == torch.float32
+    torch.testing.assert_close(avg[0], torch.full((4,), 1e-3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_multi_lerp_equals_k_single_lerps(dtype):
+    ts = _tensors(1, dtype)
+    weights = [0.032, 0.016, 0.002]
+    g = K.FlatGroup(_tensors(2, dtype), k=3, dtype=torch.float32)
+    w = torch.tensor(weights)
+    keep = 1 - w
+    K.multi_lerp_(g.kviews, ts, g.weight_views(w), g.weight_views(keep))
+    for j, wj in enumerate(weights):
+        ref = [t.float().clone() for t in _tensors(2, dtype)]
+        if dtype == torch.float32:
+            K.lerp_(ref, ts, wj)
+            for a, b in zip(g.views[j], ref):
+                assert torch.equal(a, b)  # the same kernel, bit for bit
+        else:
+            K.reference_lerp_(ref, ts, 1 - wj)
+            for a, b in zip(g.views[j], ref):
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_swap_is_exact_for_special_values():
+    a = torch.tensor([1.5, -0.0, math.inf, -math.inf, 1e-45, 3.4e38])
+    b = torch.tensor([math.nan, 0.0, -2.0, 7.0, -1e-40, -3.4e38])
+    a0, b0 = a.clone(), b.clone()
+    K.swap_([a.view(torch.int32)], [b.view(torch.int32)])
+    assert torch.equal(a.view(torch.int32), b0.view(torch.int32))
+    assert torch.equal(b.view(torch.int32), a0.view(torch.int32))
+
+
+def test_swap_matches_reference_swap():
+    a, b = _tensors(3), _tensors(4)
+    ra, rb = [t.clone() for t in a], [t.clone() for t in b]
+    K.swap_([t.view(torch.int32) for t in a], [t.view(torch.int32) for t in b])
+    K.reference_swap_(ra, rb)
+    assert all(torch.equal(x, y) for x, y in zip(a, ra))
+    assert all(torch.equal(x, y) for x, y in zip(b, rb))
+
+
+def test_empty_group_rejected():
+    with pytest.raises(ValueError, match="at least one tensor"):
+        K.FlatGroup([], k=1, dtype=torch.float32)
