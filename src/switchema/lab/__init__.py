@@ -1,0 +1,1 @@
+"""The lab: tasks, training loop, metrics and reports that rerun the papers' studies."""

@@ -1,0 +1,168 @@
+"""Small-sample statistics for results over a handful of seeds, and their formatting.
+
+Everything here expects few values (typically 3 to 10 seeds), so standard deviations are sample
+standard deviations (``ddof=1``) and intervals use Student's t distribution. With fewer than two
+values no spread can be estimated: those functions return NaN rather than a misleading 0.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "format_ci",
+    "format_mean_std",
+    "mean_std",
+    "paired_difference",
+    "pairwise_mean",
+    "t_interval",
+]
+
+
+def _as_values(values: Any, name: str = "values") -> np.ndarray:
+    """A non-empty, finite, 1-D float64 array (torch tensors and sequences accepted)."""
+    if hasattr(values, "detach") and hasattr(values, "cpu"):
+        values = values.detach().cpu().double().numpy()
+    try:
+        v = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a sequence of real numbers, got {values!r}") from exc
+    if v.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one value per seed), got shape {v.shape}")
+    if v.size == 0:
+        raise ValueError(f"{name} is empty; need at least one value")
+    if not np.all(np.isfinite(v)):
+        i = int(np.argmin(np.isfinite(v)))
+        raise ValueError(f"{name} must be finite, got {v[i]} at index {i}")
+    return v
+
+
+def _check_level(level: Any) -> float:
+    if isinstance(level, bool) or not isinstance(level, numbers.Real):
+        raise TypeError(f"level must be a number in (0, 1), got {level!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in the open interval (0, 1), e.g. 0.95, got {level}")
+    return float(level)
+
+
+def mean_std(values: Any) -> tuple[float, float]:
+    """Mean and sample standard deviation of ``values``.
+
+    ``mean = (1/n) sum x_i``, ``std = sqrt(sum (x_i - mean)^2 / (n - 1))`` (``ddof=1``); for a
+    single value the std is undefined and returned as NaN.
+
+    Example: ``mean_std([1, 2, 3, 4]) == (2.5, sqrt(5/3) ≈ 1.291)``; ``mean_std([7])`` is
+    ``(7.0, nan)``.
+    """
+    v = _as_values(values)
+    std = float(np.std(v, ddof=1)) if v.size >= 2 else math.nan
+    return float(np.mean(v)), std
+
+
+def t_interval(values: Any, level: float = 0.95) -> tuple[float, float, float]:
+    """Two-sided Student-t confidence interval for the mean: ``(mean, lo, hi)``.
+
+    ``half = t_{(1 + level)/2, n-1} * s / sqrt(n)`` with ``s`` the sample std; ``lo, hi =
+    mean -/+ half``. With ``n < 2`` there is no interval and ``lo = hi = nan``.
+
+    Example: ``t_interval([1, 2, 3])``: mean 2, s = 1, t_{0.975, 2} = 4.3027, so
+    ``half = 4.3027 / sqrt(3) ≈ 2.484`` and the result is ``(2.0, -0.484, 4.484)``.
+    """
+    level = _check_level(level)
+    v = _as_values(values)
+    mean, std = mean_std(v)
+    if v.size < 2:
+        return mean, math.nan, math.nan
+    # Imported here so the rest of this module works without the optional scipy dependency.
+    from scipy import stats as sps
+
+    half = float(sps.t.ppf(0.5 * (1.0 + level), v.size - 1)) * std / math.sqrt(v.size)
+    return mean, mean - half, mean + half
+
+
+def paired_difference(treatment: Any, baseline: Any, level: float = 0.95) -> dict[str, float]:
+    """Mean paired difference ``treatment - baseline`` with its t interval.
+
+    Values are paired by position (the same seed in both runs), so the interval is
+    :func:`t_interval` of ``d_i = treatment_i - baseline_i``, which removes the between-seed
+    variance that an unpaired comparison would keep. Returns
+    ``{"mean": ..., "lo": ..., "hi": ..., "n": n}`` (``lo``/``hi`` are NaN when ``n < 2``).
+
+    Example: ``paired_difference([2, 4, 6], [1, 2, 3])`` has differences ``[1, 2, 3]``, so
+    ``mean = 2`` and ``lo, hi = 2 -/+ 2.484``.
+    """
+    level = _check_level(level)
+    t = _as_values(treatment, "treatment")
+    b = _as_values(baseline, "baseline")
+    if t.size != b.size:
+        raise ValueError(
+            f"treatment and baseline must be paired by seed, so have the same length; "
+            f"got {t.size} and {b.size}"
+        )
+    mean, lo, hi = t_interval(t - b, level)
+    return {"mean": mean, "lo": lo, "hi": hi, "n": int(t.size)}
+
+
+def _check_digits(digits: Any) -> int:
+    if isinstance(digits, bool) or not isinstance(digits, (int, np.integer)) or digits < 0:
+        raise ValueError(f"digits must be an int >= 0, got {digits!r}")
+    return int(digits)
+
+
+def format_mean_std(mean: float, std: float, digits: int = 2) -> str:
+    """``"mean ± std"`` with ``digits`` decimals; a NaN std (a single seed) shows as ``n/a``.
+
+    Example: ``format_mean_std(78.5512, 0.3101) == "78.55 ± 0.31"`` and
+    ``format_mean_std(78.5512, float("nan")) == "78.55 ± n/a"``.
+    """
+    digits = _check_digits(digits)
+    spread = "n/a" if math.isnan(std) else f"{std:.{digits}f}"
+    return f"{mean:.{digits}f} ± {spread}"
+
+
+def format_ci(d: Mapping[str, float], digits: int = 2) -> str:
+    """``"+mean [+lo, +hi]"`` with explicit signs, from a :func:`paired_difference` result.
+
+    A missing interval (NaN ``lo`` or ``hi``, i.e. one seed) shows as ``[n/a]``.
+
+    Example: ``format_ci({"mean": 0.92, "lo": 0.1, "hi": 1.74}) == "+0.92 [+0.10, +1.74]"``.
+    """
+    digits = _check_digits(digits)
+    if not isinstance(d, Mapping):
+        raise TypeError(f"d must be a mapping with keys 'mean', 'lo', 'hi', got {type(d).__name__}")
+    missing = [k for k in ("mean", "lo", "hi") if k not in d]
+    if missing:
+        raise ValueError(f"d is missing key(s) {missing}; expected 'mean', 'lo', 'hi'")
+    mean, lo, hi = (float(d[k]) for k in ("mean", "lo", "hi"))
+    if math.isnan(lo) or math.isnan(hi):
+        return f"{mean:+.{digits}f} [n/a]"
+    return f"{mean:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def pairwise_mean(
+    fn: Callable[[Any, Any], float], arrays: Sequence[Any]
+) -> tuple[float, float, int]:
+    """Mean and sample std of ``fn(a_i, a_j)`` over all unordered pairs ``i < j``.
+
+    Used for disagreement between seeds (e.g. ``fn=churn`` or ``fn=js_divergence`` over each
+    seed's predictions). Returns ``(mean, std, n_pairs)`` with ``n_pairs = k (k - 1) / 2`` for
+    ``k`` arrays; the std is NaN for a single pair, and fewer than two arrays give
+    ``(nan, nan, 0)``. Pairs share arrays, so the std describes spread, not a standard error.
+
+    Example: ``pairwise_mean(lambda a, b: b - a, [0, 1, 3])`` evaluates 1, 3, 2 and returns
+    ``(2.0, 1.0, 3)``.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable as fn(a, b) -> float, got {fn!r}")
+    items = list(arrays)
+    if len(items) < 2:
+        return math.nan, math.nan, 0
+    values = [float(fn(a, b)) for a, b in itertools.combinations(items, 2)]
+    mean, std = mean_std(_as_values(values, "fn(a_i, a_j) results"))
+    return mean, std, len(values)
