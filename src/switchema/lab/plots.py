@@ -63,7 +63,12 @@ def plot_curves(
         fig, ax = plt.subplots(figsize=(6.4, 4.0))
         base = curves.get(("baseline", "online"))
         for (method, model), arr in curves.items():
-            if method != "baseline" and model == "online" and base is not None and np.array_equal(arr, base):
+            if (
+                method != "baseline"
+                and model == "online"
+                and base is not None
+                and np.array_equal(arr, base)
+            ):
                 continue  # an EMA/SWA run's online model is the baseline itself: drawn once
             if method != "baseline" and model == "online" and key != "train_loss":
                 style = ":"  # the online model of an averaging method, drawn lightly
@@ -150,7 +155,9 @@ def plot_boundaries(
             if x is not None:
                 ax.scatter(x[:, 0], x[:, 1], c=y, cmap="RdBu_r", edgecolor="k", s=14, lw=0.5)
             acc = np.mean(e["final"]["test_acc"]) * 100
-            ax.set_title(f"{e['method']} ({e['model']}), seed {seed}\ntest acc {acc:.1f}% (mean of seeds)")
+            ax.set_title(
+                f"{e['method']} ({e['model']}), seed {seed}\ntest acc {acc:.1f}% (mean of seeds)"
+            )
             ax.set_xticks([])
             ax.set_yticks([])
         fig.tight_layout()

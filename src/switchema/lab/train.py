@@ -30,7 +30,7 @@ from . import metrics as M
 from .methods import build_method, check_methods, parse_interval
 from .tasks import Task, TaskData, apply_label_noise, get_task
 
-__all__ = ["StudyConfig", "run_study", "train_run", "resolve_config"]
+__all__ = ["StudyConfig", "run_study", "train_run", "resolve_config", "share_trajectories"]
 
 SCHEDULES = ("cosine", "constant", "step")
 OPTIMIZERS = ("sgd", "adamw")
@@ -215,18 +215,40 @@ def _grid(data: TaskData, n: int = 120) -> tuple[np.ndarray, np.ndarray, torch.T
     return gx, gy, pts
 
 
+def share_trajectories(methods: list[str]) -> list[list[str]]:
+    """Group methods that can share one training run.
+
+    ``baseline``, ``ema`` and ``swa`` never change the weights being trained, so for a given
+    seed they follow the same trajectory bit for bit; training it once and attaching several
+    averagers is exact and saves work. Switching methods get runs of their own.
+    """
+    passive = [m for m in methods if m in PASSIVE_METHODS]
+    return ([passive] if passive else []) + [[m] for m in methods if m not in PASSIVE_METHODS]
+
+
+PASSIVE_METHODS = ("baseline", "ema", "swa")
+
+
 def train_run(
     cfg: StudyConfig,
     task: Task,
     data: TaskData,
-    method_name: str,
+    method_names: list[str],
     seed: int,
     *,
     y_train: torch.Tensor,
     flipped: torch.Tensor | None,
     on_epoch: Callable[[], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Train one (method, seed) and return its metric rows and final arrays."""
+    """Train one model for ``seed`` carrying the averagers of ``method_names``.
+
+    More than one method is allowed only if at most one of them switches (see
+    :func:`share_trajectories`). Returns the metric rows and the final-epoch arrays.
+    """
+    if len(method_names) > 1 and any(m not in PASSIVE_METHODS for m in method_names):
+        raise ValueError(
+            f"methods {method_names} cannot share one training run: each switching method needs its own"
+        )
     device = _device(cfg.device)
     torch.manual_seed(seed)  # same initial weights for every method of this seed
     model = task.build_model(data, **cfg.model_options).to(device)
@@ -234,18 +256,21 @@ def train_run(
     optimizer = _optimizer(cfg, model)
     steps_per_epoch = math.ceil(data.n_train / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
-    method = build_method(
-        method_name,
-        model,
-        decays=list(cfg.decays),
-        warmup=None if cfg.ema_warmup == "none" else cfg.ema_warmup,
-        steps_per_epoch=steps_per_epoch,
-        epochs=cfg.epochs,
-        switch_every=parse_interval(cfg.switch_every),
-        switch_start=cfg.switch_start,
-        swa_start=cfg.swa_start,
-        reset_optimizer=cfg.reset_optimizer,
-    )
+    methods = [
+        build_method(
+            name,
+            model,
+            decays=list(cfg.decays),
+            warmup=None if cfg.ema_warmup == "none" else cfg.ema_warmup,
+            steps_per_epoch=steps_per_epoch,
+            epochs=cfg.epochs,
+            switch_every=parse_interval(cfg.switch_every),
+            switch_start=cfg.switch_start,
+            swa_start=cfg.swa_start,
+            reset_optimizer=cfg.reset_optimizer,
+        )
+        for name in method_names
+    ]
     bn_batches = [
         data.x_train[i : i + cfg.batch_size] for i in range(0, data.n_train, cfg.batch_size)
     ]
@@ -253,6 +278,7 @@ def train_run(
     x_all, y_all = data.x_train.to(device), y_train.to(device)
     rows: list[dict[str, Any]] = []
     arrays: dict[str, np.ndarray] = {}
+    two_d = data.x_train.shape[1:] == (2,)
     step = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -268,45 +294,53 @@ def train_run(
             scheduler.step()
             step += 1
             loss_sum += loss.detach()
-            method.after_step(step, epoch, optimizer)
-        switched = method.after_epoch(epoch, optimizer)
+            for method in methods:
+                method.after_step(step, epoch, optimizer)
+        switched = [method.after_epoch(epoch, optimizer) for method in methods]
         train_time = time.perf_counter() - t0
-        base = {"method": method_name, "seed": seed, "epoch": epoch, "step": step}
+        last = epoch == cfg.epochs
         online, probs = evaluate(model, data, y_train, cfg.eval_batch_size, device, flipped)
         online["train_loss_running"] = float(loss_sum) / steps_per_epoch
-        rows.append(
-            {**base, "model": "online", "switched": switched, "train_time_s": train_time, **online}
-        )
-        finals = {"online": probs}
-        averager = method.averager
-        for k, label in enumerate(method.labels):
-            eval_model.load_state_dict(averager.averaged_state_dict(k))
-            if task.has_batchnorm and (cfg.bn_recompute or method_name == "swa"):
-                recompute_bn(eval_model, bn_batches)
-            avg_row, avg_probs = evaluate(
-                eval_model, data, y_train, cfg.eval_batch_size, device, flipped
+        grid_pts = _grid(data)[2] if last and two_d else None
+        online_grid = _grid_probs(model, grid_pts, cfg, device)
+        for method, did_switch in zip(methods, switched):
+            base = {"method": method.name, "seed": seed, "epoch": epoch, "step": step}
+            rows.append(
+                {
+                    **base,
+                    "model": "online",
+                    "switched": did_switch,
+                    "train_time_s": train_time,
+                    **online,
+                }
             )
-            rows.append({**base, "model": label, **avg_row})
-            finals[label] = avg_probs
-        if epoch == cfg.epochs:
-            for label, p in finals.items():
-                if p is not None:
-                    arrays[f"probs/{method_name}/{label}/{seed}"] = p
-            if data.x_train.shape[1:] == (2,):
-                _, _, pts = _grid(data)
-                for label in finals:
-                    m = model if label == "online" else eval_model
-                    if label != "online":
-                        eval_model.load_state_dict(
-                            averager.averaged_state_dict(method.labels.index(label))
-                        )
-                    grid_out = _outputs(m, pts, cfg.eval_batch_size, device)
-                    arrays[f"grid/{method_name}/{label}/{seed}"] = (
-                        torch.softmax(grid_out, 1)[:, 1].numpy().astype(np.float32)
-                    )
+            finals = {"online": (probs, online_grid)}
+            for k, label in enumerate(method.labels):
+                eval_model.load_state_dict(method.averager.averaged_state_dict(k))
+                if task.has_batchnorm and (cfg.bn_recompute or method.name == "swa"):
+                    recompute_bn(eval_model, bn_batches)
+                avg_row, avg_probs = evaluate(
+                    eval_model, data, y_train, cfg.eval_batch_size, device, flipped
+                )
+                rows.append({**base, "model": label, **avg_row})
+                finals[label] = (avg_probs, _grid_probs(eval_model, grid_pts, cfg, device))
+            if last:
+                for label, (p, g) in finals.items():
+                    if p is not None:
+                        arrays[f"probs/{method.name}/{label}/{seed}"] = p
+                    if g is not None:
+                        arrays[f"grid/{method.name}/{label}/{seed}"] = g
         if on_epoch is not None:
-            on_epoch()
+            on_epoch(len(methods))
     return rows, arrays
+
+
+def _grid_probs(model, pts, cfg, device) -> np.ndarray | None:
+    """P(class 1) on the plotting grid of a 2-D task (None when there is no grid)."""
+    if pts is None:
+        return None
+    out = _outputs(model, pts, cfg.eval_batch_size, device)
+    return torch.softmax(out, 1)[:, 1].numpy().astype(np.float32)
 
 
 def versions() -> dict[str, str]:
@@ -376,14 +410,14 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True) -
                 arrays[f"data/{seed}/x_train"] = data.x_train.numpy()
             arrays[f"data/{seed}/y_train"] = y_train.numpy()
             arrays[f"data/{seed}/y_test"] = data.y_test.numpy()
-            for method_name in cfg.methods:
+            for group in share_trajectories(list(cfg.methods)):
                 if bar is not None:
-                    bar.set_postfix(seed=seed, method=method_name)
+                    bar.set_postfix(seed=seed, methods="+".join(group))
                 rows, run_arrays = train_run(
                     cfg,
                     task,
                     data,
-                    method_name,
+                    group,
                     seed,
                     y_train=y_train,
                     flipped=flipped,
