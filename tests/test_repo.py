@@ -1,0 +1,49 @@
+"""Repository hygiene: lint and format, and CI running the README's test command."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ruff():
+    exe = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if exe is None:
+        pytest.fail("ruff is not installed: install the dev extra (pip install -e '.[dev]')")
+    return exe
+
+
+def test_ruff_lint():
+    r = subprocess.run(
+        [_ruff(), "check", "src", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_ruff_format():
+    r = subprocess.run(
+        [_ruff(), "format", "--check", "src", "tests", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _readme_commands():
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```(?:bash|sh)\n(.*?)\n```", text, re.S)
+
+
+def test_ci_runs_the_readme_test_command():
+    commands = _readme_commands()
+    assert len(commands) >= 2, "README must open with the main-job and test commands"
+    main_job, tests = commands[0].strip(), commands[1].strip()
+    assert main_job.endswith("switchema compare")
+    assert "pytest" in tests and "torch==2.13.0" in tests
+    assert tests in (ROOT / ".ci" / "run").read_text()
