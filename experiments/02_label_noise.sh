@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# (2) The EMA paper's label-noise study on MNIST-1D with 40% of training labels flipped.
+# Does the averaged model beat the online one by a wide margin, peak early, memorise fewer labels?
+# Two decays per step: 0.99 (window ~100 steps = 2.5 epochs) and 0.998 (~500 steps = 12.5 epochs).
+set -euo pipefail
+OUT=${OUT:-runs/experiments}
+switchema compare --task mnist1d-cnn --label-noise 0.4 --methods baseline ema swa \
+  --decay 0.99 0.998 --seeds 0 1 2 --out "$OUT/02_label_noise" --no-progress "$@"
+switchema compare --task mnist1d-cnn --label-noise 0.4 --methods baseline ema sema \
+  --decay 0.99 --seeds 0 1 2 --out "$OUT/02_label_noise_sema" --no-progress "$@"
