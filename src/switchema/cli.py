@@ -63,7 +63,13 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         type=int,
         default=d.seeds,
-        help="random seeds (data split, init, batch order)",
+        help="training seeds: initial weights and batch order",
+    )
+    p.add_argument(
+        "--data-seed",
+        type=int,
+        default=d.data_seed,
+        help="seed of the data set, its train/test split and the flipped labels",
     )
     p.add_argument("--epochs", type=int, default=None, help=f"training epochs; {DEFAULTS_NOTE}")
     p.add_argument(
@@ -189,6 +195,7 @@ def _compare(args: argparse.Namespace) -> int:
         reset_optimizer=args.reset_optimizer,
         bn_recompute=args.bn_recompute,
         label_noise=args.label_noise,
+        data_seed=args.data_seed,
         data_options=dict(args.data_opt),
         model_options=dict(args.model_opt),
         device=args.device,

@@ -106,7 +106,7 @@ def plot_reliability(
         fig, axes = plt.subplots(1, len(entries), figsize=(2.6 * len(entries), 2.8), squeeze=False)
         for ax, e in zip(axes[0], entries):
             probs = [arrays.get(f"probs/{e['method']}/{e['model']}/{s}") for s in e["seeds"]]
-            labels = [arrays.get(f"data/{s}/y_test") for s in e["seeds"]]
+            labels = [arrays.get("data/y_test") for _ in e["seeds"]]
             if any(p is None for p in probs) or any(lab is None for lab in labels):
                 ax.set_axis_off()
                 continue
@@ -141,7 +141,7 @@ def plot_boundaries(
     gx, gy = arrays["grid/x"], arrays["grid/y"]
     entries = [e for e in summary["entries"] if e["main"]]
     seed = summary["entries"][0]["seeds"][0]
-    x, y = arrays.get(f"data/{seed}/x_train"), arrays.get(f"data/{seed}/y_train")
+    x, y = arrays.get("data/x_train"), arrays.get("data/y_train")
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, len(entries), figsize=(2.7 * len(entries), 2.9), squeeze=False)
         for ax, e in zip(axes[0], entries):

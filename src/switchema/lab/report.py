@@ -186,18 +186,25 @@ def render_summary(
         f"{cfg['optimizer']} lr {cfg['lr']} ({cfg['schedule']}), batch {cfg['batch_size']}, "
         f"EMA decay(s) {cfg['decays']} (warm-up {cfg['ema_warmup']}), switch every {cfg['switch_every']} "
         f"from epoch {cfg['switch_start']}, SWA from {cfg['swa_start']:.0%} of training, "
-        f"label noise {cfg['label_noise']:.0%}, BatchNorm recompute {cfg['bn_recompute']}. "
+        f"label noise {cfg['label_noise']:.0%}, BatchNorm recompute {cfg['bn_recompute']}, "
+        f"data seed {cfg.get('data_seed', 0)}. "
         f"torch {config['versions']['torch']} on {config['device']}"
         + (f", wall time {timing['wall_s']:.0f} s." if timing else "."),
         "",
         "Mean ± sample std over seeds. Δ is the paired difference to the baseline's online model "
         "with a 95% t-interval over seeds. `online` is the model being trained; `avg` the averaged "
-        "weights (for SWA and models with BatchNorm: statistics recomputed when enabled).",
+        "weights (for SWA and models with BatchNorm: statistics recomputed when enabled). The "
+        "online models of ema and swa are the baseline's own trajectory and are not repeated.",
         "",
         "## Final epoch",
         "",
     ]
-    entries = summary["entries"]
+    # The online model of baseline / ema / swa is one shared trajectory: list it once.
+    entries = [
+        e
+        for e in summary["entries"]
+        if not (e["model"] == "online" and e["method"] in ("ema", "swa"))
+    ]
     if kind == "classification":
         head = "| method | model | test acc (%) | Δ acc (pp) [95% CI] | test NLL | ECE-15 (%) | ECE-100 mass (%) | churn (%) | JS (×1e-3) | train loss |"
         lines += [head, "|---" * (head.count("|") - 1) + "|"]
@@ -259,6 +266,7 @@ def render_summary(
             lines.append(
                 f"| {e['method']} | {e['model']} | {_fmt(f['noisy_memorised'], 100)} | {_fmt(f['noisy_true_recovered'], 100)} |"
             )
+    unit = " pp" if kind == "classification" else unit
     lines += ["", "## Reading", ""]
     for e in entries:
         if e["main"] and "diff_final" in e:

@@ -41,6 +41,9 @@ WARMUPS = ("none", "ema_paper", "power", "linear")
 class StudyConfig:
     """Everything that determines a study's numbers; saved as ``config.json``.
 
+    ``data_seed`` fixes the data set, its train/test split and the flipped labels; ``seeds``
+    vary the initial weights and the batch order.
+
     ``None`` for a training setting means the task's recommended default.
     """
 
@@ -64,6 +67,7 @@ class StudyConfig:
     reset_optimizer: bool = False
     bn_recompute: bool = True
     label_noise: float = 0.0
+    data_seed: int = 0
     data_options: dict[str, Any] = field(default_factory=dict)
     model_options: dict[str, Any] = field(default_factory=dict)
     eval_batch_size: int = 1000
@@ -394,22 +398,21 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True) -
         bar = tqdm(total=len(jobs) * cfg.epochs, unit="epoch", desc=f"{task.name}")
     arrays: dict[str, np.ndarray] = {}
     t_start = time.perf_counter()
+    # One data set (split and noisy labels) for all seeds, fixed by data_seed: seeds vary the
+    # initial weights and batch order, so predictions on the same test set can be compared
+    # across seeds (churn, JS divergence), as in the EMA paper.
+    data = task.build_data(cfg.data_seed, **cfg.data_options)
+    y_train, flipped = data.y_train, None
+    if cfg.label_noise:
+        gen = torch.Generator().manual_seed(20_000 + cfg.data_seed)
+        y_train, flipped = apply_label_noise(data.y_train, cfg.label_noise, data.num_classes, gen)
+    if data.x_train.shape[1:] == (2,):
+        gx, gy, _ = _grid(data)
+        arrays.update({"grid/x": gx, "grid/y": gy, "data/x_train": data.x_train.numpy()})
+    arrays["data/y_train"] = y_train.numpy()
+    arrays["data/y_test"] = data.y_test.numpy()
     with open(out / "metrics.jsonl", "w") as f:
         for seed in cfg.seeds:
-            data = task.build_data(seed, **cfg.data_options)
-            y_train, flipped = data.y_train, None
-            if cfg.label_noise:
-                gen = torch.Generator().manual_seed(20_000 + seed)
-                y_train, flipped = apply_label_noise(
-                    data.y_train, cfg.label_noise, data.num_classes, gen
-                )
-            if data.x_train.shape[1:] == (2,) and seed == cfg.seeds[0]:
-                gx, gy, _ = _grid(data)
-                arrays.update({"grid/x": gx, "grid/y": gy})
-            if data.x_train.shape[1:] == (2,):
-                arrays[f"data/{seed}/x_train"] = data.x_train.numpy()
-            arrays[f"data/{seed}/y_train"] = y_train.numpy()
-            arrays[f"data/{seed}/y_test"] = data.y_test.numpy()
             for group in share_trajectories(list(cfg.methods)):
                 if bar is not None:
                     bar.set_postfix(seed=seed, methods="+".join(group))
