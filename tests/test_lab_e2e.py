@@ -95,7 +95,7 @@ def test_passive_methods_share_a_trajectory_exactly():
     data = task.build_data(0, **cfg.data_options)
     kw = dict(y_train=data.y_train, flipped=None)
     alone = {m: train_run(cfg, task, data, [m], 0, **kw)[0] for m in ("baseline", "ema", "swa")}
-    shared, _ = train_run(cfg, task, data, ["baseline", "ema", "swa"], 0, **kw)
+    shared, _, states = train_run(cfg, task, data, ["baseline", "ema", "swa"], 0, **kw)
     for m, rows in alone.items():
         assert strip_time(rows) == strip_time([r for r in shared if r["method"] == m])
     online = [[r["test_loss"] for r in rows if r["model"] == "online"] for rows in alone.values()]
@@ -104,6 +104,13 @@ def test_passive_methods_share_a_trajectory_exactly():
         ["baseline", "ema", "swa"],
         ["sema"],
         ["sema-openmixup"],
+    ]
+    assert sorted(states) == [
+        "baseline/online/0",
+        "ema/avg/0",
+        "ema/online/0",
+        "swa/avg/0",
+        "swa/online/0",
     ]
     with pytest.raises(ValueError, match="cannot share"):
         train_run(cfg, task, data, ["ema", "sema"], 0, **kw)

@@ -243,11 +243,12 @@ def train_run(
     y_train: torch.Tensor,
     flipped: torch.Tensor | None,
     on_epoch: Callable[[], None] | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], dict[str, dict[str, torch.Tensor]]]:
     """Train one model for ``seed`` carrying the averagers of ``method_names``.
 
     More than one method is allowed only if at most one of them switches (see
-    :func:`share_trajectories`). Returns the metric rows and the final-epoch arrays.
+    :func:`share_trajectories`). Returns the metric rows, the final-epoch arrays and the
+    final weights (``"method/model/seed"`` -> state dict, as evaluated).
     """
     if len(method_names) > 1 and any(m not in PASSIVE_METHODS for m in method_names):
         raise ValueError(
@@ -282,6 +283,7 @@ def train_run(
     x_all, y_all = data.x_train.to(device), y_train.to(device)
     rows: list[dict[str, Any]] = []
     arrays: dict[str, np.ndarray] = {}
+    states: dict[str, dict[str, torch.Tensor]] = {}
     two_d = data.x_train.shape[1:] == (2,)
     step = 0
     for epoch in range(1, cfg.epochs + 1):
@@ -328,7 +330,10 @@ def train_run(
                 )
                 rows.append({**base, "model": label, **avg_row})
                 finals[label] = (avg_probs, _grid_probs(eval_model, grid_pts, cfg, device))
+                if last:  # the evaluated weights, BatchNorm statistics included
+                    states[f"{method.name}/{label}/{seed}"] = _cpu_state(eval_model)
             if last:
+                states[f"{method.name}/online/{seed}"] = _cpu_state(model)
                 for label, (p, g) in finals.items():
                     if p is not None:
                         arrays[f"probs/{method.name}/{label}/{seed}"] = p
@@ -336,7 +341,11 @@ def train_run(
                         arrays[f"grid/{method.name}/{label}/{seed}"] = g
         if on_epoch is not None:
             on_epoch(len(methods))
-    return rows, arrays
+    return rows, arrays, states
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def _grid_probs(model, pts, cfg, device) -> np.ndarray | None:
@@ -369,7 +378,8 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True) -
 
     Writes ``config.json`` (resolved settings and package versions), ``metrics.jsonl``
     (one row per seed, method, model and epoch), ``predictions.npz`` (final test
-    probabilities; decision-boundary grids for 2-D tasks) and, through
+    probabilities; decision-boundary grids for 2-D tasks), ``models.pt`` (final weights of every
+    evaluated model, for ``switchema analyze``) and, through
     :func:`switchema.lab.report.write_report`, ``summary.md`` and the plots.
     """
     cfg, task = resolve_config(cfg)
@@ -397,6 +407,7 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True) -
 
         bar = tqdm(total=len(jobs) * cfg.epochs, unit="epoch", desc=f"{task.name}")
     arrays: dict[str, np.ndarray] = {}
+    states: dict[str, dict[str, torch.Tensor]] = {}
     t_start = time.perf_counter()
     # One data set (split and noisy labels) for all seeds, fixed by data_seed: seeds vary the
     # initial weights and batch order, so predictions on the same test set can be compared
@@ -416,7 +427,7 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True) -
             for group in share_trajectories(list(cfg.methods)):
                 if bar is not None:
                     bar.set_postfix(seed=seed, methods="+".join(group))
-                rows, run_arrays = train_run(
+                rows, run_arrays, run_states = train_run(
                     cfg,
                     task,
                     data,
@@ -430,9 +441,11 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True) -
                     f.write(json.dumps(row) + "\n")
                 f.flush()
                 arrays.update(run_arrays)
+                states.update(run_states)
     if bar is not None:
         bar.close()
     np.savez_compressed(out / "predictions.npz", **arrays)
+    torch.save(states, out / "models.pt")
     (out / "timing.json").write_text(json.dumps({"wall_s": time.perf_counter() - t_start}))
     from .report import write_report
 
