@@ -62,7 +62,7 @@ def test_multi_lerp_equals_k_single_lerps(dtype):
     g = K.FlatGroup(_tensors(2, dtype), k=3, dtype=torch.float32)
     w = torch.tensor(weights)
     keep = 1 - w
-    K.multi_lerp_(g.kviews, ts, g.weight_views(w), g.weight_views(keep))
+    K.multi_lerp_(g.kviews, ts, g.weight_views(w, g.kviews), g.weight_views(keep, g.kviews))
     for j, wj in enumerate(weights):
         ref = [t.float().clone() for t in _tensors(2, dtype)]
         if dtype == torch.float32:
@@ -73,6 +73,33 @@ def test_multi_lerp_equals_k_single_lerps(dtype):
             K.reference_lerp_(ref, ts, 1 - wj)
             for a, b in zip(g.views[j], ref):
                 torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_multi_lerp_equals_whole_tensor_multi_lerp(dtype):
+    # a channels-last tensor and tensors larger than the block size
+    src = _tensors(5, dtype) + [
+        torch.randn(2, 8, 5, 5).to(dtype).to(memory_format=torch.channels_last),
+        torch.randn(1000).to(dtype),
+    ]
+    whole = K.FlatGroup(src, k=3, dtype=torch.float32)
+    blocked = K.FlatGroup(src, k=3, dtype=torch.float32)
+    new = [t + torch.randn(t.shape).to(dtype) for t in src]
+    for t, n in zip(src, new):
+        t.copy_(n)
+    w = torch.tensor([0.5, 0.1, 0.01])
+    K.multi_lerp_(
+        whole.kviews,
+        src,
+        whole.weight_views(w, whole.kviews),
+        whole.weight_views(1 - w, whole.kviews),
+    )
+    blocks, sources = blocked.chunks(size=64)
+    assert len(blocks) > len(src)
+    K.multi_lerp_(
+        blocks, sources, blocked.weight_views(w, blocks), blocked.weight_views(1 - w, blocks)
+    )
+    assert torch.equal(whole.flat, blocked.flat)
 
 
 def test_swap_is_exact_for_special_values():

@@ -34,6 +34,10 @@ __all__ = [
     "reference_swap_",
 ]
 
+# Elements per column block in the K-average update: 2**18 float32 = 1 MiB per row, so a
+# source block and its K average rows stay in cache together.
+CHUNK = 2**18
+
 # Exchanging two tensors through integer views keeps every bit (NaN payloads, -0.0, subnormals)
 # where float arithmetic would not.
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -118,9 +122,32 @@ class FlatGroup:
     def numel(self) -> int:
         return self.flat.shape[1]
 
-    def weight_views(self, weights: Tensor) -> list[Tensor]:
-        """Views of a ``(K,)`` weight tensor that broadcast against each ``kviews[i]``."""
-        return [weights.view((self.k,) + (1,) * t.dim()) for t in self.tensors]
+    def chunks(self, size: int = CHUNK) -> tuple[list[Tensor], list[Tensor]]:
+        """``(K, L)`` column blocks of the storage and the matching ``(1, L)`` source blocks.
+
+        A K-row ``lerp_`` walks row by row, so a source larger than the cache would be read
+        from memory K times. Blocks of ``size`` elements keep each source block in cache while
+        its K rows are updated: the source is read once. Blocks follow memory order, which is
+        the same for a dense source and its average (see ``_dense_view``). Non-dense sources
+        (never seen for parameters) are taken whole.
+        """
+        avg_blocks, src_blocks = [], []
+        for t, o, n in zip(self.tensors, self.offsets, self.numels):
+            if not _is_dense(t):
+                avg_blocks.append(_dense_kview(self.flat, t, o))
+                src_blocks.append(t)
+                continue
+            src = t.detach().as_strided((n,), (1,), t.storage_offset())
+            for c in range(0, n, size):
+                m = min(size, n - c)
+                avg_blocks.append(self.flat[:, o + c : o + c + m])
+                src_blocks.append(src[c : c + m].view(1, m))
+        return avg_blocks, src_blocks
+
+    @staticmethod
+    def weight_views(weights: Tensor, blocks: list[Tensor]) -> list[Tensor]:
+        """Views of a ``(K,)`` weight tensor that broadcast against each ``(K, ...)`` block."""
+        return [weights.view((weights.numel(),) + (1,) * (b.dim() - 1)) for b in blocks]
 
 
 @torch.no_grad()

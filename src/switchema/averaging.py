@@ -206,15 +206,19 @@ class WeightAverager:
         self._owners = [e.owner for e in self._averaged]
         self._keys = [e.key for e in self._averaged]
         self._ptrs = list(map(_data_ptr, self._live))
-        self._weight_cache: list[tuple[list[float], Tensor, list[Tensor], list[Tensor]]] = [
-            self._make_weight_views(g) for g in self._groups
-        ]
+        # Per group: last host weights, their (2, K) device copy, and for K > 1 the cache-sized
+        # blocks of storage and sources with matching weight views.
+        self._weight_cache = [self._make_weight_views(g) for g in self._groups]
 
     def _make_weight_views(
         self, g: K.FlatGroup
-    ) -> tuple[list[float], Tensor, list[Tensor], list[Tensor]]:
+    ) -> tuple[list[float], Tensor, list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
         buf = torch.zeros((2, g.k), dtype=g.dtype, device=g.flat.device)
-        return ([math.nan] * g.k, buf, g.weight_views(buf[0]), g.weight_views(buf[1]))
+        if g.k == 1:
+            return ([math.nan], buf, [], [], [], [])
+        blocks, sources = g.chunks()
+        wviews, keepviews = g.weight_views(buf[0], blocks), g.weight_views(buf[1], blocks)
+        return ([math.nan] * g.k, buf, wviews, keepviews, blocks, sources)
 
     def _check_binding(self) -> None:
         if list(map(_data_ptr, self._live)) == self._ptrs and all(
@@ -269,12 +273,12 @@ class WeightAverager:
             if g.k == 1:
                 K.lerp_(g.views[0], g.tensors, weights[0])
                 continue
-            host, buf, wviews, keepviews = cache
+            host, buf, wviews, keepviews, blocks, sources = cache
             if host != weights:
                 # Only changes during warm-up; afterwards no host-to-device copy per step.
                 buf.copy_(torch.tensor([weights, [1.0 - w for w in weights]], dtype=buf.dtype))
                 cache[0][:] = weights
-            K.multi_lerp_(g.kviews, g.tensors, wviews, keepviews)
+            K.multi_lerp_(blocks, sources, wviews, keepviews)
         self.n_updates += 1
         if self.switch_every is not None and self.step % self.switch_every == 0:
             self.switch()
