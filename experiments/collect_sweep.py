@@ -1,0 +1,49 @@
+"""Collect the Switch EMA sweep (03_sema_sweep.sh) into one table: SEMA vs plain EMA per cell.
+
+Usage: python experiments/collect_sweep.py runs/experiments/03_sweep > sweep.md
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from switchema.lab.report import load_run, summarise
+from switchema.lab.stats import format_ci, format_mean_std, mean_std
+
+
+def _pp(values):
+    mean, std = mean_std([100 * v for v in values])
+    return format_mean_std(mean, std)
+
+
+def _ci(d):
+    return format_ci({k: 100 * v if isinstance(v, float) else v for k, v in d.items()})
+
+
+def main(root: str) -> None:
+    print(
+        "| decay | switch every | baseline acc (%) | EMA acc (%) | SEMA acc (%) | SEMA − EMA final (pp) [95% CI] "
+        "| EMA best (%) | SEMA best (%) | SEMA − EMA best (pp) [95% CI] |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    runs = sorted(
+        Path(root).glob("decay*_every*"), key=lambda p: (float(p.name.split("_")[0][5:]), p.name)
+    )
+    for run in runs:
+        if not (run / "summary.md").is_file():  # unfinished run
+            continue
+        config, rows, arrays = load_run(run)
+        s = summarise(config, rows, arrays)
+        by = {(e["method"], e["model"]): e for e in s["entries"]}
+        base, ema, sema = by[("baseline", "online")], by[("ema", "avg")], by[("sema", "avg")]
+        cfg = config["config"]
+        print(
+            f"| {cfg['decays'][0]} | {cfg['switch_every']} | {_pp(base['final']['test_acc'])} | "
+            f"{_pp(ema['final']['test_acc'])} | {_pp(sema['final']['test_acc'])} | {_ci(sema['diff_vs_ema'])} | "
+            f"{_pp(ema['best'])} | {_pp(sema['best'])} | {_ci(sema['diff_vs_ema_best'])} |"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/experiments/03_sweep")
