@@ -209,6 +209,68 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="flatness and sharpness of a run's final models: Hessian, worst-case sharpness, width, landscapes",
+        description=(
+            "Measure every method's final models in a run folder (all seeds) on a fixed subset of the "
+            "training data: top Hessian eigenvalue, Hessian trace, worst-case loss increase in an L2 "
+            "ball, basin width; plus the loss along the path through the solutions and 2-D loss "
+            "surfaces. Writes analysis.md, analysis.json, interpolation.png, landscapes.png."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run", type=Path, help="run folder written by `switchema compare`")
+    p.add_argument("--samples", type=int, default=1000, help="training samples the measures use")
+    p.add_argument("--probes", type=int, default=30, help="Hutchinson probes for the Hessian trace")
+    p.add_argument(
+        "--rho", type=float, default=0.05, help="radius of the L2 ball for worst-case sharpness"
+    )
+    p.add_argument(
+        "--rise", type=float, default=0.1, help="loss rise (nats) that ends the basin width"
+    )
+    p.add_argument(
+        "--directions", type=int, default=6, help="random directions for the basin width"
+    )
+    p.add_argument("--grid", type=int, default=21, help="points per axis of the 2-D loss surfaces")
+    p.add_argument(
+        "--span",
+        type=float,
+        default=1.0,
+        help="half-width of the 2-D surfaces, in normalised units",
+    )
+    p.add_argument("--no-landscapes", action="store_true", help="skip the 2-D loss surfaces")
+    p.add_argument("--seed", type=int, default=0, help="seed of probes and random directions")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_analyze)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    import torch
+
+    from .lab.analyze import analyze_run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = analyze_run(
+        args.run,
+        samples=args.samples,
+        probes=args.probes,
+        rho=args.rho,
+        rise=args.rise,
+        directions=args.directions,
+        grid=args.grid,
+        span=args.span,
+        seed=args.seed,
+        landscapes=not args.no_landscapes,
+        progress=not args.no_progress,
+    )
+    print(path.read_text())
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from .lab.report import write_report
 
@@ -231,6 +293,70 @@ def _tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_nqm(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "nqm",
+        help="noisy quadratic model: simulate SGD / EMA / Switch EMA and check the closed forms",
+        description=(
+            "Simulate SGD, its EMA and Switch EMA on a noisy quadratic (loss 0.5*h*(x-c)^2, "
+            "c ~ N(0, noise) each step) over many chains, compare stationary variances and bias "
+            "trajectories with the closed forms, and tabulate where V_SEMA <= V_EMA <= V_SGD "
+            "holds. Writes nqm.md, nqm.json, nqm_variance.png and nqm_bias.png (a few seconds)."
+        ),
+    )
+    p.add_argument("--eta", type=float, default=0.5, help="SGD learning rate (default: 0.5)")
+    p.add_argument(
+        "--curvature",
+        type=float,
+        default=1.0,
+        help="curvature h of the quadratic; eta*h must be in (0, 2) (default: 1.0)",
+    )
+    p.add_argument(
+        "--noise", type=float, default=1.0, help="variance s2 of the moving optimum (default: 1.0)"
+    )
+    p.add_argument(
+        "--decay",
+        type=float,
+        default=0.99,
+        help="EMA decay per SGD step, in [0, 1) (default: 0.99)",
+    )
+    p.add_argument(
+        "--switch-every",
+        type=int,
+        default=10,
+        help="Switch EMA interval k, in SGD steps (default: 10)",
+    )
+    p.add_argument("--steps", type=int, default=4000, help="SGD steps per chain (default: 4000)")
+    p.add_argument(
+        "--chains", type=int, default=2000, help="independent chains simulated (default: 2000)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: runs/nqm-<time>)"
+    )
+    p.set_defaults(func=_nqm)
+
+
+def _nqm(args: argparse.Namespace) -> int:
+    from .analysis.nqm_report import run_nqm
+
+    out = args.out or Path("runs") / f"nqm-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = run_nqm(
+        out,
+        eta=args.eta,
+        h=args.curvature,
+        s2=args.noise,
+        decay=args.decay,
+        k=args.switch_every,
+        steps=args.steps,
+        chains=args.chains,
+        seed=args.seed,
+    )
+    print((run / "nqm.md").read_text())
+    print(f"run folder: {run}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="switchema",
@@ -239,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"switchema {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_compare(sub)
+    _add_analyze(sub)
     rep = sub.add_parser(
         "report", help="rebuild summary.md and plots from a saved run folder (no training)"
     )
@@ -246,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_report)
     tasks = sub.add_parser("tasks", help="list the registered tasks and their default settings")
     tasks.set_defaults(func=_tasks)
+    _add_nqm(sub)
     return parser
 
 

@@ -163,3 +163,57 @@ def plot_boundaries(
         fig.tight_layout()
         fig.savefig(path)
         plt.close(fig)
+
+
+def plot_interpolation(config: dict[str, Any], interp: dict[str, Any], path: Path) -> None:
+    """Train and test loss along the straight path through the methods' solutions."""
+    alphas = np.asarray(interp["alphas"])
+    ends = interp["endpoints"]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        ax.plot(alphas, interp["train_loss"], "-", color="#444444", label="train loss (subset)")
+        ax.plot(alphas, interp["test_loss"], "--", color="#1f77b4", label="test loss")
+        for i, m in zip(ends, interp["methods"]):
+            ax.axvline(alphas[i], color=_color(m), lw=0.8, alpha=0.6)
+            ax.annotate(
+                m,
+                (alphas[i], ax.get_ylim()[1]),
+                color=_color(m),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+        ax.set_yscale("log")
+        ax.set_xlabel("position along the path (solutions marked)")
+        ax.set_ylabel("loss")
+        ax.set_title(f"{config['task']['name']}: loss between solutions (first seed)", pad=14)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+
+
+def plot_landscapes(config: dict[str, Any], surfaces: dict[str, Any], path: Path) -> None:
+    """2-D loss contours around each method's solution, shared log-spaced levels."""
+    names = list(surfaces)
+    all_losses = np.concatenate([np.asarray(s["losses"]).ravel() for s in surfaces.values()])
+    lo, hi = max(all_losses.min(), 1e-6), all_losses.max()
+    levels = np.geomspace(lo, hi, 16)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.0), squeeze=False)
+        for ax, m in zip(axes[0], names):
+            s = surfaces[m]
+            a, b = np.asarray(s["alphas"]), np.asarray(s["betas"])
+            z = np.asarray(s["losses"])
+            cs = ax.contourf(
+                a, b, z.T, levels=levels, cmap="viridis", norm=matplotlib.colors.LogNorm(lo, hi)
+            )
+            ax.plot(0, 0, "r+", ms=8)
+            ax.set_title(f"{m}\ncentre loss {z[len(a) // 2, len(b) // 2]:.2e}", fontsize=8)
+            ax.set_xlabel("direction 1")
+        axes[0][0].set_ylabel("direction 2")
+        bar = fig.colorbar(cs, ax=axes[0].tolist(), shrink=0.9, label="train loss (log scale)")
+        bar.set_ticks(levels[::3])
+        bar.set_ticklabels([f"{v:.2g}" for v in levels[::3]])
+        fig.savefig(path, bbox_inches="tight")
+        plt.close(fig)

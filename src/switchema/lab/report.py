@@ -221,7 +221,7 @@ def render_summary(
         extra = "test MAE" if kind == "regression" else "test loss (nats)"
         extra_key = "test_mae" if kind == "regression" else "test_loss"
         lines += [
-            f"| method | model | {name}{unit} | Δ [95% CI] | {extra} | train loss |",
+            f"| method | model | {name}{f' ({unit.strip()})' if unit else ''} | Δ [95% CI] | {extra} | train loss |",
             "|---|---|---|---|---|---|",
         ]
         for e in entries:
@@ -235,7 +235,8 @@ def render_summary(
         "",
         "## Early-stopping points (oracle: chosen on the test set, so optimistic for every method alike)",
         "",
-        f"| method | model | best {name}{unit} | epoch of best | Δ best [95% CI] | {name} at lowest test loss | epoch of lowest loss |"
+        f"| method | model | best {name}{f' ({unit.strip()})' if unit else ''} | epoch of best | Δ best [95% CI] "
+        f"| {name} at lowest test loss | epoch of lowest loss |"
         + (
             " noisy labels memorised at best (%) |"
             if any("memorised_at_best" in e for e in entries)

@@ -1,0 +1,64 @@
+"""`switchema analyze` on a tiny lab run: files, determinism, and agreement with the library."""
+
+import json
+
+import torch
+
+from switchema.analysis import sharpness as S
+from switchema.cli import main
+from switchema.lab.train import StudyConfig, _loss, run_study
+
+
+def _numbers(run):
+    out = json.loads((run / "analysis.json").read_text())
+    for r in out["models"].values():
+        r.pop("eig_seconds")
+    out["settings"].pop("wall_s")
+    return out
+
+
+def test_analyze_tiny_run(tmp_path):
+    run = run_study(
+        StudyConfig(task="circles", methods=["baseline", "ema", "sema"], seeds=[0, 1], epochs=3),
+        tmp_path / "run",
+        progress=False,
+    )
+    argv = [
+        "analyze",
+        str(run),
+        "--grid",
+        "5",
+        "--probes",
+        "4",
+        "--directions",
+        "2",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    first = _numbers(run)
+    for name in ("analysis.md", "analysis.json", "interpolation.png", "landscapes.png"):
+        assert (run / name).stat().st_size > 100, name
+    assert set(first["models"]) == {f"{m}/{s}" for m in ("baseline", "ema", "sema") for s in (0, 1)}
+    assert len(first["landscapes"]["sema"]["losses"]) == 5
+    assert "| sema | avg |" in (run / "analysis.md").read_text()
+    # same settings, same numbers
+    assert main(argv) == 0
+    assert _numbers(run) == first
+    # the table's eigenvalue is the library's, on the same training subset
+    states = torch.load(run / "models.pt", weights_only=True)
+    from switchema.lab.tasks import get_task
+
+    task = get_task("circles")
+    data = task.build_data(0)
+    model = task.build_model(data)
+    model.load_state_dict(states["ema/avg/1"])
+    batches = [(data.x_train, data.y_train)]
+    eig = S.top_eigenvalues(model, lambda o, y: _loss("classification", o, y), batches, seed=0)
+    assert abs(float(eig.eigenvalues[0]) - first["models"]["ema/1"]["top_eigenvalue"]) < 1e-3 * (
+        1 + abs(float(eig.eigenvalues[0]))
+    )
+
+
+def test_analyze_errors(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path / "missing")]) == 2
+    assert "not found" in capsys.readouterr().err
