@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# (5) Flatness and sharpness of the solutions (switchema analyze) for the main job's run and the
+# label-noise run, and the noisy quadratic model (switchema nqm). Run after 00/02.
+set -euo pipefail
+OUT=${OUT:-runs/experiments}
+[ -d "$OUT/00_default" ] || switchema compare --out "$OUT/00_default" --no-progress "$@"
+switchema analyze "$OUT/00_default" --no-progress "$@"
+switchema analyze "$OUT/02_label_noise_sema" --no-progress "$@"
+switchema nqm --out "$OUT/05_nqm"
