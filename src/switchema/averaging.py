@@ -276,7 +276,10 @@ class WeightAverager:
             host, buf, wviews, keepviews, blocks, sources = cache
             if host != weights:
                 # Only changes during warm-up; afterwards no host-to-device copy per step.
-                buf.copy_(torch.tensor([weights, [1.0 - w for w in weights]], dtype=buf.dtype))
+                host_w = torch.tensor([weights, [1.0 - w for w in weights]], dtype=buf.dtype)
+                if buf.is_cuda:  # pinned + non_blocking: no host-device sync on this copy
+                    host_w = host_w.pin_memory()
+                buf.copy_(host_w, non_blocking=buf.is_cuda)
                 cache[0][:] = weights
             K.multi_lerp_(blocks, sources, wviews, keepviews)
         self.n_updates += 1
