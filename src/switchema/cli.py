@@ -162,7 +162,10 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         "--device", default=d.device, help="'auto' (CUDA if available), 'cpu', 'cuda:0', ..."
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 on CPU, where the lab's small models run fastest)",
     )
     p.add_argument(
         "--out", type=Path, default=None, help="run folder (default: runs/<task>-<time>)"

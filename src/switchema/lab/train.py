@@ -72,7 +72,7 @@ class StudyConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     eval_batch_size: int = 1000
     device: str = "auto"
-    threads: int | None = None
+    threads: int | None = None  # None: 1 on CPU (tiny models), torch's default otherwise
 
 
 def resolve_config(cfg: StudyConfig) -> tuple[StudyConfig, Task]:
@@ -385,9 +385,13 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True) -
     cfg, task = resolve_config(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    device = _device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = _device(cfg.device)
+    elif device.type == "cpu":
+        # The lab's models are tiny: one thread is as fast as several on a quiet machine and
+        # does not collapse when other processes compete for the cores.
+        torch.set_num_threads(1)
     (out / "config.json").write_text(
         json.dumps(
             {
