@@ -1,0 +1,319 @@
+"""Lightning callback: EMA / Switch EMA / SWA of the ``LightningModule``'s weights.
+
+::
+
+    from lightning.pytorch import Trainer
+    from switchema.integrations.lightning import EMACallback
+
+    ema = EMACallback(decay=0.999, switch_every_epochs=1)   # Switch EMA at every epoch end
+    trainer = Trainer(max_epochs=10, callbacks=[ema])
+    trainer.fit(model, train_loader, val_loader)             # validation runs on the averages
+    model.load_state_dict(ema.averager.averaged_state_dict())  # or: ema.averager.switch()
+
+What it does, and when:
+
+* **Averager creation**: in ``on_fit_start`` (and ``on_validation_start`` / ``on_test_start``
+  for ``trainer.validate`` / ``trainer.test``), after the strategy has moved the module to its
+  device and wrapped it (DDP): the averager binds to the ``LightningModule``'s own parameters.
+* **Updates**: ``update()`` once per training batch in which ``trainer.global_step`` advanced,
+  that is after every real optimizer step: with ``accumulate_grad_batches=k``, once every
+  ``k`` batches (and on the last, possibly shorter, accumulation window of the epoch).
+* **Switch EMA** (``switch_every_epochs``): the average is copied into the module right after
+  the last training batch of every due epoch, so the epoch-end validation, the
+  ``on_train_epoch_end`` hooks and any checkpoint saved then all see the switched weights.
+* **Evaluation** (``evaluate``): ``"average"`` swaps the average into the module for every
+  validation and test epoch (``on_*_epoch_start`` / ``on_*_epoch_end``, and back in
+  ``on_exception`` / ``teardown`` if the loop fails), so everything logged there (and what
+  ``ModelCheckpoint`` / ``EarlyStopping`` monitor) measures the averaged weights.
+  ``"online"`` leaves evaluation alone. ``"both"`` runs each ``validation_step`` /
+  ``test_step`` twice on the same batch: first with the averaged weights (metrics under their
+  own names) and then with the online weights, with every name passed to ``self.log`` /
+  ``self.log_dict`` prefixed by ``online_prefix`` (``"online/"``). Only what the step logs
+  through ``self.log`` is separated: state the step accumulates elsewhere (a ``torchmetrics``
+  object updated in the step and logged at epoch end, a list of outputs) sees both passes.
+* **Checkpoints**: the averager's ``state_dict`` (averages, counters, decays) is the callback's
+  state in Lightning checkpoints; ``trainer.fit(ckpt_path=...)`` resumes it exactly, and
+  ``trainer.validate/test(ckpt_path=...)`` evaluates the averages stored in that checkpoint.
+  The checkpoint's ``state_dict`` stays the online model.
+
+Works with the single-device and DDP strategies (every rank keeps an identical average of its
+replica; nothing is communicated). Sharded strategies (FSDP, DeepSpeed ZeRO-3) are not
+supported: each rank would average only its shard under flattened names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+try:  # the unified package first, then the standalone one
+    import lightning.pytorch as pl
+    from lightning.pytorch.utilities import rank_zero_warn
+except ImportError:  # pragma: no cover - depends on what is installed
+    try:
+        import pytorch_lightning as pl
+        from pytorch_lightning.utilities import rank_zero_warn
+    except ImportError as exc:
+        raise ImportError(
+            "switchema.integrations.lightning needs Lightning: pip install 'switchema[lightning]'"
+        ) from exc
+
+from ..averaging import WeightAverager, unwrap_model
+from ..schedules import DecaySchedule
+from ._common import AveragerOptions, SwitchRule, check_evaluate, check_index
+
+__all__ = ["EMACallback"]
+
+_STATE_VERSION = 1
+
+
+class EMACallback(pl.Callback):
+    """Keeps an EMA (or SWA) of the module's weights; optional Switch EMA; evaluates the average.
+
+    Args:
+        decay: EMA decay(s), as for :class:`switchema.EMA` (default 0.999). A tuple keeps several
+            averages; ``eval_index`` / ``switch_index`` pick the one evaluated / switched in.
+        kind: ``"ema"`` or ``"swa"`` (:class:`switchema.SWA`: uniform average from
+            ``start_step``; takes no ``decay`` / ``half_life`` / ``warmup``).
+        half_life, warmup, update_every, start_step, dtype, buffers, frozen: as for
+            :class:`switchema.EMA` / :class:`switchema.SWA` (steps are optimizer steps).
+        switch_every_epochs: Switch EMA: copy the average into the module after every N-th
+            epoch (``None``: never).
+        switch_start_epoch: no switch before this many epochs are completed.
+        switch_index: which average is switched in.
+        reset_optimizer: at each switch, also clear the optimizers' state (momentum, Adam
+            moments) of the averaged parameters.
+        evaluate: ``"average"`` (default), ``"online"`` or ``"both"`` (see the module docs).
+        eval_index: which average is evaluated.
+        online_prefix: with ``evaluate="both"``, the prefix of the online model's metric names.
+
+    After ``setup``, :attr:`averager` is the :class:`switchema.WeightAverager`.
+    """
+
+    def __init__(
+        self,
+        decay: float | Sequence[float] | None = None,
+        *,
+        kind: str = "ema",
+        half_life: float | Sequence[float] | None = None,
+        warmup: DecaySchedule | str | None = None,
+        update_every: int = 1,
+        start_step: int = 0,
+        dtype: torch.dtype | None = torch.float32,
+        buffers: str | Mapping[str, str] = "copy",
+        frozen: str = "copy",
+        switch_every_epochs: int | None = None,
+        switch_start_epoch: int = 0,
+        switch_index: int = 0,
+        reset_optimizer: bool = False,
+        evaluate: str = "average",
+        eval_index: int = 0,
+        online_prefix: str = "online/",
+    ) -> None:
+        super().__init__()
+        self.options = AveragerOptions(
+            kind, decay, half_life, warmup, update_every, start_step, dtype, buffers, frozen
+        )
+        self.switch_rule = SwitchRule(
+            switch_every_epochs, switch_start_epoch, switch_index, reset_optimizer
+        )
+        check_evaluate(evaluate, eval_index)
+        if not isinstance(online_prefix, str) or not online_prefix:
+            raise ValueError(f"online_prefix must be a non-empty str, got {online_prefix!r}")
+        self.evaluate = evaluate
+        self.eval_index = eval_index
+        self.online_prefix = online_prefix
+        self.averager: WeightAverager | None = None
+        self._pending: dict[str, Any] | None = None  # loaded state waiting for the averager
+        self._has_average = False  # the averager has been updated or restored
+        self._seen_step = 0  # trainer.global_step at the last update
+        self._last_switch_epoch = -1  # 0-based index of the last epoch that switched
+        self._swap_cm: Any = None  # the active swapped() context, between epoch hooks
+        self._patched: list[str] = []  # instance attributes set on the module ("both")
+
+    # ------------------------------------------------------------------ averager lifecycle
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(**self.options.key())
+
+    def _ensure_averager(self, pl_module: pl.LightningModule) -> WeightAverager:
+        if self.averager is None or self.averager._model is not unwrap_model(pl_module):
+            self.averager = self.options.build(pl_module)
+            check_index(self.averager, self.eval_index, "eval_index")
+            check_index(self.averager, self.switch_rule.index, "switch_index")
+            self._has_average = False
+        if self._pending is not None:
+            state, self._pending = self._pending, None
+            self.averager.load_state_dict(state["averager"])
+            self._last_switch_epoch = int(state.get("last_switch_epoch", -1))
+            self._has_average = True
+        return self.averager
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ensure_averager(pl_module)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Called after the loops, optimizers and callbacks are restored: global_step is final.
+        self._ensure_averager(pl_module)
+        self._seen_step = trainer.global_step
+
+    # ------------------------------------------------------------------ training
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self.averager is None:
+            return
+        if trainer.global_step > self._seen_step:  # an optimizer step happened in this batch
+            self._seen_step = trainer.global_step
+            self.averager.update()
+            self._has_average = True
+        if self.switch_rule.every is not None and self._is_last_batch(trainer, batch_idx):
+            self._maybe_switch(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Fallback for loops whose last batch could not be recognised in on_train_batch_end
+        # (e.g. training_step(dataloader_iter)); not for epochs cut short by max_steps.
+        if self.switch_rule.every is None or self.averager is None:
+            return
+        if 0 < trainer.max_steps <= trainer.global_step:
+            return
+        self._maybe_switch(trainer)
+
+    @staticmethod
+    def _is_last_batch(trainer: pl.Trainer, batch_idx: int) -> bool:
+        n = trainer.num_training_batches
+        if n != float("inf") and batch_idx + 1 >= n:
+            return True
+        progress = getattr(trainer.fit_loop.epoch_loop, "batch_progress", None)
+        return bool(getattr(progress, "is_last_batch", False))
+
+    def _maybe_switch(self, trainer: pl.Trainer) -> None:
+        epoch = trainer.current_epoch
+        if epoch <= self._last_switch_epoch or not self.switch_rule.due(epoch + 1):
+            return
+        assert self.averager is not None
+        self._last_switch_epoch = epoch
+        index = self.switch_rule.index
+        if self.switch_rule.reset_optimizer and trainer.optimizers:
+            for optimizer in trainer.optimizers:  # the copy is repeated; the states are cleared
+                self.averager.switch(index, optimizer=optimizer)
+        else:
+            self.averager.switch(index)
+
+    # ------------------------------------------------------------------ evaluation
+    def _swap_in(self) -> None:
+        if self._swap_cm is None and self.averager is not None:
+            cm = self.averager.swapped(self.eval_index)
+            cm.__enter__()
+            self._swap_cm = cm
+
+    def _swap_out(self) -> None:
+        cm, self._swap_cm = self._swap_cm, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
+
+    def _restore(self, pl_module: pl.LightningModule) -> None:
+        for name in self._patched:
+            pl_module.__dict__.pop(name, None)
+        self._patched = []
+        self._swap_out()
+
+    def _eval_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ensure_averager(pl_module)
+        if self.evaluate != "online" and not self._has_average and trainer.state.fn != "fit":
+            rank_zero_warn(
+                "EMACallback: no averages to evaluate (no training step seen and no checkpoint "
+                "state loaded); the averaged weights equal the model's"
+            )
+
+    def _eval_epoch_start(self, pl_module: pl.LightningModule, step_name: str) -> None:
+        self._restore(pl_module)  # leftovers of a loop that failed
+        if self.averager is None or self.evaluate == "online":
+            return
+        if self.evaluate == "average":
+            self._swap_in()
+            return
+        # "both": every step runs on the averaged weights, then on the online ones.
+        step = getattr(pl_module, step_name)
+        log_cls = type(pl_module).log
+        prefix = self.online_prefix
+        averager, index = self.averager, self.eval_index
+
+        def online_log(name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+            log_cls(pl_module, prefix + name, value, *args, **kwargs)
+
+        def both_step(*args: Any, **kwargs: Any) -> Any:
+            with averager.swapped(index):
+                out = step(*args, **kwargs)
+            pl_module.__dict__["log"] = online_log
+            try:
+                step(*args, **kwargs)
+            finally:
+                pl_module.__dict__.pop("log", None)
+            return out
+
+        pl_module.__dict__[step_name] = both_step
+        self._patched.append(step_name)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._eval_start(trainer, pl_module)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._eval_start(trainer, pl_module)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._eval_epoch_start(pl_module, "validation_step")
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore(pl_module)
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._eval_epoch_start(pl_module, "test_step")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore(pl_module)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore(pl_module)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restore(pl_module)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        if self.averager is None:
+            return dict(self._pending) if self._pending is not None else {}
+        swapped = self._swap_cm is not None
+        if swapped:  # a checkpoint saved during an evaluation epoch
+            self._swap_out()
+        try:
+            averager_state = self.averager.state_dict()
+        finally:
+            if swapped:
+                self._swap_in()
+        return {
+            "version": _STATE_VERSION,
+            "averager": averager_state,
+            "last_switch_epoch": self._last_switch_epoch,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if state_dict.get("version") != _STATE_VERSION or "averager" not in state_dict:
+            raise ValueError(
+                f"not an EMACallback state (version {_STATE_VERSION} expected), got keys "
+                f"{sorted(state_dict)}"
+            )
+        self._pending = dict(state_dict)
+        if self.averager is not None:  # strategies that restore after setup (DeepSpeed)
+            self._ensure_averager(self.averager._model)
