@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _kernels as K
+from . import distributed as _dist
 from .batchnorm import resolve_buffer_policy
 from .schedules import (
     DecaySchedule,
@@ -46,6 +47,7 @@ __all__ = ["WeightAverager", "EMA", "SWA", "unwrap_model"]
 
 _STATE_FORMAT = 1
 _data_ptr = Tensor.data_ptr
+_local_tensor = operator.attrgetter("_local_tensor")  # a DTensor's local shard
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -71,12 +73,19 @@ class _Entry:
     name: str
     owner: dict  # the module's _parameters or _buffers dict
     key: str
-    tensor: Tensor
+    tensor: Tensor  # what the module registers (a DTensor for FSDP2 / tensor parallel)
     is_param: bool
     policy: str  # "average" | "copy" | "skip"
+    sharded: bool = False  # ``tensor`` is a DTensor: ``source`` is its local shard
+    source: Tensor | None = None  # the plain tensor the kernels read and write
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            self.source = _local_tensor(self.tensor).detach() if self.sharded else self.tensor
 
 
 def _collect(model: nn.Module, buffers: Any, frozen: str) -> list[_Entry]:
+    dtensor = _dist.dtensor_type()
     entries: list[_Entry] = []
     seen: set[int] = set()
     for mod_name, mod in model.named_modules():
@@ -91,7 +100,10 @@ def _collect(model: nn.Module, buffers: Any, frozen: str) -> list[_Entry]:
                 policy = "average"
             else:
                 policy = frozen
-            entries.append(_Entry(_clean_name(prefix + key), mod._parameters, key, p, True, policy))
+            sharded = dtensor is not None and isinstance(p, dtensor)
+            entries.append(
+                _Entry(_clean_name(prefix + key), mod._parameters, key, p, True, policy, sharded)
+            )
         for key, b in mod._buffers.items():
             if b is None or id(b) in seen:
                 continue
@@ -103,8 +115,18 @@ def _collect(model: nn.Module, buffers: Any, frozen: str) -> list[_Entry]:
                 policy = resolve_buffer_policy(buffers, name)
                 if policy == "average" and not b.is_floating_point():
                     policy = "copy"  # integer counters never go through float arithmetic
-            entries.append(_Entry(name, mod._buffers, key, b, False, policy))
+            sharded = dtensor is not None and isinstance(b, dtensor)
+            entries.append(_Entry(name, mod._buffers, key, b, False, policy, sharded))
     return entries
+
+
+def _same_layout(a: Tensor, b: Tensor) -> bool:
+    """Same shape, dtype, device and memory order (strides of dimensions longer than 1)."""
+    if (a.shape, a.dtype, a.device) != (b.shape, b.dtype, b.device):
+        return False
+    if a.numel() == 0:
+        return True
+    return all(sa == sb for sa, sb, n in zip(a.stride(), b.stride(), a.shape) if n > 1)
 
 
 def _check_index(index: Any, k: int) -> int:
@@ -183,29 +205,34 @@ class WeightAverager:
             )
         by_key: dict[tuple, list[_Entry]] = {}
         for e in averaged:
+            src = e.source  # a DTensor's local shard: each rank averages only its shards
             avg_dtype = (
-                e.tensor.dtype
-                if self.dtype is None
-                else torch.promote_types(e.tensor.dtype, self.dtype)
+                src.dtype if self.dtype is None else torch.promote_types(src.dtype, self.dtype)
             )
-            by_key.setdefault((e.tensor.device, e.tensor.dtype, avg_dtype), []).append(e)
+            by_key.setdefault((src.device, src.dtype, avg_dtype), []).append(e)
         self._entries = entries
         self._averaged = [e for group in by_key.values() for e in group]
         self._groups = [
-            K.FlatGroup([e.tensor for e in group], self.num_averages, key[2])
+            K.FlatGroup([e.source for e in group], self.num_averages, key[2])
             for key, group in by_key.items()
         ]
         self._names = [e.name for e in self._averaged]
         self._where: dict[int, tuple[K.FlatGroup, int]] = {}
-        for g in self._groups:
-            for i, t in enumerate(g.tensors):
-                self._where[id(t)] = (g, i)
+        for g, group in zip(self._groups, by_key.values()):
+            for i, e in enumerate(group):
+                self._where[id(e.tensor)] = (g, i)
         self._policy_by_id = {id(e.tensor): e.policy for e in entries}
-        # Binding checks run in C through map(): no Python-level loop over parameters.
+        # Binding checks run in C through map(): no Python-level loop over parameters. The
+        # registered object is checked by identity; the storage by data_ptr, of the tensor
+        # itself or, for a DTensor, of its local shard.
         self._live = [e.tensor for e in self._averaged]
         self._owners = [e.owner for e in self._averaged]
         self._keys = [e.key for e in self._averaged]
-        self._ptrs = list(map(_data_ptr, self._live))
+        self._live_plain = [e.tensor for e in self._averaged if not e.sharded]
+        self._ptrs = list(map(_data_ptr, self._live_plain))
+        self._live_dt = [e.tensor for e in self._averaged if e.sharded]
+        self._ptrs_dt = list(map(_data_ptr, map(_local_tensor, self._live_dt)))
+        self._fsdp_modules = _dist.fsdp_modules(self._model) if self._live_dt else []
         # Per group: last host weights, their (2, K) device copy, and for K > 1 the cache-sized
         # blocks of storage and sources with matching weight views.
         self._weight_cache = [self._make_weight_views(g) for g in self._groups]
@@ -221,23 +248,67 @@ class WeightAverager:
         return ([math.nan] * g.k, buf, wviews, keepviews, blocks, sources)
 
     def _check_binding(self) -> None:
-        if list(map(_data_ptr, self._live)) == self._ptrs and all(
-            map(operator.is_, map(dict.get, self._owners, self._keys), self._live)
+        if (
+            list(map(_data_ptr, self._live_plain)) == self._ptrs
+            and list(map(_data_ptr, map(_local_tensor, self._live_dt))) == self._ptrs_dt
+            and all(map(operator.is_, map(dict.get, self._owners, self._keys), self._live))
         ):
             return
-        for e, ptr in zip(self._averaged, self._ptrs):
+        self._reshard_fsdp()  # FSDP2 may have its unsharded parameters registered
+        dtensor = _dist.dtensor_type()
+        plain_ptrs, dt_ptrs = iter(self._ptrs), iter(self._ptrs_dt)
+        fix = (
+            "create the averager after moving, converting or loading the model "
+            "(model.to(...), load_state_dict(assign=True)), then load its state_dict if resuming"
+        )
+        for e in self._averaged:
+            ptr = next(dt_ptrs) if e.sharded else next(plain_ptrs)
             current = e.owner.get(e.key)
             if current is not e.tensor:
                 what = "was replaced by a new tensor"
+                if dtensor is not None and isinstance(current, dtensor) and not e.sharded:
+                    what = "is now a DTensor: the model was sharded (e.g. by fully_shard)"
+                    fix = "create the averager after sharding the model"
+            elif e.sharded:
+                local = _local_tensor(e.tensor)
+                if _data_ptr(local) == ptr:
+                    continue
+                if _same_layout(local, e.source):
+                    # FSDP2 moved the shard (re-padding, pinning) without changing it: follow.
+                    self._rebind_source(e, local)
+                    continue
+                what = (
+                    f"had its local shard replaced (now {tuple(local.shape)} {local.dtype} on "
+                    f"{local.device})"
+                )
             elif _data_ptr(e.tensor) != ptr:
                 what = f"had its data replaced (now {e.tensor.dtype} on {e.tensor.device})"
             else:
                 continue
             raise ValueError(
-                f"{'parameter' if e.is_param else 'buffer'} {e.name!r} {what} after the averager was "
-                "created; create the averager after moving, converting or loading the model "
-                "(model.to(...), load_state_dict(assign=True)), then load its state_dict if resuming"
+                f"{'parameter' if e.is_param else 'buffer'} {e.name!r} {what} after the averager "
+                f"was created; {fix}"
             )
+
+    def _rebind_source(self, e: _Entry, local: Tensor) -> None:
+        """Point the kernels at a DTensor's new local shard (same layout; off the hot path)."""
+        g, i = self._where[id(e.tensor)]
+        e.source = g.tensors[i] = local.detach()
+        if g.same_dtype:
+            g.int_sources[i] = e.source.view(g.int_sources[i].dtype)
+        gi = next(j for j, h in enumerate(self._groups) if h is g)
+        self._weight_cache[gi] = self._make_weight_views(g)
+        self._ptrs_dt = list(map(_data_ptr, map(_local_tensor, self._live_dt)))
+
+    def _reshard_fsdp(self) -> None:
+        """Register FSDP2's sharded parameters where it holds unsharded ones (no-op otherwise).
+
+        The root module keeps its unsharded parameters after a forward without backward. The
+        averager reads and writes the sharded parameters (which the optimizer updates); after
+        ``reshard()`` the next forward all-gathers them, so it sees what the averager wrote.
+        """
+        for m in self._fsdp_modules:
+            m.reshard()
 
     def _check_not_swapped(self, what: str) -> None:
         if self._swapped_index is not None:
@@ -334,6 +405,8 @@ class WeightAverager:
         try:
             yield self._model
         finally:
+            # A forward inside the block may leave FSDP2 holding unsharded *averaged* weights.
+            self._reshard_fsdp()
             for g, views in zip(self._groups, backups):
                 if views is None:
                     K.swap_(g.int_sources, g.int_views[index])
@@ -349,11 +422,14 @@ class WeightAverager:
         Keys are the unwrapped model's keys (no ``module.`` / ``_orig_mod.``), values are in
         the model's dtypes; ``copy`` tensors are the model's current values, ``skip`` buffers
         are omitted (load with ``strict=False`` then). Load it into a plain model with
-        ``model.load_state_dict(ema.averaged_state_dict())``.
+        ``model.load_state_dict(ema.averaged_state_dict())``. For a sharded model (FSDP2) the
+        averaged tensors are DTensors placed like the parameters (this rank's shards, no
+        gather); :func:`switchema.distributed.full_averaged_state_dict` gathers a plain one.
         """
         self._check_binding()
         self._check_not_swapped("averaged_state_dict")
         index = _check_index(index, self.num_averages)
+        dtensor = _dist.dtensor_type()
         out: dict[str, Tensor] = {}
         for name, t in self._model.state_dict(keep_vars=True).items():
             policy = self._policy_by_id.get(id(t), "copy")
@@ -364,7 +440,10 @@ class WeightAverager:
                 out[_clean_name(name)] = t.detach().clone()
             else:
                 g, i = where
-                out[_clean_name(name)] = g.views[index][i].to(t.dtype, copy=True)
+                avg = g.views[index][i].to(t.dtype, copy=True)
+                if dtensor is not None and isinstance(t, dtensor):
+                    avg = _dist.like_param(avg, t)  # the local shard, placed like the parameter
+                out[_clean_name(name)] = avg
         return out
 
     # ------------------------------------------------------------------ checkpoints
@@ -388,12 +467,21 @@ class WeightAverager:
 
     @torch.no_grad()
     def state_dict(self) -> dict[str, Any]:
-        """Averages, configuration and counters; plain data and tensors, no callables."""
+        """Averages, configuration and counters; plain data and tensors, no callables.
+
+        ``averages[name]`` holds the K averages of a tensor, shape ``(K, *shape)``; for a
+        DTensor parameter (FSDP2) it is a DTensor of that global shape on the parameter's mesh,
+        so ``torch.distributed.checkpoint`` saves each rank's shard and reshards on load.
+        """
         self._check_not_swapped("state_dict")
         averages = {}
         for e in self._averaged:
             g, i = self._where[id(e.tensor)]
-            averages[e.name] = g.kviews[i].clone()
+            if e.sharded:  # (K, *shape) DTensor on the parameter's mesh: DCP reshards it
+                local = g.kviews[i].clone(memory_format=torch.contiguous_format)
+                averages[e.name] = _dist.stacked_like_param(local, e.tensor, e.name)
+            else:
+                averages[e.name] = g.kviews[i].clone()
         return {
             "format": _STATE_FORMAT,
             "kind": self.kind,
@@ -406,7 +494,13 @@ class WeightAverager:
 
     @torch.no_grad()
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; fails naming the first tensor that does not match."""
+        """Restore a :meth:`state_dict`; fails naming the first tensor that does not match.
+
+        Sharded and plain states load into sharded and plain averagers alike: a sharded
+        averager takes its shards (from a full tensor without communication, from a DTensor
+        placed otherwise by redistributing it), a plain one gathers a DTensor state. All ranks
+        of a sharded averager must call it.
+        """
         self._check_not_swapped("load_state_dict")
         if not isinstance(state, Mapping) or state.get("format") != _STATE_FORMAT:
             raise ValueError(
@@ -436,17 +530,28 @@ class WeightAverager:
         self._load_config(state["config"])
         if self.num_averages != old_k:
             self._bind()
+        dtensor = _dist.dtensor_type()
         for e in self._averaged:
             saved = averages[e.name]
             g, i = self._where[id(e.tensor)]
-            if tuple(saved.shape) != tuple(g.kviews[i].shape):
+            expected = (self.num_averages, *e.tensor.shape)  # global shape when sharded
+            if tuple(saved.shape) != expected:
                 raise ValueError(
                     f"shape mismatch for {e.name!r}: state has {tuple(saved.shape)}, "
-                    f"this averager expects {tuple(g.kviews[i].shape)}"
+                    f"this averager expects {expected}"
                 )
+            if e.sharded:  # this rank's shard, wherever the state was saved
+                saved = _dist.local_stack(saved, e.tensor, e.name)
+            elif dtensor is not None and isinstance(saved, dtensor):
+                saved = saved.full_tensor()  # a sharded state into a plain model: gather
             g.kviews[i].copy_(saved)
         self.step = int(state["step"])
         self.n_updates = int(state["n_updates"])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of average storage held by this process (the local shards' under FSDP2)."""
+        return sum(g.flat.numel() * g.flat.element_size() for g in self._groups)
 
     def __repr__(self) -> str:
         n = sum(g.numel for g in self._groups)
