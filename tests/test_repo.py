@@ -19,7 +19,9 @@ def _ruff():
 
 
 def _code_dirs():
-    return [d for d in ("src", "tests", "benchmarks", "experiments") if (ROOT / d).is_dir()]
+    return [
+        d for d in ("src", "tests", "benchmarks", "experiments", "examples") if (ROOT / d).is_dir()
+    ]
 
 
 def test_ruff_lint():
