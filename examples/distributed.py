@@ -79,6 +79,9 @@ def main() -> None:
                 f"EMA {averaged.item():.4f}; exported {len(export)} tensors, "
                 f"average held per rank {ema.nbytes} bytes"
             )
+        # Leave together: a rank that tears down gloo while the other is still in a
+        # collective can leave that rank hanging.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
