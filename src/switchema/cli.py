@@ -170,8 +170,48 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, default=None, help="run folder (default: runs/<task>-<time>)"
     )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_run_options(p)
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="continue the killed or unfinished run in folder RUN with its saved settings "
+        "(finished jobs are kept, unfinished ones continue from their last checkpoint)",
+    )
     p.set_defaults(func=_compare)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    from .lab.executors import EXECUTORS
+
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N jobs (a seed and the methods that share its trajectory) at once, in N "
+        "worker processes of 1 torch thread each (or --threads); results do not depend on N",
+    )
+    p.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="'local': this machine; 'ray': a Ray cluster (pip install 'switchema[ray]'; the run "
+        "folder must be on a file system every node sees)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address for --executor ray, e.g. 'auto' or 'ray://head:10001' "
+        "(default: start a local Ray instance with --jobs CPUs)",
+    )
+    p.add_argument(
+        "--no-checkpoint",
+        action="store_true",
+        help="skip the per-epoch checkpoints (a killed job then restarts from epoch 1)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -204,11 +244,191 @@ def _compare(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
     )
-    resolve_config(cfg)  # every mistake is reported before any training starts
-    out = args.out or Path("runs") / f"{args.task}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = run_study(cfg, out, progress=not args.no_progress)
+    run_opts = dict(
+        progress=not args.no_progress,
+        workers=args.jobs,
+        executor=args.executor,
+        address=args.address,
+        checkpoints=not args.no_checkpoint,
+    )
+    if args.resume is not None:
+        run = run_study(None, args.resume, resume=True, **run_opts)
+    else:
+        resolve_config(cfg)  # every mistake is reported before any training starts
+        out = args.out or Path("runs") / f"{args.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run = run_study(cfg, out, **run_opts)
     print((run / "summary.md").read_text())
     print(f"run folder: {run}")
+    return 0
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    from .lab.methods import METHODS
+    from .lab.tasks import task_names
+
+    p = sub.add_parser(
+        "sweep",
+        help="run a grid of studies (tasks x decays x switch intervals x ...) over seeds, in parallel, resumably",
+        description=(
+            "Run every cell of a grid: methods are compared and seeds repeated inside each cell; "
+            "every other setting given several values is a swept axis. The grid comes from flags, "
+            "from a TOML/YAML file (--grid; keys are the settings of `switchema compare`, e.g. "
+            "task, methods, seeds, decay, switch_every, epochs, lr, label_noise, model_options), "
+            "or both (flags win). Writes one `compare` run folder per cell under RUN/cells/, a "
+            "combined table RUN/sweep.md, RUN/sweep_results.json and a plot RUN/sweep_<axis>.png "
+            "per swept axis. Jobs checkpoint every epoch: after a crash, --resume RUN continues."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--grid", type=Path, default=None, help="grid file (.toml, .yaml or .yml)")
+    p.add_argument(
+        "--task",
+        nargs="+",
+        default=None,
+        help=f"task(s), among: {', '.join(task_names())} (default: mnist1d-cnn)",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        metavar="M",
+        help=f"methods compared in every cell, among: {', '.join(METHODS)} (default: baseline ema sema swa)",
+    )
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="training seeds of every cell (default: 0 1 2)",
+    )
+    p.add_argument(
+        "--decay",
+        nargs="+",
+        type=float,
+        default=None,
+        help="EMA decay(s) per optimizer step, in [0, 1); several values: an axis (default: 0.99)",
+    )
+    p.add_argument(
+        "--switch-every",
+        nargs="+",
+        default=None,
+        help="Switch EMA interval(s): N epochs ('1', '5e') or N steps ('50s'); several: an axis (default: 1)",
+    )
+    p.add_argument(
+        "--epochs",
+        nargs="+",
+        type=int,
+        default=None,
+        help="training epochs; several: an axis (default: the task's)",
+    )
+    p.add_argument(
+        "--lr",
+        nargs="+",
+        type=float,
+        default=None,
+        help="peak learning rate(s); several: an axis (default: the task's)",
+    )
+    p.add_argument(
+        "--label-noise",
+        nargs="+",
+        type=float,
+        default=None,
+        help="fraction(s) of flipped training labels, in [0, 1); several: an axis (default: 0)",
+    )
+    p.add_argument(
+        "--set",
+        type=_kv,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other setting, e.g. batch_size=64 or weight_decay=[0,1e-4] (a list: an axis)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads per job (default: 1 on CPU)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="sweep folder (default: runs/sweep-<time>)"
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="continue the sweep in folder RUN: finished jobs are skipped, unfinished ones continue "
+        "from their last checkpoint (takes no grid options)",
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume: run failed jobs again (by default a failed job stays failed)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the grid, list its cells and jobs, train nothing",
+    )
+    _add_run_options(p)
+    p.set_defaults(func=_sweep)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .lab.sweep import cell_jobs, expand_grid, load_grid_file, parse_grid, run_sweep
+
+    flags = {
+        "task": args.task,
+        "methods": args.methods,
+        "seeds": args.seeds,
+        "decays": args.decay,
+        "switch_every": args.switch_every,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "label_noise": args.label_noise,
+        "threads": args.threads,
+    }
+    given = {k: v for k, v in flags.items() if v is not None}
+    given.update(dict(args.set))
+    run_opts = dict(
+        executor=args.executor,
+        workers=args.jobs,
+        address=args.address,
+        progress=not args.no_progress,
+        checkpoints=not args.no_checkpoint,
+    )
+    if args.resume is not None:
+        if given or args.grid is not None:
+            raise ValueError(
+                f"--resume continues the grid saved in {args.resume}; drop the grid options "
+                f"({', '.join(sorted(given)) or '--grid'})"
+            )
+        out = run_sweep(None, args.resume, resume=True, retry_failed=args.retry_failed, **run_opts)
+    else:
+        if args.retry_failed:
+            raise ValueError("--retry-failed only applies with --resume RUN")
+        mapping = load_grid_file(args.grid) if args.grid is not None else {}
+        mapping = {k.replace("-", "_"): v for k, v in mapping.items()}
+        for alias, key in (
+            ("decay", "decays"),
+            ("tasks", "task"),
+            ("seed", "seeds"),
+            ("method", "methods"),
+        ):
+            if alias in mapping and key in given:
+                mapping.pop(alias)
+        mapping.update(given)
+        mapping.setdefault("methods", ["baseline", "ema", "sema", "swa"])
+        source = str(args.grid) if args.grid is not None else "sweep options"
+        grid = parse_grid(mapping, source)
+        cells = expand_grid(grid, source)  # every mistake is reported before any job starts
+        if args.dry_run:
+            jobs = {j.id for c in cells for j in cell_jobs(c.config)}
+            print(f"{len(cells)} cell(s), {len(jobs)} job(s) after sharing trajectories")
+            for c in cells:
+                print(f"  {c.name}: {len(cell_jobs(c.config))} jobs")
+            return 0
+        out = args.out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_sweep(grid, out, source=source, **run_opts)
+    print((out / "sweep.md").read_text())
+    print(f"sweep folder: {out}")
     return 0
 
 
@@ -368,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"switchema {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_compare(sub)
+    _add_sweep(sub)
     _add_analyze(sub)
     rep = sub.add_parser(
         "report", help="rebuild summary.md and plots from a saved run folder (no training)"
@@ -381,6 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .lab.lock import FolderLockedError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -388,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, OSError, ImportError, FolderLockedError) as e:
         # Misuse (bad task, method, option, missing file): a one-line message, not a traceback.
         print(f"switchema {args.command}: error: {e}", file=sys.stderr)
         return 2

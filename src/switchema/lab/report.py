@@ -317,6 +317,14 @@ def write_report(run_dir: str | Path) -> Path:
         json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else None
     )
     text = render_summary(config, summary, timing)
+    failures = (
+        json.loads((run / "failures.json").read_text()) if (run / "failures.json").is_file() else []
+    )
+    if failures:  # partial results say so up front, and say why
+        text += f"\n## Failed jobs ({len(failures)})\n\nThese seeds are missing from the tables above.\n\n"
+        text += "".join(
+            f"- seed {f['seed']}, {'+'.join(f['methods'])}: {f['error']}\n" for f in failures
+        )
     (run / "summary.md").write_text(text)
     from . import plots
 

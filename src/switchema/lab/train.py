@@ -28,9 +28,17 @@ from .. import __version__
 from ..batchnorm import recompute_bn
 from . import metrics as M
 from .methods import build_method, check_methods, parse_interval
-from .tasks import Task, TaskData, apply_label_noise, get_task
+from .tasks import Task, TaskData, get_task
 
-__all__ = ["StudyConfig", "run_study", "train_run", "resolve_config", "share_trajectories"]
+__all__ = [
+    "StudyConfig",
+    "ConfigError",
+    "DivergedError",
+    "run_study",
+    "train_run",
+    "resolve_config",
+    "share_trajectories",
+]
 
 SCHEDULES = ("cosine", "constant", "step")
 OPTIMIZERS = ("sgd", "adamw")
@@ -75,49 +83,100 @@ class StudyConfig:
     threads: int | None = None  # None: 1 on CPU (tiny models), torch's default otherwise
 
 
+class ConfigError(ValueError):
+    """One or more invalid settings; ``problems`` lists each, and the message joins them."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
 def resolve_config(cfg: StudyConfig) -> tuple[StudyConfig, Task]:
-    """Validate every setting and fill task defaults; fails before any training starts."""
-    task = get_task(cfg.task)
-    check_methods(list(cfg.methods))
+    """Validate every setting and fill task defaults; fails before any training starts.
+
+    Every problem is reported at once (:class:`ConfigError`, a ``ValueError``), each naming
+    the bad value and what is allowed.
+    """
+    problems: list[str] = []
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    task = None
+    try:
+        task = get_task(cfg.task)
+    except (ValueError, TypeError) as e:
+        problems.append(str(e))
+    try:
+        check_methods(list(cfg.methods))
+    except ValueError as e:
+        problems.append(str(e))
     cfg = copy.deepcopy(cfg)
-    for key, value in task.defaults.items():
-        if getattr(cfg, key, None) is None:
-            setattr(cfg, key, value)
-    if not (isinstance(cfg.label_noise, (int, float)) and 0.0 <= cfg.label_noise < 1.0):
-        raise ValueError(f"label noise must be a fraction in [0, 1), got {cfg.label_noise!r}")
-    if cfg.label_noise and task.kind != "classification":
-        raise ValueError(f"label noise needs a classification task; {cfg.task!r} is {task.kind}")
-    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ValueError(f"seeds must be distinct integers, got {cfg.seeds!r}")
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
-    if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
-    if cfg.ema_warmup not in WARMUPS:
-        raise ValueError(f"EMA warm-up must be one of {WARMUPS}, got {cfg.ema_warmup!r}")
-    for name in ("epochs", "batch_size"):
-        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be a positive int, got {getattr(cfg, name)!r}")
-    if not cfg.lr > 0:
-        raise ValueError(f"lr must be > 0, got {cfg.lr!r}")
-    if not (0.0 <= cfg.swa_start < 1.0):
-        raise ValueError(
-            f"swa start must be a fraction of training in [0, 1), got {cfg.swa_start!r}"
+    if task is not None:
+        for key, value in task.defaults.items():
+            if getattr(cfg, key, None) is None:
+                setattr(cfg, key, value)
+    noise_ok = isinstance(cfg.label_noise, (int, float)) and 0.0 <= cfg.label_noise < 1.0
+    check(noise_ok, f"label noise must be a fraction in [0, 1), got {cfg.label_noise!r}")
+    if task is not None and noise_ok:
+        check(
+            not cfg.label_noise or task.kind == "classification",
+            f"label noise needs a classification task; {cfg.task!r} is {task.kind}",
         )
-    if not (0 <= cfg.warmup_epochs < cfg.epochs):
-        raise ValueError(
-            f"warmup epochs must be in [0, epochs={cfg.epochs}), got {cfg.warmup_epochs!r}"
+    check(
+        bool(cfg.seeds) and len(set(cfg.seeds)) == len(cfg.seeds),
+        f"seeds must be distinct integers, got {cfg.seeds!r}",
+    )
+    check(cfg.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+    check(
+        cfg.ema_warmup in WARMUPS, f"EMA warm-up must be one of {WARMUPS}, got {cfg.ema_warmup!r}"
+    )
+    if task is not None:  # these have task defaults
+        check(
+            cfg.optimizer in OPTIMIZERS,
+            f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}",
         )
-    if not cfg.decays:
-        raise ValueError("give at least one EMA decay")
+        for name in ("epochs", "batch_size"):
+            value = getattr(cfg, name)
+            check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{name} must be a positive int, got {value!r}",
+            )
+        check(isinstance(cfg.lr, (int, float)) and cfg.lr > 0, f"lr must be > 0, got {cfg.lr!r}")
+        if isinstance(cfg.epochs, int):
+            check(
+                isinstance(cfg.warmup_epochs, int) and 0 <= cfg.warmup_epochs < cfg.epochs,
+                f"warmup epochs must be in [0, epochs={cfg.epochs}), got {cfg.warmup_epochs!r}",
+            )
+        for what, fn, given in (
+            ("data", task.build_data, cfg.data_options),
+            ("model", task.build_model, cfg.model_options),
+        ):
+            allowed = getattr(fn, "options", None)
+            unknown = sorted(set(given) - set(allowed)) if allowed is not None else []
+            check(
+                not unknown,
+                f"unknown {what} option(s) {unknown} for task {cfg.task!r}; allowed: "
+                f"{', '.join(allowed or ()) or 'none'}",
+            )
+    check(
+        isinstance(cfg.swa_start, (int, float)) and 0.0 <= cfg.swa_start < 1.0,
+        f"swa start must be a fraction of training in [0, 1), got {cfg.swa_start!r}",
+    )
+    check(bool(cfg.decays), "give at least one EMA decay")
     for d in cfg.decays:
-        if not (0.0 <= d < 1.0):
-            raise ValueError(f"decay must be in [0, 1), got {d!r}")
-    parse_interval(cfg.switch_every)
-    if len(cfg.decays) > 1 and any(m.startswith("sema") for m in cfg.methods):
-        raise ValueError(
-            f"Switch EMA copies one average into the model; give one decay with sema, got {cfg.decays}"
-        )
+        check(isinstance(d, (int, float)) and 0.0 <= d < 1.0, f"decay must be in [0, 1), got {d!r}")
+    try:
+        parse_interval(cfg.switch_every)
+    except ValueError as e:
+        problems.append(str(e))
+    check(
+        not (len(cfg.decays) > 1 and any(str(m).startswith("sema") for m in cfg.methods)),
+        f"Switch EMA copies one average into the model; give one decay with sema, got {cfg.decays}",
+    )
+    if problems:
+        raise ConfigError(problems)
     return cfg, task
 
 
@@ -233,6 +292,13 @@ def share_trajectories(methods: list[str]) -> list[list[str]]:
 PASSIVE_METHODS = ("baseline", "ema", "swa")
 
 
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss; the job is recorded as failed with this message."""
+
+
+CHECKPOINT_FORMAT = 1
+
+
 def train_run(
     cfg: StudyConfig,
     task: Task,
@@ -242,18 +308,29 @@ def train_run(
     *,
     y_train: torch.Tensor,
     flipped: torch.Tensor | None,
-    on_epoch: Callable[[], None] | None = None,
+    on_epoch: Callable[[int], None] | None = None,
+    resume: dict[str, Any] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], dict[str, dict[str, torch.Tensor]]]:
     """Train one model for ``seed`` carrying the averagers of ``method_names``.
 
     More than one method is allowed only if at most one of them switches (see
     :func:`share_trajectories`). Returns the metric rows, the final-epoch arrays and the
     final weights (``"method/model/seed"`` -> state dict, as evaluated).
+
+    ``checkpoint(state)`` is called at the end of every epoch, after evaluation, with
+    everything needed to continue: model, optimizer, scheduler, averagers, RNG states, the
+    metric rows so far and, after the last epoch, the results (``state["done"]`` is then
+    true). Passing such a state back as ``resume`` continues the run; the result is bit for bit
+    the one of an uninterrupted run (the loop draws no randomness that the state does not
+    hold). A non-finite mean training loss raises :class:`DivergedError` at the epoch's end.
     """
     if len(method_names) > 1 and any(m not in PASSIVE_METHODS for m in method_names):
         raise ValueError(
             f"methods {method_names} cannot share one training run: each switching method needs its own"
         )
+    if resume is not None and resume.get("done"):
+        return _results(resume)
     device = _device(cfg.device)
     torch.manual_seed(seed)  # same initial weights for every method of this seed
     model = task.build_model(data, **cfg.model_options).to(device)
@@ -285,8 +362,12 @@ def train_run(
     arrays: dict[str, np.ndarray] = {}
     states: dict[str, dict[str, torch.Tensor]] = {}
     two_d = data.x_train.shape[1:] == (2,)
-    step = 0
-    for epoch in range(1, cfg.epochs + 1):
+    step, first_epoch = 0, 1
+    if resume is not None:
+        step, first_epoch, rows = _restore(
+            resume, method_names, model, optimizer, scheduler, methods, order, device
+        )
+    for epoch in range(first_epoch, cfg.epochs + 1):
         model.train()
         perm = torch.randperm(data.n_train, generator=order).to(device)
         loss_sum = torch.zeros((), device=device)  # accumulated on device: no per-step sync
@@ -302,11 +383,17 @@ def train_run(
             loss_sum += loss.detach()
             for method in methods:
                 method.after_step(step, epoch, optimizer)
+        running = float(loss_sum) / steps_per_epoch  # the epoch's one host sync
+        if not math.isfinite(running):
+            raise DivergedError(
+                f"training diverged: mean training loss {running} in epoch {epoch} "
+                f"(seed {seed}, methods {'+'.join(method_names)}, lr {cfg.lr})"
+            )
         switched = [method.after_epoch(epoch, optimizer) for method in methods]
         train_time = time.perf_counter() - t0
         last = epoch == cfg.epochs
         online, probs = evaluate(model, data, y_train, cfg.eval_batch_size, device, flipped)
-        online["train_loss_running"] = float(loss_sum) / steps_per_epoch
+        online["train_loss_running"] = running
         grid_pts = _grid(data)[2] if last and two_d else None
         online_grid = _grid_probs(model, grid_pts, cfg, device)
         for method, did_switch in zip(methods, switched):
@@ -339,9 +426,59 @@ def train_run(
                         arrays[f"probs/{method.name}/{label}/{seed}"] = p
                     if g is not None:
                         arrays[f"grid/{method.name}/{label}/{seed}"] = g
+        if checkpoint is not None:
+            checkpoint(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "methods": list(method_names),
+                    "seed": seed,
+                    "epoch": epoch,
+                    "step": step,
+                    "done": last,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "averagers": [
+                        m.averager.state_dict() if m.averager is not None else None for m in methods
+                    ],
+                    "rng": {
+                        "torch": torch.get_rng_state(),
+                        "order": order.get_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                    },
+                    "rows": rows,
+                    "arrays": {k: torch.from_numpy(v) for k, v in arrays.items()},
+                    "states": states,
+                }
+            )
         if on_epoch is not None:
             on_epoch(len(methods))
     return rows, arrays, states
+
+
+def _restore(state, method_names, model, optimizer, scheduler, methods, order, device):
+    """Load a checkpoint written by :func:`train_run`; returns (step, next epoch, rows)."""
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("methods") != list(method_names):
+        raise ValueError(
+            f"checkpoint is for methods {state.get('methods')!r} (format {state.get('format')!r}), "
+            f"not {list(method_names)!r} (format {CHECKPOINT_FORMAT})"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    for method, avg_state in zip(methods, state["averagers"]):
+        if method.averager is not None:
+            method.averager.load_state_dict(avg_state)
+    torch.set_rng_state(state["rng"]["torch"])
+    order.set_state(state["rng"]["order"])
+    if state["rng"].get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return int(state["step"]), int(state["epoch"]) + 1, list(state["rows"])
+
+
+def _results(state):
+    arrays = {k: v.numpy() for k, v in state["arrays"].items()}
+    return list(state["rows"]), arrays, state["states"]
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -373,7 +510,17 @@ def versions() -> dict[str, str]:
     return out
 
 
-def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True) -> Path:
+def run_study(
+    cfg: StudyConfig | None,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    resume: bool = False,
+    workers: int = 1,
+    executor: str = "local",
+    address: str | None = None,
+    checkpoints: bool = True,
+) -> Path:
     """Run every (seed, method) of ``cfg`` and write the run folder; returns its path.
 
     Writes ``config.json`` (resolved settings and package versions), ``metrics.jsonl``
@@ -381,77 +528,47 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True) -
     probabilities; decision-boundary grids for 2-D tasks), ``models.pt`` (final weights of every
     evaluated model, for ``switchema analyze``) and, through
     :func:`switchema.lab.report.write_report`, ``summary.md`` and the plots.
+
+    The training runs as jobs (see :mod:`switchema.lab.jobs`) in ``out_dir/jobs`` that
+    checkpoint every epoch; ``resume=True`` (with ``cfg=None``: the folder's own
+    ``config.json`` is used) continues a killed run. A folder that already holds a run is
+    never overwritten.
     """
-    cfg, task = resolve_config(cfg)
+    from .lock import FolderLock
+    from .sweep import _cell_header, run_cells
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = _device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    elif device.type == "cpu":
-        # The lab's models are tiny: one thread is as fast as several on a quiet machine and
-        # does not collapse when other processes compete for the cores.
-        torch.set_num_threads(1)
-    (out / "config.json").write_text(
-        json.dumps(
-            {
-                "config": asdict(cfg),
-                "task": {"name": task.name, "kind": task.kind, "description": task.description},
-                "versions": versions(),
-                "device": str(device),
-                "torch_threads": torch.get_num_threads(),
-            },
-            indent=2,
-        )
-    )
-    jobs = [(seed, m) for seed in cfg.seeds for m in cfg.methods]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(jobs) * cfg.epochs, unit="epoch", desc=f"{task.name}")
-    arrays: dict[str, np.ndarray] = {}
-    states: dict[str, dict[str, torch.Tensor]] = {}
-    t_start = time.perf_counter()
-    # One data set (split and noisy labels) for all seeds, fixed by data_seed: seeds vary the
-    # initial weights and batch order, so predictions on the same test set can be compared
-    # across seeds (churn, JS divergence), as in the EMA paper.
-    data = task.build_data(cfg.data_seed, **cfg.data_options)
-    y_train, flipped = data.y_train, None
-    if cfg.label_noise:
-        gen = torch.Generator().manual_seed(20_000 + cfg.data_seed)
-        y_train, flipped = apply_label_noise(data.y_train, cfg.label_noise, data.num_classes, gen)
-    if data.x_train.shape[1:] == (2,):
-        gx, gy, _ = _grid(data)
-        arrays.update({"grid/x": gx, "grid/y": gy, "data/x_train": data.x_train.numpy()})
-    arrays["data/y_train"] = y_train.numpy()
-    arrays["data/y_test"] = data.y_test.numpy()
-    with open(out / "metrics.jsonl", "w") as f:
-        for seed in cfg.seeds:
-            for group in share_trajectories(list(cfg.methods)):
-                if bar is not None:
-                    bar.set_postfix(seed=seed, methods="+".join(group))
-                rows, run_arrays, run_states = train_run(
-                    cfg,
-                    task,
-                    data,
-                    group,
-                    seed,
-                    y_train=y_train,
-                    flipped=flipped,
-                    on_epoch=bar.update if bar is not None else None,
+    with FolderLock(out):
+        if resume:
+            if not (out / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"{out / 'config.json'} not found: nothing to resume in {out}"
                 )
-                for row in rows:
-                    f.write(json.dumps(row) + "\n")
-                f.flush()
-                arrays.update(run_arrays)
-                states.update(run_states)
-    if bar is not None:
-        bar.close()
-    np.savez_compressed(out / "predictions.npz", **arrays)
-    torch.save(states, out / "models.pt")
-    (out / "timing.json").write_text(json.dumps({"wall_s": time.perf_counter() - t_start}))
-    from .report import write_report
-
-    write_report(out)
+            saved = json.loads((out / "config.json").read_text())["config"]
+            if cfg is not None and asdict(resolve_config(cfg)[0]) != saved:
+                raise ValueError(
+                    f"{out} was started with other settings; resume it without changing them"
+                )
+            cfg = StudyConfig(**saved)
+        elif cfg is None:
+            raise ValueError("give a StudyConfig, or resume=True to continue a run folder")
+        elif (out / "config.json").exists():
+            raise FileExistsError(
+                f"{out} already holds a run; continue it with --resume {out}, or choose another "
+                f"--out (results in a run folder are never overwritten)"
+            )
+        cfg, task = resolve_config(cfg)
+        if not resume:
+            (out / "config.json").write_text(json.dumps(_cell_header(cfg), indent=2))
+        run_cells(
+            out,
+            [(out, cfg)],
+            executor=executor,
+            workers=workers,
+            address=address,
+            progress=progress,
+            retry_failed=resume,
+            checkpoints=checkpoints,
+            desc=task.name,
+        )
     return out
