@@ -1,5 +1,8 @@
 """Collect the Switch EMA sweep (03_sema_sweep.sh) into one table: SEMA vs plain EMA per cell.
 
+``switchema sweep`` writes the general table (``sweep.md``); this adds the view the study needs:
+SEMA minus EMA at the same decay, against 1 - decay on a log axis.
+
 Usage: python experiments/collect_sweep.py runs/experiments/03_sweep [plot.png] > sweep.md
 """
 
@@ -28,8 +31,9 @@ def main(root: str, plot: str | None = None) -> None:
         "| EMA best (%) | SEMA best (%) | SEMA − EMA best (pp) [95% CI] |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
+    folder = Path(root) / "cells" if (Path(root) / "cells").is_dir() else Path(root)
     runs = sorted(
-        Path(root).glob("decay*_every*"), key=lambda p: (float(p.name.split("_")[0][5:]), p.name)
+        folder.glob("decay*_every*"), key=lambda p: (float(p.name.split("_")[0][5:]), p.name)
     )
     for run in runs:
         if not (run / "summary.md").is_file():  # unfinished run

@@ -89,7 +89,7 @@ def test_grid_cells_jobs_and_outputs(reference):
         assert cfg["switch_every"] == c.point["switch_every"] and cfg["seeds"] == [0, 1]
     table = (reference / "sweep.md").read_text()
     assert table.count("| sema |") == 4 and "## Failed jobs" not in table
-    assert (reference / "sweep_decays.png").stat().st_size > 5000
+    assert (reference / "sweep_decay.png").stat().st_size > 5000
     assert (reference / "sweep_switch_every.png").stat().st_size > 5000
     res = json.loads((reference / "sweep_results.json").read_text())
     assert len(res["cells"]) == 4 and all(len(c["entries"]) == 3 for c in res["cells"])

@@ -496,8 +496,12 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from .lab.report import write_report
+    from .lab.sweep import write_sweep_report
 
-    path = write_report(args.run)
+    if (args.run / "sweep.json").is_file():  # a sweep folder: rebuild its combined table
+        path = write_sweep_report(args.run)
+    else:
+        path = write_report(args.run)
     print(path.read_text())
     return 0
 
@@ -591,9 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_analyze(sub)
     rep = sub.add_parser(
-        "report", help="rebuild summary.md and plots from a saved run folder (no training)"
+        "report",
+        help="rebuild summary.md and plots from a saved run folder, or sweep.md from a sweep folder (no training)",
     )
-    rep.add_argument("run", type=Path, help="run folder written by `switchema compare`")
+    rep.add_argument(
+        "run", type=Path, help="run folder of `switchema compare` or `switchema sweep`"
+    )
     rep.set_defaults(func=_report)
     tasks = sub.add_parser("tasks", help="list the registered tasks and their default settings")
     tasks.set_defaults(func=_tasks)

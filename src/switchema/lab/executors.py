@@ -118,13 +118,14 @@ def _pool(run_dir, jobs, workers, on_epoch, on_done, checkpoints):
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     out: dict[str, dict[str, Any]] = {}
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)),
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(queue,),
+    )
     try:
-        with ProcessPoolExecutor(
-            max_workers=min(workers, len(jobs)),
-            mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(queue,),
-        ) as pool:
+        with pool:
             futures = {pool.submit(_worker, run_dir, job, checkpoints): job for job in jobs}
             for fut in as_completed(futures):
                 job = futures[fut]
@@ -138,6 +139,9 @@ def _pool(run_dir, jobs, workers, on_epoch, on_done, checkpoints):
                     }
                 if on_done is not None:
                     on_done(job, out[job.id])
+    except BaseException:  # Ctrl-C or an error here: do not start the queued jobs
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
     finally:
         queue.put(None)
         reader.join(timeout=5)

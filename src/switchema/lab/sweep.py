@@ -49,14 +49,13 @@ import torch
 
 from .checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, read_jsonl
 from .executors import run_jobs
-from .jobs import Job, job_results, job_status, make_job, prepare_data
+from .jobs import Job, job_results, job_status, make_job
 from .lock import FolderLock
 from .tasks import get_task
 from .train import (
     ConfigError,
     StudyConfig,
     _device,
-    _grid,
     resolve_config,
     share_trajectories,
     versions,
@@ -349,13 +348,7 @@ def assemble_cell(run_dir: Path, cell_dir: Path, cfg: StudyConfig) -> dict[str, 
                 )
                 damaged = cell_dir / "metrics.jsonl"
                 os.replace(damaged, damaged.with_name(damaged.name + ".damaged"))
-    data, y_train, _ = prepare_data(cfg)
     arrays: dict[str, np.ndarray] = {}
-    if data.x_train.shape[1:] == (2,):
-        gx, gy, _ = _grid(data)
-        arrays.update({"grid/x": gx, "grid/y": gy, "data/x_train": data.x_train.numpy()})
-    arrays["data/y_train"] = y_train.numpy()
-    arrays["data/y_test"] = data.y_test.numpy()
     rows: list[dict[str, Any]] = []
     states: dict[str, Any] = {}
     failures = []
@@ -449,24 +442,39 @@ def run_cells(
             dynamic_ncols=True,
         )
     t0 = time.perf_counter()
+    unfinished = {j.id for j in todo}
+    needs = [(cell_dir, cfg, {j.id for j in cell_jobs(cfg)}) for cell_dir, cfg in cells]
+    infos: dict[str, Any] = {}
+
+    def assemble_ready() -> None:
+        for cell_dir, cfg, ids in needs:
+            if str(cell_dir) not in infos and not ids & unfinished:
+                infos[str(cell_dir)] = assemble_cell(run_dir, cell_dir, cfg)
+
+    def finished(job: Job, status: dict[str, Any]) -> None:
+        unfinished.discard(job.id)
+        for problem in status.get("recovered", []):
+            warnings.warn(f"job {job.id}: {problem}", RuntimeWarning, stacklevel=2)
+        # A cell is written as soon as its last job ends, while the workers train the rest.
+        assemble_ready()
+
+    assemble_ready()  # cells with nothing left to run
     try:
-        statuses = run_jobs(
+        run_jobs(
             run_dir,
             todo,
             executor=executor,
             workers=workers,
             address=address,
             on_epoch=bar.update if bar is not None else None,
+            on_done=finished,
             checkpoints=checkpoints,
         )
     finally:
         if bar is not None:
             bar.close()
+    assemble_ready()
     wall = time.perf_counter() - t0
-    for job_id, st in statuses.items():
-        for problem in st.get("recovered", []):
-            warnings.warn(f"job {job_id}: {problem}", RuntimeWarning, stacklevel=2)
-    infos = {str(cell_dir): assemble_cell(run_dir, cell_dir, cfg) for cell_dir, cfg in cells}
     states = {j: job_status(run_dir, jobs[j]).get("state") for j in jobs}
     return {
         "jobs": len(jobs),
@@ -630,9 +638,9 @@ def write_sweep_report(run_dir: str | Path) -> Path:
         f"# Sweep: {len(res['cells'])} cell(s)",
         "",
         "Swept: "
-        + ("; ".join(f"`{a}` = {res_axis(res, a)}" for a in axes) or "nothing (one cell)")
+        + ("; ".join(f"`{_label(a)}` = {res_axis(res, a)}" for a in axes) or "nothing (one cell)")
         + ".",
-        "Fixed: " + ", ".join(f"`{k}` = {json.dumps(v)}" for k, v in fixed.items()) + ".",
+        "Fixed: " + ", ".join(f"`{_label(k)}` = {json.dumps(v)}" for k, v in fixed.items()) + ".",
         "",
         "Each row is one cell and method, judged by its main model (online for the baseline, the "
         "average otherwise), at the final epoch: mean ± sample std over seeds (n = seeds that "
@@ -643,7 +651,7 @@ def write_sweep_report(run_dir: str | Path) -> Path:
     metrics = {c["metric"] for c in res["cells"] if c["metric"]}
     one = metrics.pop() if len(metrics) == 1 else None
     head = [
-        *axes,
+        *(_label(a) for a in axes),
         "method",
         f"final {one}" if one else "final",
         "best",
@@ -709,6 +717,11 @@ def res_axis(res: dict[str, Any], axis: str) -> str:
     return ", ".join(values)
 
 
+def _label(axis: str) -> str:
+    """The name people write in a grid: ``decay``, not the field ``decays``."""
+    return {"decays": "decay"}.get(axis, axis)
+
+
 def _fmt_value(axis: str, value: Any) -> str:
     if axis == "decays":
         return ", ".join(f"{v:g}" for v in value)
@@ -767,19 +780,21 @@ def _plot_axes(run: Path, res: dict[str, Any]) -> list[Path]:
                     ax.plot(pos, mean, "o-", color=color, label=method, lw=1.5, ms=4)
                     ax.fill_between(pos, mean - std, mean + std, color=color, alpha=0.18, lw=0)
                 ax.set_xticks(range(len(xs)), xs, rotation=30 if len(xs) > 4 else 0)
-                ax.set_xlabel(axis)
+                ax.set_xlabel(_label(axis))
                 ax.set_ylabel(
                     f"final {metric.replace('_', ' ')}"
                     + (f" ({unit.strip()})" if unit.strip() else "")
                 )
-                title = ", ".join(f"{a}={v}" for a, v in zip(others, key[1:]))
-                ax.set_title(title or f"{metric} vs {axis}", fontsize=8)
+                title = ", ".join(f"{_label(a)}={v}" for a, v in zip(others, key[1:]))
+                ax.set_title(title or f"{metric} vs {_label(axis)}", fontsize=8)
             for ax in list(axs.flat)[len(keys) :]:
                 ax.set_visible(False)
             axs.flat[0].legend(loc="best")
-            fig.suptitle(f"final metric vs {axis}: mean over seeds, band ± 1 std", fontsize=9)
+            fig.suptitle(
+                f"final metric vs {_label(axis)}: mean over seeds, band ± 1 std", fontsize=9
+            )
             fig.tight_layout()
-            path = run / f"sweep_{axis}.png"
+            path = run / f"sweep_{_label(axis)}.png"
             fig.savefig(path)
             plt.close(fig)
         paths.append(path)

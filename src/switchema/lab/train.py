@@ -426,6 +426,8 @@ def train_run(
                         arrays[f"probs/{method.name}/{label}/{seed}"] = p
                     if g is not None:
                         arrays[f"grid/{method.name}/{label}/{seed}"] = g
+        if last:  # what a report needs of the data, so it never rebuilds the data set
+            arrays.update(data_arrays(data, y_train))
         if checkpoint is not None:
             checkpoint(
                 {
@@ -479,6 +481,15 @@ def _restore(state, method_names, model, optimizer, scheduler, methods, order, d
 def _results(state):
     arrays = {k: v.numpy() for k, v in state["arrays"].items()}
     return list(state["rows"]), arrays, state["states"]
+
+
+def data_arrays(data: TaskData, y_train: torch.Tensor) -> dict[str, np.ndarray]:
+    """Labels (noisy training labels as trained on) and, for 2-D tasks, the points and plot grid."""
+    out = {"data/y_train": y_train.numpy(), "data/y_test": data.y_test.numpy()}
+    if data.x_train.shape[1:] == (2,):
+        gx, gy, _ = _grid(data)
+        out.update({"grid/x": gx, "grid/y": gy, "data/x_train": data.x_train.numpy()})
+    return out
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
