@@ -170,6 +170,9 @@ def test_bad_grid_fails_before_any_job_naming_everything(tmp_path):
     msg = str(e.value)
     for needle in ("'nope'", "'bogus'", "1.5", "'often'", "'hiden'", "grid.toml"):
         assert needle in msg, needle
+    with pytest.raises(ValueError, match="'nope'"):
+        run_sweep(parse_grid(values), tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()
     with pytest.raises(ValueError, match=r"epochs='ten' \(str\): expected an int"):
         parse_grid({"epochs": ["ten", 3]})
 

@@ -515,6 +515,8 @@ def run_sweep(
             )
     elif grid is None:
         raise ValueError("give a grid (or resume=True)")
+    else:
+        expand_grid(grid, source)  # a bad grid fails before the folder is even created
     with FolderLock(out):
         if resume:
             saved = json.loads((out / "sweep.json").read_text())
