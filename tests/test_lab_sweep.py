@@ -293,7 +293,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_results(tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text(
         'task = "mnist1d-cnn"\nmethods = ["baseline", "ema", "sema"]\nseeds = [0, 1]\n'
-        "epochs = 8\ndecay = 0.95\ndata_options = { n_total = 1500 }\n"
+        "epochs = 6\ndecay = 0.95\n"
     )
     cmd = [sys.executable, "-m", "switchema.cli", "sweep", "--grid", str(grid), "--no-progress"]
     ref = tmp_path / "ref"
@@ -308,13 +308,13 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_results(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob("jobs/*/checkpoint.pt.prev")):
         time.sleep(0.02)  # wait until some job has two epochs behind it
-    time.sleep(random.uniform(0.05, 0.3))
+    time.sleep(random.uniform(0.02, 0.1))  # an epoch here is ~0.15 s: land inside one
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     states = [
         json.loads((j / "status.json").read_text())["state"] for j in (out / "jobs").iterdir()
     ]
-    assert "running" in states, states  # it really died mid-run
+    assert "running" in states and states.count("done") < 4, states  # it died mid-run
     assert not (out / "sweep.md").exists()
     resumed = subprocess.run(
         [
