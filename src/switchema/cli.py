@@ -182,6 +182,17 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_compare)
 
 
+def _run_options(args: argparse.Namespace) -> dict:
+    """Where and how jobs run: the options `compare` and `sweep` share."""
+    return dict(
+        progress=not args.no_progress,
+        workers=args.jobs,
+        executor=args.executor,
+        address=args.address,
+        checkpoints=not args.no_checkpoint,
+    )
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     from .lab.executors import EXECUTORS
 
@@ -244,13 +255,7 @@ def _compare(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
     )
-    run_opts = dict(
-        progress=not args.no_progress,
-        workers=args.jobs,
-        executor=args.executor,
-        address=args.address,
-        checkpoints=not args.no_checkpoint,
-    )
+    run_opts = _run_options(args)
     if args.resume is not None:
         run = run_study(None, args.resume, resume=True, **run_opts)
     else:
@@ -387,13 +392,7 @@ def _sweep(args: argparse.Namespace) -> int:
     }
     given = {k: v for k, v in flags.items() if v is not None}
     given.update(dict(args.set))
-    run_opts = dict(
-        executor=args.executor,
-        workers=args.jobs,
-        address=args.address,
-        progress=not args.no_progress,
-        checkpoints=not args.no_checkpoint,
-    )
+    run_opts = _run_options(args)
     if args.resume is not None:
         if given or args.grid is not None:
             raise ValueError(
@@ -404,18 +403,10 @@ def _sweep(args: argparse.Namespace) -> int:
     else:
         if args.retry_failed:
             raise ValueError("--retry-failed only applies with --resume RUN")
+        # Flags come after the file's keys, so parse_grid lets them win (aliases included);
+        # whatever neither gives keeps its `compare` default.
         mapping = load_grid_file(args.grid) if args.grid is not None else {}
-        mapping = {k.replace("-", "_"): v for k, v in mapping.items()}
-        for alias, key in (
-            ("decay", "decays"),
-            ("tasks", "task"),
-            ("seed", "seeds"),
-            ("method", "methods"),
-        ):
-            if alias in mapping and key in given:
-                mapping.pop(alias)
         mapping.update(given)
-        mapping.setdefault("methods", ["baseline", "ema", "sema", "swa"])
         source = str(args.grid) if args.grid is not None else "sweep options"
         grid = parse_grid(mapping, source)
         cells = expand_grid(grid, source)  # every mistake is reported before any job starts

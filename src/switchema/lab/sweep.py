@@ -199,7 +199,7 @@ def parse_grid(mapping: dict[str, Any], source: str = "grid") -> Grid:
         if key not in _FIELDS:
             unknown.append(raw)
             continue
-        norm[key] = value
+        norm[key] = value  # a later key (flags after a file, or an alias after its key) wins
     if unknown:
         allowed = sorted(set(_FIELDS) | set(ALIASES))
         raise ValueError(
@@ -640,7 +640,7 @@ def write_sweep_report(run_dir: str | Path) -> Path:
         f"# Sweep: {len(res['cells'])} cell(s)",
         "",
         "Swept: "
-        + ("; ".join(f"`{_label(a)}` = {res_axis(res, a)}" for a in axes) or "nothing (one cell)")
+        + ("; ".join(f"`{_label(a)}` = {_res_axis(res, a)}" for a in axes) or "nothing (one cell)")
         + ".",
         "Fixed: " + ", ".join(f"`{_label(k)}` = {json.dumps(v)}" for k, v in fixed.items()) + ".",
         "",
@@ -714,7 +714,7 @@ def write_sweep_report(run_dir: str | Path) -> Path:
     return run / "sweep.md"
 
 
-def res_axis(res: dict[str, Any], axis: str) -> str:
+def _res_axis(res: dict[str, Any], axis: str) -> str:
     values = list(dict.fromkeys(_fmt_value(axis, c["point"][axis]) for c in res["cells"]))
     return ", ".join(values)
 
