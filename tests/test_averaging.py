@@ -1,4 +1,5 @@
 import copy
+import gc
 import io
 
 import pytest
@@ -384,6 +385,9 @@ def test_ddp_wrapper_names(tmp_path):
         assert torch.equal(
             other.averaged_state_dict()["weight"], ema.averaged_state_dict()["weight"]
         )
+        # The reducer must not outlive the group (see examples/distributed.py).
+        del ddp, ema
+        gc.collect()
     finally:
         dist.destroy_process_group()
 

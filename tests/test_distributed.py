@@ -10,6 +10,7 @@ worker's traceback; a hang fails it after a timeout, and the workers are killed.
 from __future__ import annotations
 
 import datetime
+import gc
 import time
 import uuid
 from pathlib import Path
@@ -161,6 +162,9 @@ def _entry(rank: int, fn, world: int, tmp: str, store: str, args: tuple) -> None
     )
     try:
         fn(rank, world, Path(tmp), *args)
+        # A DDP reducer that outlives the group would destroy it while holding the GIL
+        # that gloo's worker thread may need: a rare hang at exit (pytorch/pytorch#56297).
+        gc.collect()
         dist.barrier()  # no rank tears down its connections while another still needs them
     finally:
         dist.destroy_process_group()

@@ -26,7 +26,7 @@ def test_distributed_example_runs(mode, tmp_path):
         "--out",
         str(tmp_path / "ckpt"),
     ]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     assert f"{mode} on 2 ranks: test MSE online" in r.stdout
     if mode == "fsdp":
