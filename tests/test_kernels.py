@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 
@@ -102,22 +100,46 @@ def test_chunked_multi_lerp_equals_whole_tensor_multi_lerp(dtype):
     assert torch.equal(whole.flat, blocked.flat)
 
 
-def test_swap_is_exact_for_special_values():
-    a = torch.tensor([1.5, -0.0, math.inf, -math.inf, 1e-45, 3.4e38])
-    b = torch.tensor([math.nan, 0.0, -2.0, 7.0, -1e-40, -3.4e38])
-    a0, b0 = a.clone(), b.clone()
-    K.swap_([a.view(torch.int32)], [b.view(torch.int32)])
-    assert torch.equal(a.view(torch.int32), b0.view(torch.int32))
-    assert torch.equal(b.view(torch.int32), a0.view(torch.int32))
+def test_flatten_sources_gives_views_of_one_buffer_laid_out_like_a_row():
+    ts = _tensors(2)
+    ts[2] = ts[2].to(memory_format=torch.channels_last)
+    g = K.FlatGroup(ts, k=2, dtype=torch.float32)
+    views = g.flatten_sources()
+    for t, v in zip(ts, views):
+        assert torch.equal(v, t) and v.stride() == t.stride()
+        assert v.untyped_storage().data_ptr() == g.src_flat.untyped_storage().data_ptr()
+    # element for element, src_flat and a row of flat hold the same tensor entries
+    g.tensors = views
+    torch._foreach_add_(g.views[1], 1.0)
+    assert torch.equal(g.flat[1], g.src_flat + 1.0)
 
 
-def test_swap_matches_reference_swap():
-    a, b = _tensors(3), _tensors(4)
-    ra, rb = [t.clone() for t in a], [t.clone() for t in b]
-    K.swap_([t.view(torch.int32) for t in a], [t.view(torch.int32) for t in b])
-    K.reference_swap_(ra, rb)
-    assert all(torch.equal(x, y) for x, y in zip(a, ra))
-    assert all(torch.equal(x, y) for x, y in zip(b, rb))
+@pytest.mark.parametrize("k", [1, 3])
+def test_flat_source_update_equals_per_tensor_update(k):
+    ts = _tensors(3)
+    per_tensor = K.FlatGroup(ts, k=k, dtype=torch.float32)
+    flat = K.FlatGroup(ts, k=k, dtype=torch.float32)
+    flat.tensors = flat.flatten_sources()
+    w = torch.tensor([0.1, 0.3, 0.7][:k])
+    for g in (per_tensor, flat):
+        for _ in range(3):
+            torch._foreach_mul_(g.tensors, 1.5)
+            if k == 1:
+                avg, src = g.row_pairs(0)
+                K.lerp_(avg, src, 0.25)
+            else:
+                blocks, sources = g.chunks(size=16)
+                K.multi_lerp_(blocks, sources, g.weight_views(w, blocks))
+    assert torch.equal(per_tensor.flat, flat.flat)
+    assert len(flat.row_pairs(0)[0]) == 1 and len(per_tensor.row_pairs(0)[0]) == len(ts)
+
+
+def test_kernels_accept_empty_lists_and_zero_element_tensors():
+    K.lerp_([], [], 0.5)
+    K.multi_lerp_([], [], [])
+    K.copy_([], [])
+    g = K.FlatGroup([torch.zeros(0), torch.zeros(0, 3)], k=2, dtype=torch.float32)
+    assert g.numel == 0 and g.chunks() == ([], [])
 
 
 def test_empty_group_rejected():

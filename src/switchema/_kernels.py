@@ -1,4 +1,4 @@
-"""Pure tensor kernels: flat grouped storage and the in-place average / switch / swap operations.
+"""Pure tensor kernels: flat grouped storage and the in-place average and switch operations.
 
 Nothing here knows about modules, names or schedules. A :class:`FlatGroup` holds, for one
 (device, dtype) group of tensors, a single contiguous buffer of shape ``(K, N)`` (K averages
@@ -13,8 +13,11 @@ Recurrences (``d`` is the decay, the weight kept by the old average):
 
 * EMA:   ``avg <- d * avg + (1 - d) * x``, computed as ``avg.lerp_(x, 1 - d)``.
 * SWA:   ``avg <- avg + (x - avg) / (n + 1)``, i.e. a lerp with weight ``1 / (n + 1)``.
-* switch: ``x <- avg`` (the average is unchanged).
-* swap:  ``x, avg <- avg, x`` exactly (bit for bit), in place.
+* switch: ``x <- avg`` (the average is unchanged); a partial switch with weight ``a`` is
+  ``x <- x + a * (avg - x)``, the same lerp in the other direction.
+
+Flat sources: when the source tensors are themselves views into one contiguous buffer laid out
+like the averages (:meth:`FlatGroup.flatten_sources`), a whole group is one flat op.
 """
 
 from __future__ import annotations
@@ -26,24 +29,19 @@ from torch import Tensor
 
 __all__ = [
     "FlatGroup",
+    "dense_view",
     "lerp_",
     "multi_lerp_",
     "copy_",
-    "swap_",
     "reference_lerp_",
-    "reference_swap_",
 ]
 
 # Elements per column block in the K-average update: 2**18 float32 = 1 MiB per row, so a
 # source block and its K average rows stay in cache together.
 CHUNK = 2**18
 
-# Exchanging two tensors through integer views keeps every bit (NaN payloads, -0.0, subnormals)
-# where float arithmetic would not.
-_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
-
-def _dense_view(flat: Tensor, like: Tensor, offset: int) -> Tensor:
+def dense_view(flat: Tensor, like: Tensor, offset: int) -> Tensor:
     """A view of ``flat[offset:offset + like.numel()]`` with ``like``'s shape and strides.
 
     Matching the strides (e.g. channels-last convolution weights) keeps the element-wise
@@ -57,7 +55,7 @@ def _dense_view(flat: Tensor, like: Tensor, offset: int) -> Tensor:
 def _dense_kview(flat2d: Tensor, like: Tensor, offset: int) -> Tensor:
     """All K rows of ``flat2d[:, offset:offset + like.numel()]`` as shape ``(K, *like.shape)``.
 
-    Element ``[j, ...]`` is the same element as ``_dense_view(flat2d[j], like, offset)[...]``.
+    Element ``[j, ...]`` is the same element as ``dense_view(flat2d[j], like, offset)[...]``.
     """
     k, n = flat2d.shape
     if like.is_contiguous() or not _is_dense(like):
@@ -88,11 +86,14 @@ class FlatGroup:
         flat: the ``(K, N)`` storage in ``dtype``.
         views: ``views[k][i]`` is average ``k`` of ``tensors[i]``, shaped (and strided) like it.
         kviews: ``kviews[i]`` has shape ``(K, *tensors[i].shape)``, all K averages of tensor i.
+        src_flat: ``None``, or the ``(N,)`` buffer that the sources are views of, laid out like
+            one row of ``flat`` (after :meth:`flatten_sources`).
     """
 
     def __init__(self, tensors: Sequence[Tensor], k: int, dtype: torch.dtype) -> None:
         if not tensors:
             raise ValueError("a FlatGroup needs at least one tensor")
+        self.src_flat: Tensor | None = None
         self.tensors = list(tensors)
         device = self.tensors[0].device
         self.k = k
@@ -105,15 +106,11 @@ class FlatGroup:
         n_total = sum(self.numels)
         self.flat = torch.empty((k, n_total), dtype=dtype, device=device)
         self.views = [
-            [_dense_view(self.flat[j], t, o) for t, o in zip(self.tensors, self.offsets)]
+            [dense_view(self.flat[j], t, o) for t, o in zip(self.tensors, self.offsets)]
             for j in range(k)
         ]
         self.kviews = [_dense_kview(self.flat, t, o) for t, o in zip(self.tensors, self.offsets)]
         self.same_dtype = dtype == self.source_dtype
-        if self.same_dtype:
-            int_dtype = _INT_OF_SIZE[self.flat.element_size()]
-            self.int_sources = [t.detach().view(int_dtype) for t in self.tensors]
-            self.int_views = [[v.view(int_dtype) for v in row] for row in self.views]
         with torch.no_grad():
             for j in range(k):
                 torch._foreach_copy_(self.views[j], self.tensors)
@@ -122,16 +119,43 @@ class FlatGroup:
     def numel(self) -> int:
         return self.flat.shape[1]
 
+    @torch.no_grad()
+    def flatten_sources(self) -> list[Tensor]:
+        """Copy the sources into one ``(N,)`` buffer laid out like a row of ``flat``.
+
+        Returns the new per-tensor views (same shapes and strides as the sources); the caller
+        makes them the sources' data (``param.data = view``), after which ``src_flat`` and one
+        row of ``flat`` correspond element by element and every kernel is one flat op.
+        """
+        src_flat = torch.empty(self.numel, dtype=self.source_dtype, device=self.flat.device)
+        views = [dense_view(src_flat, t, o) for t, o in zip(self.tensors, self.offsets)]
+        torch._foreach_copy_(views, self.tensors)
+        self.src_flat = src_flat
+        return views
+
+    def row_pairs(self, index: int) -> tuple[list[Tensor], list[Tensor]]:
+        """(average ``index``, sources) as two lists: one flat pair when sources are flat."""
+        if self.src_flat is not None:
+            return [self.flat[index]], [self.src_flat]
+        return self.views[index], self.tensors
+
     def chunks(self, size: int = CHUNK) -> tuple[list[Tensor], list[Tensor]]:
         """``(K, L)`` column blocks of the storage and the matching ``(1, L)`` source blocks.
 
         A K-row ``lerp_`` walks row by row, so a source larger than the cache would be read
         from memory K times. Blocks of ``size`` elements keep each source block in cache while
         its K rows are updated: the source is read once. Blocks follow memory order, which is
-        the same for a dense source and its average (see ``_dense_view``). Non-dense sources
-        (never seen for parameters) are taken whole.
+        the same for a dense source and its average (see ``dense_view``). Non-dense sources
+        (never seen for parameters) are taken whole. Flat sources are cut into blocks as one.
         """
         avg_blocks, src_blocks = [], []
+        if self.src_flat is not None:
+            n = self.numel
+            for c in range(0, n, size):
+                m = min(size, n - c)
+                avg_blocks.append(self.flat[:, c : c + m])
+                src_blocks.append(self.src_flat[c : c + m].view(1, m))
+            return avg_blocks, src_blocks
         for t, o, n in zip(self.tensors, self.offsets, self.numels):
             if not _is_dense(t):
                 avg_blocks.append(_dense_kview(self.flat, t, o))
@@ -154,9 +178,12 @@ class FlatGroup:
 def lerp_(averages: list[Tensor], sources: list[Tensor], weight: float) -> None:
     """``avg <- avg + weight * (src - avg)`` for each pair; one fused call.
 
-    Same dtypes use ``_foreach_lerp_``; a wider average (float32 of a bf16 model) is updated as
-    ``avg * (1 - weight) + weight * src`` in the average's precision.
+    Same dtypes use ``_foreach_lerp_``; otherwise (a float32 average of a bf16 model, or a bf16
+    model moved towards its float32 average) ``avg * (1 - weight) + weight * src``, computed in
+    the precision of ``averages``.
     """
+    if not averages:
+        return
     if averages[0].dtype == sources[0].dtype:
         torch._foreach_lerp_(averages, sources, weight)
     else:
@@ -177,6 +204,8 @@ def multi_lerp_(
     broadcast against ``kviews[i]``. Each source is read once for all K averages, which is the
     saving over K separate averagers. ``keep`` is needed only when the dtypes differ.
     """
+    if not kviews:
+        return
     if kviews[0].dtype == sources[0].dtype:
         torch._foreach_lerp_(kviews, sources, weights)
     else:
@@ -189,21 +218,8 @@ def multi_lerp_(
 @torch.no_grad()
 def copy_(dst: list[Tensor], src: list[Tensor]) -> None:
     """``dst[i] <- src[i]`` for every pair, casting dtype where needed; one fused call."""
-    torch._foreach_copy_(dst, src)
-
-
-@torch.no_grad()
-def swap_(a: list[Tensor], b: list[Tensor]) -> None:
-    """Exchange ``a[i]`` and ``b[i]`` in place, bit for bit, with no temporaries.
-
-    ``a`` and ``b`` must be *integer* views (same element size) of the float tensors to exchange.
-    Wrapping integer addition is exact modulo 2**bits, so
-    ``a += b; b -= a; b = -b; a -= b`` leaves ``a == old b`` and ``b == old a``.
-    """
-    torch._foreach_add_(a, b)
-    torch._foreach_sub_(b, a)
-    torch._foreach_neg_(b)
-    torch._foreach_sub_(a, b)
+    if dst:
+        torch._foreach_copy_(dst, src)
 
 
 @torch.no_grad()
@@ -211,12 +227,3 @@ def reference_lerp_(averages: Sequence[Tensor], sources: Sequence[Tensor], decay
     """The EMA recurrence written out per tensor: ``avg = decay * avg + (1 - decay) * src``."""
     for avg, src in zip(averages, sources):
         avg.copy_(decay * avg + (1.0 - decay) * src.to(avg.dtype))
-
-
-@torch.no_grad()
-def reference_swap_(a: Sequence[Tensor], b: Sequence[Tensor]) -> None:
-    """Exchange through a temporary per tensor (slow, obviously correct)."""
-    for x, y in zip(a, b):
-        tmp = x.clone()
-        x.copy_(y)
-        y.copy_(tmp)

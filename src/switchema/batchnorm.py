@@ -1,67 +1,53 @@
-"""Buffer policies and BatchNorm statistics recomputation.
+"""BatchNorm statistics: recompute them for averaged weights.
 
 Averaged *weights* and the *BatchNorm running statistics* of the online model do not belong
 together: the statistics were collected with other weights. The EMA paper finds that long
-averaging windows fail unless the statistics are recomputed with one pass over training data
-(:func:`recompute_bn`). How an averager treats each buffer is a policy:
-
-* ``"copy"`` (default): the averaged model uses the online model's current buffer; nothing is
-  stored. This is what the official Switch EMA code does.
-* ``"average"``: floating-point buffers are averaged with the same recurrence as parameters.
-  Integer buffers such as ``num_batches_tracked`` are never put through float arithmetic:
-  they fall back to ``"copy"``.
-* ``"skip"``: the buffer is left out of the averaged state dict altogether.
-
-Policies may be chosen per buffer name with shell-style patterns, first match wins::
-
-    EMA(model, buffers={"*.running_mean": "average", "*.running_var": "average"})
+averaging windows fail unless the statistics are recomputed with one pass over training data.
+:func:`recompute_bn` does that for any model; :meth:`switchema.EMA.recompute_bn` does it for the
+averages and keeps the result with them, leaving the online model's statistics alone. How an
+averager treats each buffer otherwise is a policy (:mod:`switchema.policies`).
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["BUFFER_POLICIES", "resolve_buffer_policy", "recompute_bn", "has_batchnorm"]
+from .policies import POLICIES, resolve_policy
 
-BUFFER_POLICIES = ("copy", "average", "skip")
+__all__ = [
+    "BUFFER_POLICIES",
+    "resolve_buffer_policy",
+    "recompute_bn",
+    "has_batchnorm",
+    "batchnorm_layers",
+]
 
-
-def _check_policy(policy: Any, where: str) -> str:
-    if policy not in BUFFER_POLICIES:
-        raise ValueError(
-            f"unknown buffer policy {policy!r} {where}; allowed: {list(BUFFER_POLICIES)}"
-        )
-    return policy
+BUFFER_POLICIES = POLICIES
 
 
 def resolve_buffer_policy(
     buffers: str | Mapping[str, str], name: str, default: str = "copy"
 ) -> str:
     """The policy for buffer ``name`` under ``buffers`` (one policy, or ``{pattern: policy}``)."""
-    if isinstance(buffers, str):
-        return _check_policy(buffers, "for buffers")
-    if not isinstance(buffers, Mapping):
-        raise TypeError(
-            f"buffers must be one of {list(BUFFER_POLICIES)} or a dict {{pattern: policy}}, got {buffers!r}"
-        )
-    for pattern, policy in buffers.items():
-        _check_policy(policy, f"for pattern {pattern!r}")
-        if fnmatch.fnmatchcase(name, pattern):
-            return policy
-    return default
+    return resolve_policy(buffers, name, default, "buffers")
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers of ``model`` that track running statistics, in module order."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
 
 
 def has_batchnorm(model: nn.Module) -> bool:
     """True if ``model`` has a BatchNorm layer that tracks running statistics."""
-    return any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-        for m in model.modules()
-    )
+    return bool(batchnorm_layers(model))
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -106,23 +92,43 @@ def recompute_bn(
     batches seen (0 and no change if the model has no BatchNorm).
 
     Args:
-        model: the model whose statistics to recompute (e.g. inside ``ema.swapped()``, or a
-            copy loaded from ``ema.averaged_state_dict()``).
+        model: the model whose statistics to recompute (e.g. inside ``ema.swapped()``, or
+            ``ema.averaged_model()``). The argument order is ``(model, batches)``, the reverse
+            of torch's ``update_bn(loader, model)``.
         batches: tensors, ``(input, target, ...)`` tuples or dicts of keyword arguments.
         forward: ``forward(model, batch)`` for other batch layouts.
         device: where to move batches; defaults to the device of the model's first parameter.
 
-    Example::
+    Example: evaluate an EMA with statistics recomputed for it, leaving the trained model as it
+    was (``swapped()`` restores the model's weights *and* buffers when the block ends)::
 
-        with ema.swapped():
-            recompute_bn(model, train_loader)
-            evaluate(model)
+        >>> from switchema import EMA
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        >>> ema = EMA(model, decay=0.9)
+        >>> loader = [torch.randn(16, 4) for _ in range(3)]
+        >>> before = model[1].running_mean.clone()
+        >>> with ema.swapped():
+        ...     recompute_bn(model, loader)     # statistics of the averaged weights
+        ...     # evaluate(model) here
+        3
+        >>> torch.equal(model[1].running_mean, before)    # the online model keeps its own
+        True
+
+    To keep the recomputed statistics with the average (for ``swapped()``,
+    ``averaged_state_dict()``, ``averaged_model()`` and checkpoints), use
+    :meth:`switchema.EMA.recompute_bn` instead.
     """
-    bns = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
+    if not isinstance(model, nn.Module):
+        if isinstance(batches, nn.Module):
+            raise TypeError(
+                "recompute_bn takes (model, batches), got the batches first and the model "
+                "second (torch's update_bn order); call recompute_bn(model, loader)"
+            )
+        raise TypeError(
+            f"recompute_bn: model must be a torch.nn.Module, got {type(model).__name__}"
+        )
+    bns = batchnorm_layers(model)
     if not bns:
         return 0
     if device is None:
