@@ -409,3 +409,87 @@ def test_ddp_two_processes_on_cpu(tmp_path):
         assert "val_loss" in r["metrics"] and "online/val_loss" in r["metrics"]
     assert ranks[0]["avg"] == ranks[1]["avg"]  # replicas average identically
     print(f"ddp run took {elapsed:.1f} s")
+
+
+# ---------------------------------------------------------------------- ddp_spawn
+
+_SPAWN_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    import lightning.pytorch as L
+    sys.path.insert(0, {tests!r})
+    import warnings; warnings.filterwarnings("ignore")
+    from test_integrations_lightning import Tiny, _loader, _weights
+    from switchema.integrations.lightning import EMACallback
+
+    class SaveAverage(L.Callback):
+        # runs in the worker: what the averager holds when training ends
+        def __init__(self, ema):
+            self.ema = ema
+        def on_train_end(self, trainer, pl_module):
+            torch.save(self.ema.averager.averaged_state_dict(), {avg_path!r})
+
+    def fit(copy_at_end):
+        torch.manual_seed(0)
+        model = Tiny()
+        ema = EMACallback(decay=0.8, copy_average_at_end=copy_at_end)
+        trainer = L.Trainer(
+            accelerator="cpu", devices=1, strategy="ddp_spawn", max_epochs=2,
+            enable_progress_bar=False, enable_model_summary=False, logger=False,
+            enable_checkpointing=False, num_sanity_val_steps=0,
+            callbacks=[ema, SaveAverage(ema)],
+        )
+        trainer.fit(model, _loader())
+        return model, ema
+
+    if __name__ == "__main__":
+        torch.set_num_threads(1)
+        model, cb = fit(copy_at_end=True)
+        average = torch.load({avg_path!r})
+        err = max(float((v - average[k]).abs().max()) for k, v in _weights(model).items())
+        moved = max(float((v - average[k]).abs().max()) for k, v in _weights(Tiny()).items())
+        try:
+            fit(copy_at_end=False)
+            refused = ""
+        except Exception as exc:
+            refused = str(exc)
+        print(json.dumps(dict(err=err, moved=moved, averager_here=cb.averager is not None,
+                              refused=refused)))
+    """
+)
+
+
+@pytest.mark.slow
+def test_ddp_spawn_brings_the_average_back_or_refuses(tmp_path):
+    script = tmp_path / "spawn_run.py"
+    script.write_text(
+        _SPAWN_SCRIPT.format(
+            tests=str(Path(__file__).resolve().parent), avg_path=str(tmp_path / "average.pt")
+        )
+    )
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["err"] == 0.0  # the module holds the average computed in the worker
+    assert out["moved"] > 0.1  # ... which is not where a fresh model starts
+    assert out["averager_here"] is False  # the calling process never had the averager
+    assert "copy_average_at_end=True" in out["refused"]
+
+
+def test_copy_average_at_end_leaves_the_average_in_the_module(tmp_path):
+    model = Tiny()
+    ema = EMACallback(decay=0.8, copy_average_at_end=True)
+    _trainer(tmp_path, callbacks=[ema]).fit(model, _loader())
+    avg = ema.averager.averaged_state_dict()
+    assert all(torch.equal(avg[k], v) for k, v in _weights(model).items())
+    with pytest.raises(TypeError, match="copy_average_at_end must be a bool"):
+        EMACallback(copy_average_at_end="yes")

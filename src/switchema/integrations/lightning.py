@@ -31,6 +31,12 @@ What it does, and when:
   ``self.log_dict`` prefixed by ``online_prefix`` (``"online/"``). Only what the step logs
   through ``self.log`` is separated: state the step accumulates elsewhere (a ``torchmetrics``
   object updated in the step and logged at epoch end, a list of outputs) sees both passes.
+* **End of training** (``copy_average_at_end=True``): the average ``eval_index`` is copied into
+  the module in ``on_train_end``, as Lightning's own ``WeightAveraging`` does, so the module
+  holds the averaged weights after ``fit()``. Strategies that train in worker processes
+  (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``) need it: the callback object of the calling
+  process never sees the averager, and Lightning sends only the module's weights back. Without
+  it such a strategy is refused when training starts, instead of losing the averages silently.
 * **Checkpoints**: the averager's ``state_dict`` (averages, counters, decays) is the callback's
   state in Lightning checkpoints; ``trainer.fit(ckpt_path=...)`` resumes it exactly, and
   ``trainer.validate/test(ckpt_path=...)`` evaluates the averages stored in that checkpoint.
@@ -66,6 +72,23 @@ from ._common import AveragerOptions, SwitchRule, check_evaluate, check_index
 
 __all__ = ["EMACallback"]
 
+
+def _trains_in_workers(trainer: pl.Trainer) -> bool:
+    """Whether the strategy runs fit() in processes it spawned or forked (``ddp_spawn`` etc.)."""
+    launcher = getattr(trainer.strategy, "launcher", None)
+    try:
+        from lightning.pytorch.strategies.launchers.multiprocessing import (
+            _MultiProcessingLauncher,
+        )
+    except ImportError:  # pragma: no cover - the standalone package
+        try:
+            from pytorch_lightning.strategies.launchers.multiprocessing import (
+                _MultiProcessingLauncher,
+            )
+        except ImportError:
+            return False
+    return isinstance(launcher, _MultiProcessingLauncher)
+
 _STATE_VERSION = 1
 
 
@@ -88,8 +111,11 @@ class EMACallback(pl.Callback):
         evaluate: ``"average"`` (default), ``"online"`` or ``"both"`` (see the module docs).
         eval_index: which average is evaluated.
         online_prefix: with ``evaluate="both"``, the prefix of the online model's metric names.
+        copy_average_at_end: copy the average into the module when training ends (required
+            by strategies that train in worker processes, such as ``ddp_spawn``).
 
-    After ``setup``, :attr:`averager` is the :class:`switchema.WeightAverager`.
+    After ``setup``, :attr:`averager` is the :class:`switchema.WeightAverager` (in the process
+    that trains).
     """
 
     def __init__(
@@ -111,8 +137,12 @@ class EMACallback(pl.Callback):
         evaluate: str = "average",
         eval_index: int = 0,
         online_prefix: str = "online/",
+        copy_average_at_end: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(copy_average_at_end, bool):
+            raise TypeError(f"copy_average_at_end must be a bool, got {copy_average_at_end!r}")
+        self.copy_average_at_end = copy_average_at_end
         self.options = AveragerOptions(
             kind, decay, half_life, warmup, update_every, start_step, dtype, buffers, frozen
         )
@@ -152,12 +182,23 @@ class EMACallback(pl.Callback):
         return self.averager
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if _trains_in_workers(trainer) and not self.copy_average_at_end:
+            raise RuntimeError(
+                f"EMACallback: strategy {type(trainer.strategy).__name__} trains in worker "
+                "processes (ddp_spawn / ddp_fork / ddp_notebook), so the averages would never "
+                "reach the calling process; pass EMACallback(..., copy_average_at_end=True) to "
+                "get the averaged weights in the module after fit(), or use strategy='ddp'"
+            )
         self._ensure_averager(pl_module)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Called after the loops, optimizers and callbacks are restored: global_step is final.
         self._ensure_averager(pl_module)
         self._seen_step = trainer.global_step
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.copy_average_at_end and self.averager is not None:
+            self.averager.switch(self.eval_index)
 
     # ------------------------------------------------------------------ training
     def on_train_batch_end(
