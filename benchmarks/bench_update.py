@@ -5,7 +5,10 @@ For each parameter shape (ResNet-50, ViT-S/16, GPT-2 small; see ``shapes.py``) t
 * ``limit``: one ``lerp_`` over a single flat float32 tensor as large as all the averaged
   parameters together (for ``switch()``: one ``copy_``). No averager can do better: these move
   the same bytes with one kernel and no per-tensor work.
-* switchema: ``EMA.update()``, ``EMA.switch()``, ``EMA(decay=<5 decays>).update()`` and, for
+* switchema: ``EMA.update()``, ``EMA.switch()``, the same with ``flat_params=True`` (the
+  model's parameters made views into one buffer, on a copy of the model), entering and leaving
+  ``swapped()`` (three copies of the weights: back up, load the average, restore) with and
+  without it, ``EMA(decay=<5 decays>).update()`` and, for
   reference, five separate ``EMA.update()`` calls; also two flat K=5 references, a ``(5, N)``
   ``lerp_`` done row after row, and the same in cache-sized chunks.
 * peers, when importable: timm ``ModelEmaV3``, ema-pytorch ``EMA`` (``use_foreach`` on and off),
@@ -77,6 +80,11 @@ K5_ROWS = "K=5 reference: one lerp_ of a (5, N) buffer"
 K5_CHUNKED = "K=5 reference: the same lerp_ in 2^18-element chunks"
 K5 = "switchema EMA(5 decays).update()"
 SEPARATE = "5 x separate switchema EMA.update()"
+UPDATE_FLAT = "switchema EMA(flat_params=True).update()"
+SWITCH_FLAT = "switchema EMA(flat_params=True).switch()"
+SWAP_FLAT = "switchema EMA(flat_params=True): enter + leave swapped()"
+SWAP = "switchema EMA: enter + leave swapped()"
+LIMIT_SWAP = "limit for swapped(): three flat copy_"
 
 
 @dataclass
@@ -288,7 +296,9 @@ def run_shape(shape: str, repeats: int, agree_steps: int, seed: int) -> dict:
     print(f"== {shape}: {n:,} parameters in {info['param_tensors']} tensors", flush=True)
 
     # Everything is built from the same initial weights x_0.
+    flat_model = copy.deepcopy(model)  # its parameters become views into one buffer
     ema = EMA(model, decay=DECAY)
+    ema_flat = EMA(flat_model, decay=DECAY, flat_params=True)
     ema5 = EMA(model, decay=DECAYS_K5)
     separate = [EMA(model, decay=d) for d in DECAYS_K5]
     peers: list[tuple[type[Peer], Peer | None, str]] = []
@@ -307,8 +317,11 @@ def run_shape(shape: str, repeats: int, agree_steps: int, seed: int) -> dict:
 
     # ---- agreement: a few random steps, every averager updated after each
     gen = torch.Generator().manual_seed(seed + 1)
+    gen_flat = torch.Generator().manual_seed(seed + 1)
     for _ in range(agree_steps):
         _perturb(model, gen)
+        _perturb(flat_model, gen_flat)
+        ema_flat.update()
         ema.update()
         ema5.update()
         for e in separate:
@@ -344,6 +357,15 @@ def run_shape(shape: str, repeats: int, agree_steps: int, seed: int) -> dict:
         named_k5 = ((k, v) for k, v in ema5.averaged_state_dict(j).items() if k in param_names)
         k5.append(_max_diff(named_sep, named_k5))
     verdicts[K5] = _verdict(max(a for a, _, _ in k5), [b for _, _, bs in k5 for b in bs])
+    flat_avg = ema_flat.averaged_state_dict()
+    verdicts[UPDATE_FLAT] = _verdict(*_max_diff(ref, ((k, flat_avg[k]) for k in ref))[::2])
+    ema_flat.switch()
+    verdicts[SWITCH_FLAT] = (
+        "yes (bit-identical)"
+        if all(torch.equal(p, flat_avg[n]) for n, p in flat_model.named_parameters())
+        else "NO"
+    )
+    del flat_avg
     ema.switch()
     switched = all(torch.equal(p, ref[name]) for name, p in model.named_parameters())
     verdicts[SWITCH] = "yes (bit-identical)" if switched else "NO"
@@ -382,6 +404,20 @@ def run_shape(shape: str, repeats: int, agree_steps: int, seed: int) -> dict:
         for e in separate:
             e.update()
 
+    def swap(averager: EMA) -> Callable[[], None]:
+        def enter_and_leave() -> None:
+            with averager.swapped():
+                pass
+
+        return enter_and_leave
+
+    swap_src, swap_backup = pairs[0]
+
+    def swap_limit() -> None:
+        swap_backup.copy_(swap_src)  # back up, load the average, restore
+        swap_src.copy_(pairs[1][0])
+        swap_src.copy_(swap_backup)
+
     timed = []
     for i, (a, b) in enumerate(pairs):
         timed.append(Contender(f"{LIMIT} #{i}", lambda a=a, b=b: a.lerp_(b, 1.0 - DECAY), ""))
@@ -392,6 +428,11 @@ def run_shape(shape: str, repeats: int, agree_steps: int, seed: int) -> dict:
         Contender(UPDATE, ema.update, LIMIT, "reference"),
         Contender(FOREACH_COPY, foreach_copy, LIMIT_COPY),
         Contender(SWITCH, ema.switch, LIMIT_COPY, verdicts[SWITCH]),
+        Contender(UPDATE_FLAT, ema_flat.update, LIMIT, verdicts[UPDATE_FLAT]),
+        Contender(SWITCH_FLAT, ema_flat.switch, LIMIT_COPY, verdicts[SWITCH_FLAT]),
+        Contender(LIMIT_SWAP, swap_limit, LIMIT_SWAP),
+        Contender(SWAP, swap(ema), LIMIT_SWAP),
+        Contender(SWAP_FLAT, swap(ema_flat), LIMIT_SWAP),
         Contender(K5_ROWS, lambda: avg5.lerp_(src, w5), LIMIT),
         Contender(
             K5_CHUNKED, lambda: torch._foreach_lerp_(chunk_avgs, chunk_srcs, chunk_ws), LIMIT
@@ -448,7 +489,8 @@ def run_shape(shape: str, repeats: int, agree_steps: int, seed: int) -> dict:
         print(
             f"  {row['contender']:<56} {row['median_ms']:9.2f} ms  x{row['ratio']:.2f}", flush=True
         )
-    order = [LIMIT, FOREACH, UPDATE, LIMIT_COPY, FOREACH_COPY, SWITCH, K5_ROWS, K5_CHUNKED, K5]
+    order = [LIMIT, FOREACH, UPDATE, UPDATE_FLAT, LIMIT_COPY, FOREACH_COPY, SWITCH, SWITCH_FLAT]
+    order += [LIMIT_SWAP, SWAP, SWAP_FLAT, K5_ROWS, K5_CHUNKED, K5]
     order.append(SEPARATE)
     rows.sort(key=lambda row: order.index(row["contender"]) if row["contender"] in order else 99)
     pair_medians = {
@@ -458,6 +500,10 @@ def run_shape(shape: str, repeats: int, agree_steps: int, seed: int) -> dict:
     summary = {
         "update / limit": _paired(series[UPDATE], series[LIMIT]),
         "switch / copy limit": _paired(series[SWITCH], series[LIMIT_COPY]),
+        "flat update / limit": _paired(series[UPDATE_FLAT], series[LIMIT]),
+        "flat switch / copy limit": _paired(series[SWITCH_FLAT], series[LIMIT_COPY]),
+        "swapped / 3 copies": _paired(series[SWAP], series[LIMIT_SWAP]),
+        "flat swapped / 3 copies": _paired(series[SWAP_FLAT], series[LIMIT_SWAP]),
         "update / bare foreach": _paired(series[UPDATE], series[FOREACH]),
         "switch / bare foreach copy": _paired(series[SWITCH], series[FOREACH_COPY]),
         "K=5 / one update": _paired(series[K5], series[UPDATE]),
@@ -598,9 +644,11 @@ def render(results: list[dict], args: argparse.Namespace, tied: str) -> str:
         "Paired ratios, median over runs (range over runs in brackets).",
         "",
         "| shape | update / limit (target <= 1.1) | switch / copy limit (target <= 1.1) | "
+        "flat_params update / limit (target <= 1.03) | flat_params switch / copy limit "
+        "(target <= 1.03) | swapped() / 3 copies | flat_params swapped() / 3 copies | "
         "update / bare foreach | switch / bare foreach copy | "
         "K=5 / one update (target <= 4) | 5 separate / one update | K=5 / chunked K=5 lerp_ |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for res in results:
         cells = [f"{m:.2f} ({_fmt_range(v)})" for m, v in res["summary"].values()]

@@ -85,7 +85,10 @@ def test_module_view_shares_the_average_and_costs_only_its_buffers():
         model.head.weight.add_(1.0)
     ema.update()
     assert torch.equal(view.head.weight, ema.averaged_state_dict(1)["head.weight"])
-    # its state dict is the averaged state dict
+    # its state dict is the averaged state dict, also after the online statistics moved
+    view(data(1)[0])
+    model(data(1, seed=9)[0])
+    ema.update()
     sd = view.state_dict()
     exported = ema.averaged_state_dict(1)
     assert sd.keys() == exported.keys() and all(torch.equal(sd[k], exported[k]) for k in sd)

@@ -1,11 +1,15 @@
 """switchema: fast, correct weight averaging for PyTorch (EMA, Switch EMA, SWA).
 
+>>> import torch
 >>> from switchema import EMA
->>> ema = EMA(model, decay=0.999)     # doctest: +SKIP
->>> ema.update()                      # after every optimizer step  # doctest: +SKIP
->>> ema.switch()                      # Switch EMA, e.g. at every epoch end  # doctest: +SKIP
->>> with ema.swapped():               # evaluate with the averaged weights  # doctest: +SKIP
-...     evaluate(model)
+>>> model = torch.nn.Linear(3, 1)
+>>> ema = EMA(model, decay=0.999)
+>>> ema.update()                      # after every optimizer step
+>>> ema.switch()                      # Switch EMA, e.g. at every epoch end
+>>> with ema.swapped():               # evaluate with the averaged weights
+...     out = model(torch.ones(1, 3))
+>>> ema.step, ema.n_updates
+(1, 1)
 """
 
 from .averaging import EMA, SWA, WeightAverager, unwrap_model

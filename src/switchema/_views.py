@@ -28,8 +28,8 @@ def build_module_view(
     ``named_buffers()`` give (tied tensors once). Every parameter of the copy is an
     ``nn.Parameter`` sharing storage with the given tensor, with ``requires_grad=False``: no
     autograd graph ever reaches the averages. Non-tensor attributes are deep-copied as usual.
-    ``before_use`` runs before every forward (outside ``torch.compile`` graphs): the averager
-    refreshes the tensors it had to copy there.
+    ``before_use`` runs before every forward and ``state_dict()`` (outside ``torch.compile``
+    graphs): the averager refreshes the tensors it had to copy there.
     """
     memo: dict[int, object] = {}
     for name, p in model.named_parameters():
@@ -38,8 +38,8 @@ def build_module_view(
         memo[id(b)] = buffers[name]
     view = copy.deepcopy(model, memo)
     if before_use is not None:
-        hook = _compile_opaque(lambda module, args: before_use())
-        view.register_forward_pre_hook(hook)
+        view.register_forward_pre_hook(_compile_opaque(lambda module, args: before_use()))
+        view.register_state_dict_pre_hook(lambda module, prefix, keep_vars: before_use())
     return view
 
 

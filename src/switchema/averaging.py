@@ -8,17 +8,26 @@ The averager holds *only* the averages: it never ``deepcopy``s the model. Averag
 one contiguous buffer per (device, dtype) group (see :mod:`switchema._kernels`), in float32 by
 default even for a bf16 / fp16 model, so small updates do not round away.
 
-Usage in a training loop::
+Usage in a training loop (Switch EMA; plain EMA is the same without ``switch()``)::
 
-    ema = EMA(model, decay=0.999)
-    for epoch in range(epochs):
-        for x, y in loader:
-            loss_fn(model(x), y).backward()
-            optimizer.step(); optimizer.zero_grad()
-            ema.update()                  # after every optimizer step
-        ema.switch()                      # Switch EMA: copy the average into the model
-        with ema.swapped():               # evaluate the averaged weights, then restore
-            evaluate(model)
+    >>> import torch
+    >>> from torch import nn
+    >>> from switchema import EMA
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Linear(4, 2)
+    >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> loader = [(torch.randn(8, 4), torch.randn(8, 2)) for _ in range(5)]
+    >>> ema = EMA(model, decay=0.9)
+    >>> for epoch in range(2):
+    ...     for x, y in loader:
+    ...         nn.functional.mse_loss(model(x), y).backward()
+    ...         optimizer.step(); optimizer.zero_grad()
+    ...         ema.update()                  # after every optimizer step
+    ...     ema.switch()                      # Switch EMA: copy the average into the model
+    ...     with ema.swapped():               # evaluate the averaged weights, then restore
+    ...         val_loss = nn.functional.mse_loss(model(x), y)
+    >>> ema.step, torch.equal(model.weight, ema.averaged_state_dict()["weight"])
+    (10, True)
 
 Parameters are matched by *name* (wrappers' ``module.`` / ``_orig_mod.`` prefixes removed),
 tied parameters are averaged once, frozen parameters and buffers follow explicit policies

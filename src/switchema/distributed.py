@@ -29,18 +29,33 @@ Exports of a sharded averager:
   ``Shard(d + 1)``), plus counters and configuration as plain data.
 
 **Distributed checkpoints.** An averager has ``state_dict()`` / ``load_state_dict()``, so it is
-a DCP ``Stateful``: pass it next to the model and optimizer::
+a DCP ``Stateful``: pass it next to the model and optimizer (here in one process; under
+``torchrun`` every rank runs the same lines)::
 
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd, "ema": ema}, checkpoint_id=path)
-
-    model_sd, optim_sd = get_state_dict(model, optimizer)      # templates
-    state = {"model": model_sd, "optim": optim_sd, "ema": ema}
-    dcp.load(state, checkpoint_id=path)                         # calls ema.load_state_dict
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    >>> import tempfile, warnings
+    >>> import torch
+    >>> import torch.distributed.checkpoint as dcp
+    >>> from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    >>> from switchema import EMA
+    >>> warnings.filterwarnings("ignore", "torch.distributed is disabled")
+    >>> model = torch.nn.Linear(4, 2)
+    >>> optimizer = torch.optim.AdamW(model.parameters())
+    >>> ema = EMA(model, decay=0.9)
+    >>> model(torch.randn(3, 4)).sum().backward(); optimizer.step(); ema.update()
+    >>> path = tempfile.mkdtemp()
+    >>> model_sd, optim_sd = get_state_dict(model, optimizer)
+    >>> _ = dcp.save({"model": model_sd, "optim": optim_sd, "ema": ema}, checkpoint_id=path)
+    >>> model2 = torch.nn.Linear(4, 2)                         # resume elsewhere
+    >>> optimizer2 = torch.optim.AdamW(model2.parameters())
+    >>> ema2 = EMA(model2, decay=0.9)
+    >>> model_sd, optim_sd = get_state_dict(model2, optimizer2)      # templates
+    >>> state = {"model": model_sd, "optim": optim_sd, "ema": ema2}
+    >>> dcp.load(state, checkpoint_id=path)                          # calls ema2.load_state_dict
+    >>> _ = set_state_dict(
+    ...     model2, optimizer2, model_state_dict=state["model"], optim_state_dict=state["optim"]
+    ... )
+    >>> ema2.step, torch.equal(ema2.averaged_state_dict()["weight"], ema.averaged_state_dict()["weight"])
+    (1, True)
 
 DCP reshards on load, so a checkpoint saved on N ranks loads on M ranks, sharded or into a
 plain, unsharded model and averager in one process (``dcp.load`` without a process group).

@@ -16,9 +16,13 @@ Integer tensors (``num_batches_tracked``, index buffers) never go through float 
 A policy is one string for every tensor, or a dict of shell-style name patterns, first match
 wins, unmatched names keeping the default::
 
-    EMA(model, buffers={"*.running_mean": "average", "*.running_var": "average"})
-    EMA(model, params={"base.*": "copy"})        # store averages for the adapters only
-
+    >>> import torch
+    >>> from switchema import EMA
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    >>> EMA(model, buffers={"*.running_mean": "average", "*.running_var": "average"}).names
+    ['0.weight', '0.bias', '1.weight', '1.bias', '1.running_mean', '1.running_var']
+    >>> EMA(model, params={"1.*": "copy"}).names          # store averages for layer 0 only
+    ['0.weight', '0.bias']
     >>> resolve_policy({"*.running_var": "skip", "*running*": "average"}, "bn.running_mean")
     'average'
     >>> resolve_policy({"*.running_var": "skip"}, "fc.weight", default="average", what="params")

@@ -89,6 +89,7 @@ def _trains_in_workers(trainer: pl.Trainer) -> bool:
             return False
     return isinstance(launcher, _MultiProcessingLauncher)
 
+
 _STATE_VERSION = 1
 
 
