@@ -144,3 +144,31 @@ def test_recompute_bn_argument_order_of_torch_update_bn_is_a_clear_error():
     loader = torch.utils.data.DataLoader(torch.randn(8, 5), batch_size=4)
     with pytest.raises(TypeError, match="torch's update_bn order"):
         recompute_bn(loader, model)
+
+
+def test_full_switch_carries_the_kept_statistics_into_the_model():
+    model = make_bn_model()
+    ema = EMA(model, decay=0.9)
+    train(model, ema)
+    ema.recompute_bn(batches())
+    kept = ema.averaged_state_dict()
+    ema.switch(weight=0.5)  # a partial switch: the model's weights are not the average's
+    assert not torch.equal(model[1].running_mean, kept["1.running_mean"])
+    ema.switch()
+    assert_bit_identical(snapshot(model), kept)
+
+
+def test_recompute_bn_keeps_the_old_statistics_when_it_fails():
+    model = make_bn_model()
+    train(model, EMA(model))
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="no batches"):
+        recompute_bn(model, [])
+
+    def broken():
+        yield batches()[0]
+        raise RuntimeError("loader died")
+
+    with pytest.raises(RuntimeError, match="loader died"):
+        recompute_bn(model, broken())
+    assert_bit_identical(snapshot(model), before)

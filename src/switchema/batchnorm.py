@@ -76,6 +76,13 @@ def _default_forward(model: nn.Module, batch: Any) -> None:
         )
 
 
+def _restore_buffers(layers: list[nn.Module], saved: list[dict[str, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for m, buffers in zip(layers, saved):
+            for k, b in buffers.items():
+                m._buffers[k].copy_(b)
+
+
 @torch.no_grad()
 def recompute_bn(
     model: nn.Module,
@@ -88,7 +95,8 @@ def recompute_bn(
 
     Running means and variances are reset and re-estimated as the *cumulative* average over
     all batches (momentum ``None``), in train mode and without gradients. The model's
-    training flag and the layers' momenta are restored afterwards. Returns the number of
+    training flag and the layers' momenta are restored afterwards; if the pass raises or sees
+    no batch, the old statistics are restored too. Returns the number of
     batches seen (0 and no change if the model has no BatchNorm).
 
     Args:
@@ -136,6 +144,8 @@ def recompute_bn(
         device = first.device if first is not None else torch.device("cpu")
     forward = forward or _default_forward
     momenta = {m: m.momentum for m in bns}
+    # Restored if the pass fails or sees no batch: the old statistics are not lost.
+    saved = [{k: b.clone() for k, b in m._buffers.items() if b is not None} for m in bns]
     was_training = model.training
     for m in bns:
         m.reset_running_stats()
@@ -146,10 +156,14 @@ def recompute_bn(
         for batch in batches:
             forward(model, _to_device(batch, torch.device(device)))
             n += 1
+    except BaseException:
+        _restore_buffers(bns, saved)
+        raise
     finally:
         for m, mom in momenta.items():
             m.momentum = mom
         model.train(was_training)
     if n == 0:
+        _restore_buffers(bns, saved)
         raise ValueError("recompute_bn got no batches; pass an iterable with at least one batch")
     return n
