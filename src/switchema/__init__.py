@@ -14,6 +14,7 @@
 
 from .averaging import EMA, SWA, WeightAverager, unwrap_model
 from .batchnorm import BUFFER_POLICIES, has_batchnorm, recompute_bn
+from .power import PowerEMA
 from .schedules import (
     Constant,
     DecaySchedule,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "EMA",
     "SWA",
+    "PowerEMA",
     "WeightAverager",
     "unwrap_model",
     "recompute_bn",

@@ -159,6 +159,27 @@ class WeightAverager:
         """A counter that changes whenever the averages (or their BatchNorm statistics) change."""
         return self._version
 
+    def storage(self) -> list[dict[str, Any]]:
+        """The averages as stored: per (device, dtype) group, its ``(K, N)`` buffer and layout.
+
+        Each group is ``{"flat": Tensor (K, N), "tensors": [{"name", "shape", "stride",
+        "offset", "full_shape"}]}``: tensor ``name``'s average ``k`` is
+        ``flat[k].as_strided(shape, stride, offset)`` (its local shard under FSDP2, whose
+        global shape is ``full_shape``). The buffers are the live storage: read, do not write.
+        """
+        slots: dict[int, list[dict[str, Any]]] = {}
+        for e in self._averaged:
+            g, i = self._where[id(e.tensor)]
+            src = g.tensors[i]
+            slots.setdefault(id(g), [None] * len(g.tensors))[i] = {
+                "name": e.name,
+                "shape": list(src.shape),
+                "stride": list(src.stride()),
+                "offset": g.offsets[i],
+                "full_shape": list(e.tensor.shape),
+            }
+        return [{"flat": g.flat, "tensors": slots[id(g)]} for g in self._groups]
+
     @property
     def nbytes(self) -> int:
         """Bytes of average storage held by this process (the local shards' under FSDP2)."""
@@ -731,6 +752,13 @@ class WeightAverager:
     def _num_averages(config: Mapping[str, Any]) -> int:
         return 1
 
+    def _counters(self) -> dict[str, Any]:
+        """Subclass counters that drive future updates (saved next to ``step``)."""
+        return {}
+
+    def _load_counters(self, state: Mapping[str, Any]) -> None:
+        pass
+
     def _binding_of(self, config: Mapping[str, Any]) -> tuple:
         """What of a configuration decides the storage layout."""
         return (
@@ -764,6 +792,7 @@ class WeightAverager:
             "config": self._config(),
             "step": self.step,
             "n_updates": self.n_updates,
+            **self._counters(),
             "names": list(self._names),
             "averages": averages,
         }
@@ -851,6 +880,7 @@ class WeightAverager:
             g.kviews[i].copy_(saved)
         self.step = int(state["step"])
         self.n_updates = int(state["n_updates"])
+        self._load_counters(state)
         self._version += 1
         self._bn_stats = {
             int(k): {n: t.detach().clone() for n, t in v.items()}

@@ -1,0 +1,197 @@
+"""Power-function EMAs (Karras et al., EDM2): K profiles tracked together, with snapshots.
+
+A power EMA with exponent ``gamma`` weighs the iterates up to time ``t`` with the profile
+``p_t(tau) = (gamma + 1) tau^gamma / t^(gamma + 1)``; its relative width
+``sigma_rel = sqrt((gamma + 1) / ((gamma + 2)^2 (gamma + 3)))`` stays the same as training goes
+on, where a constant decay's width shrinks relative to ``t``. Each averaging update is::
+
+    avg <- beta avg + (1 - beta) x,      beta = (1 - dt / t)^(gamma + 1)
+
+with ``t`` the time after the update and ``dt`` the time since the previous one. Time is counted
+in optimizer steps (or in samples, ``time="samples"``), never in calls to ``update()``: with
+``update_every=10`` the realised profile is the same as with 1, up to discretisation (each
+update weighs its iterate by the profile's integral over the ``dt`` it stands for). The first
+update has ``beta = 0``: the weights at construction get no weight.
+
+Snapshots of the K averages (:meth:`PowerEMA.snapshot`) let :func:`switchema.posthoc.synthesize`
+build the EMA of *any* width after training.
+
+    >>> import torch
+    >>> model = torch.nn.Linear(2, 1)
+    >>> ema = PowerEMA(model, sigma_rel=(0.05, 0.10))
+    >>> [round(g, 2) for g in ema.gammas]
+    [16.97, 6.94]
+    >>> for v in (1.0, 2.0, 3.0):
+    ...     _ = model.weight.data.fill_(v); ema.update()
+    >>> g = ema.gammas[1]      # update i weighs its iterate by the profile's integral over (i-1, i]
+    >>> w = [(i ** (g + 1) - (i - 1) ** (g + 1)) / 3 ** (g + 1) for i in (1, 2, 3)]
+    >>> expected = sum(wi * v for wi, v in zip(w, (1.0, 2.0, 3.0)))
+    >>> abs(float(ema.averaged_state_dict(1)["weight"][0, 0]) - expected) < 1e-5
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import _profiles as P
+from ._checks import check_choice, check_int, check_real
+from .averaging import WeightAverager
+
+__all__ = ["PowerEMA", "TIME_UNITS"]
+
+TIME_UNITS = ("steps", "samples")
+
+
+def _resolve_gammas(sigma_rel: Any, gamma: Any) -> tuple[float, ...]:
+    if (sigma_rel is None) == (gamma is None):
+        raise ValueError(
+            f"give sigma_rel or gamma, exactly one (got sigma_rel={sigma_rel!r}, gamma={gamma!r})"
+        )
+    values = sigma_rel if sigma_rel is not None else gamma
+    if not isinstance(values, Sequence) or isinstance(values, str):
+        values = [values]
+    if not values:
+        raise ValueError("sigma_rel / gamma must be a number or a non-empty sequence of numbers")
+    if sigma_rel is not None:
+        return tuple(P.sigma_rel_to_gamma(s) for s in values)
+    return tuple(check_real(g, "gamma", minimum=0.0) for g in values)
+
+
+class PowerEMA(WeightAverager):
+    r"""K power-function EMAs of a model's weights, updated together (EDM2's post-hoc EMA).
+
+    Everything :class:`switchema.EMA` does (policies, dtypes, ``switch``, ``swapped``, views,
+    FSDP2 shard-locality, checkpoints) works the same; only the decay differs: it is the power
+    profile's ``beta`` for the current time, recomputed at every averaging update on the host
+    (no device sync; with several profiles, a small non-blocking host-to-device copy).
+
+    Args:
+        model: the model being trained.
+        sigma_rel: relative width(s) in ``(0, 1/sqrt(12)]`` (EDM2 tracks ``(0.05, 0.10)``).
+        gamma: instead of ``sigma_rel``: the exponent(s), ``>= 0``.
+        update_every: average every N optimizer steps (the profile does not change).
+        time: ``"steps"`` (default) or ``"samples"``: then every ``update(samples=n)`` says how
+            many samples the optimizer step used (for variable batch sizes).
+        switch_every, dtype, buffers, params, frozen, flat_params: as for :class:`switchema.EMA`.
+    """
+
+    kind = "power"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sigma_rel: float | Sequence[float] | None = None,
+        *,
+        gamma: float | Sequence[float] | None = None,
+        update_every: int = 1,
+        time: str = "steps",
+        switch_every: int | None = None,
+        dtype: torch.dtype | None = torch.float32,
+        buffers: str | Mapping[str, str] = "copy",
+        params: str | Mapping[str, str] | None = None,
+        frozen: str = "copy",
+        flat_params: bool = False,
+    ) -> None:
+        self.gammas = _resolve_gammas(sigma_rel, gamma)
+        self.time_unit = check_choice(time, "time", TIME_UNITS)
+        self.samples = 0  # samples seen (time="samples")
+        self.time = 0.0  # the time of the last averaging update: what the averages stand for
+        self._snapshot_rule: tuple[Any, int, Any] | None = None
+        super().__init__(
+            model,
+            num_averages=len(self.gammas),
+            update_every=update_every,
+            start_step=0,
+            switch_every=switch_every,
+            dtype=dtype,
+            buffers=buffers,
+            params=params,
+            frozen=frozen,
+            flat_params=flat_params,
+        )
+
+    @property
+    def sigma_rel(self) -> tuple[float, ...]:
+        """The relative widths of the tracked profiles."""
+        return tuple(P.gamma_to_sigma_rel(g) for g in self.gammas)
+
+    def update(self, step: int | None = None, *, samples: int | None = None) -> None:
+        """Record an optimizer step (see :meth:`switchema.EMA.update`); average when due.
+
+        With ``time="samples"``, ``samples`` is the number of samples this optimizer step used.
+        With :meth:`snapshot_every`, a snapshot is written at every multiple of its interval.
+        """
+        if self.time_unit == "samples":
+            n = check_int(samples, "samples", minimum=1)
+        elif samples is not None:
+            raise ValueError("samples is only used with time='samples'; this PowerEMA counts steps")
+        if step is not None and step == self.step:
+            return  # the same optimizer step again: nothing happens (and no samples count)
+        prev = self.step
+        if self.time_unit == "samples":
+            self.samples += n  # before averaging: the update's time includes this step
+        try:
+            super().update(step)
+        except BaseException:
+            if self.time_unit == "samples":
+                self.samples -= n
+            raise
+        rule = self._snapshot_rule
+        if rule is not None and self.step // rule[1] > prev // rule[1]:
+            self.snapshot(rule[0], dtype=rule[2])
+
+    def _lerp_weights(self) -> list[float]:
+        # Called once per averaging update; it also moves the profile's clock.
+        t = float(self.step if self.time_unit == "steps" else self.samples)
+        dt = t - self.time
+        self.time = t
+        return [1.0 - P.power_beta(g, t, dt) for g in self.gammas]
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot(self, store: Any, *, dtype: torch.dtype | None = None) -> None:
+        """Write the K averages, one contiguous copy per group, with their ``(gamma, t)``.
+
+        ``store`` is a :class:`switchema.posthoc.MemoryStore`, a
+        :class:`switchema.posthoc.FolderStore` or a folder path. ``dtype`` (e.g.
+        ``torch.bfloat16``) stores a smaller copy. The copy leaves the device, so a snapshot
+        waits for the device (take them every few hundred steps, not every step).
+        """
+        from .posthoc import as_store, snapshot_averager
+
+        snapshot_averager(self, as_store(store), dtype)
+
+    def snapshot_every(self, store: Any, every: int, *, dtype: torch.dtype | None = None) -> None:
+        """Take a :meth:`snapshot` in ``update()`` whenever ``step`` reaches a multiple of ``every``."""
+        from .posthoc import as_store
+
+        self._snapshot_rule = (as_store(store), check_int(every, "every", minimum=1), dtype)
+
+    # ------------------------------------------------------------------ state
+    def _config(self) -> dict[str, Any]:
+        return {**super()._config(), "gamma": list(self.gammas), "time": self.time_unit}
+
+    def _load_config(self, config: Mapping[str, Any]) -> None:
+        super()._load_config(config)
+        self.gammas = tuple(float(g) for g in config["gamma"])
+        self.time_unit = config["time"]
+        self.num_averages = len(self.gammas)
+
+    @staticmethod
+    def _num_averages(config: Mapping[str, Any]) -> int:
+        return len(config["gamma"])
+
+    def _counters(self) -> dict[str, Any]:
+        return {"time": self.time, "samples": self.samples}
+
+    def _load_counters(self, state: Mapping[str, Any]) -> None:
+        self.time = float(state["time"])
+        self.samples = int(state["samples"])
+
+    def _init_kwargs(self) -> dict[str, Any]:
+        init = super()._init_kwargs()
+        return {**init, "gamma": self.gammas, "time": self.time_unit}
