@@ -159,7 +159,9 @@ class PowerEMA(WeightAverager):
         ``store`` is a :class:`switchema.posthoc.MemoryStore`, a
         :class:`switchema.posthoc.FolderStore` or a folder path. ``dtype`` (e.g.
         ``torch.bfloat16``) stores a smaller copy. The copy leaves the device, so a snapshot
-        waits for the device (take them every few hundred steps, not every step).
+        waits for the device (take them every few hundred steps, not every step). For a sharded
+        (FSDP2) averager it is a collective: every rank calls it and writes its own shards with
+        ``torch.distributed.checkpoint`` into a :class:`~switchema.posthoc.FolderStore`.
         """
         from .posthoc import as_store, snapshot_averager
 
