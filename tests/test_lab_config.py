@@ -75,6 +75,28 @@ def test_old_names_still_read_and_job_ids_unchanged():
     assert make_job(study, ["sema"], 3).id == "circles-s3-sema-d33e167ab9e1"
 
 
+def test_a_run_folder_written_with_the_old_names_reports_and_resumes(tmp_path, capsys):
+    import json
+
+    from switchema.cli import main
+
+    run = tmp_path / "old"
+    argv = ["compare", "--task", "circles", "--epochs", "2", "--seeds", "0", "--no-progress"]
+    assert main([*argv, "--methods", "baseline", "ema", "--out", str(run)]) == 0
+    summary, metrics = (run / "summary.md").read_text(), (run / "metrics.jsonl").read_text()
+    header = json.loads((run / "config.json").read_text())
+    cfg = header["config"]
+    cfg["decays"], cfg["schedule"] = cfg.pop("decay"), cfg.pop("lr_schedule")
+    (run / "config.json").write_text(json.dumps(header))  # as the version before wrote it
+    assert main(["report", str(run)]) == 0
+    assert (run / "summary.md").read_text() == summary
+    jobs = sorted(p.name for p in (run / "jobs").iterdir())
+    assert main(["compare", "--resume", str(run), "--no-progress"]) == 0  # finds its jobs
+    assert sorted(p.name for p in (run / "jobs").iterdir()) == jobs
+    assert (run / "metrics.jsonl").read_text() == metrics
+    capsys.readouterr()
+
+
 def test_job_key_holds_a_setting_only_for_the_methods_it_affects():
     study = resolve(StudyConfig(task="circles", epochs=2))
     assert "switch_every" in job_key(study, ["sema"], 0)

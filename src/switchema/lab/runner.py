@@ -115,7 +115,8 @@ def run_compare(
                 raise UsageError(
                     f"{out} was started with other settings; resume it without changing them"
                 )
-            study = study or resolve(saved)
+            if study is None:
+                study = resolve(saved)
         elif study is None:
             raise UsageError("give a study, or resume=True to continue a run folder")
         elif (out / "config.json").exists():
