@@ -68,10 +68,11 @@ def bench_jobs(repeats: int, epochs: int) -> dict:
 
 
 def bench_checkpoint(repeats: int, epochs: int | None) -> dict:
+    from switchema.lab.config import StudyConfig
     from switchema.lab.jobs import make_job, run_job
-    from switchema.lab.train import StudyConfig, resolve_config
+    from switchema.lab.resolve import resolve
 
-    cfg, _ = resolve_config(
+    cfg = resolve(
         StudyConfig(
             task="mnist1d-cnn", methods=["baseline", "ema", "swa"], seeds=[0], epochs=epochs
         )
@@ -83,9 +84,7 @@ def bench_checkpoint(repeats: int, epochs: int | None) -> dict:
         run_job(
             Path(tmp) / "warm",
             make_job(
-                resolve_config(
-                    StudyConfig(task="mnist1d-cnn", methods=["ema"], seeds=[0], epochs=1)
-                )[0],
+                resolve(StudyConfig(task="mnist1d-cnn", methods=["ema"], seeds=[0], epochs=1)),
                 ["ema"],
                 0,
             ),

@@ -43,9 +43,9 @@ def main(root: str, plot: str | None = None) -> None:
         by = {(e["method"], e["model"]): e for e in s["entries"]}
         base, ema, sema = by[("baseline", "online")], by[("ema", "avg")], by[("sema", "avg")]
         cfg = config["config"]
-        cells.append((cfg["decays"][0], cfg["switch_every"], sema["diff_vs_ema"]))
+        cells.append((cfg["decay"][0], cfg["switch_every"], sema["diff_vs_ema"]))
         print(
-            f"| {cfg['decays'][0]} | {cfg['switch_every']} | {_pp(base['final']['test_acc'])} | "
+            f"| {cfg['decay'][0]} | {cfg['switch_every']} | {_pp(base['final']['test_acc'])} | "
             f"{_pp(ema['final']['test_acc'])} | {_pp(sema['final']['test_acc'])} | {_ci(sema['diff_vs_ema'])} | "
             f"{_pp(ema['best'])} | {_pp(sema['best'])} | {_ci(sema['diff_vs_ema_best'])} |"
         )
@@ -55,12 +55,9 @@ def main(root: str, plot: str | None = None) -> None:
 
 
 def _plot(cells, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from switchema.lab.plots import STYLE
+    from switchema.lab.report.style import STYLE
 
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(6.0, 3.6))

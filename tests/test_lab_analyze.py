@@ -6,7 +6,11 @@ import torch
 
 from switchema.analysis import sharpness as S
 from switchema.cli import main
-from switchema.lab.train import StudyConfig, _loss, run_study
+from switchema.lab.config import StudyConfig
+from switchema.lab.options import RunOptions
+from switchema.lab.resolve import resolve
+from switchema.lab.runner import run_compare
+from switchema.lab.tasks import task_loss
 
 
 def _numbers(run):
@@ -18,10 +22,12 @@ def _numbers(run):
 
 
 def test_analyze_tiny_run(tmp_path):
-    run = run_study(
-        StudyConfig(task="circles", methods=["baseline", "ema", "sema"], seeds=[0, 1], epochs=3),
+    run = run_compare(
+        resolve(
+            StudyConfig(task="circles", methods=["baseline", "ema", "sema"], seeds=[0, 1], epochs=3)
+        ),
         tmp_path / "run",
-        progress=False,
+        RunOptions(progress=False),
     )
     argv = [
         "analyze",
@@ -53,7 +59,7 @@ def test_analyze_tiny_run(tmp_path):
     model = task.build_model(data)
     model.load_state_dict(states["ema/avg/1"])
     batches = [(data.x_train, data.y_train)]
-    eig = S.top_eigenvalues(model, lambda o, y: _loss("classification", o, y), batches, seed=0)
+    eig = S.top_eigenvalues(model, lambda o, y: task_loss("classification", o, y), batches, seed=0)
     assert abs(float(eig.eigenvalues[0]) - first["models"]["ema/1"]["top_eigenvalue"]) < 1e-3 * (
         1 + abs(float(eig.eigenvalues[0]))
     )

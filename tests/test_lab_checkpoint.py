@@ -21,8 +21,10 @@ from switchema.lab.checkpoint import (
     read_jsonl,
     save_checkpoint,
 )
+from switchema.lab.config import StudyConfig
 from switchema.lab.lock import FolderLock, FolderLockedError
-from switchema.lab.train import DivergedError, StudyConfig, resolve_config, train_run
+from switchema.lab.resolve import resolve
+from switchema.lab.train import DivergedError, train_run
 
 
 def test_checkpoint_round_trip_and_previous_kept(tmp_path):
@@ -131,8 +133,8 @@ def _strip(rows):
     ],
 )
 def test_resume_from_any_epoch_is_bit_identical(task, methods, extra):
-    cfg, t = resolve_config(StudyConfig(task=task, epochs=4, seeds=[3], **extra))
-    data = t.build_data(0, **cfg.data_options)
+    study = resolve(StudyConfig(task=task, epochs=4, seeds=[3], **extra))
+    data = study.task.build_data(0, **study.config.data_options)
     saved = []
 
     def keep(state):  # through the real file format, so weights_only loading is exercised
@@ -141,11 +143,11 @@ def test_resume_from_any_epoch_is_bit_identical(task, methods, extra):
         saved.append(buf.getvalue())
 
     kw = dict(y_train=data.y_train, flipped=None)
-    ref_rows, ref_arrays, ref_states = train_run(cfg, t, data, methods, 3, checkpoint=keep, **kw)
+    ref_rows, ref_arrays, ref_states = train_run(study, data, methods, 3, checkpoint=keep, **kw)
     assert len(saved) == 4
     for k in (0, 2):  # resume after epoch 1 and after epoch 3
         state = torch.load(io.BytesIO(saved[k]), weights_only=True)
-        rows, arrays, states = train_run(cfg, t, data, methods, 3, resume=state, **kw)
+        rows, arrays, states = train_run(study, data, methods, 3, resume=state, **kw)
         assert _strip(rows) == _strip(ref_rows)
         assert arrays.keys() == ref_arrays.keys()
         assert all(np.array_equal(arrays[a], ref_arrays[a]) for a in arrays)
@@ -154,36 +156,34 @@ def test_resume_from_any_epoch_is_bit_identical(task, methods, extra):
                 assert torch.equal(states[name][p], ref_states[name][p]), (name, p)
     done = torch.load(io.BytesIO(saved[-1]), weights_only=True)
     assert done["done"] and _strip(
-        train_run(cfg, t, data, methods, 3, resume=done, **kw)[0]
+        train_run(study, data, methods, 3, resume=done, **kw)[0]
     ) == _strip(ref_rows)
 
 
 def test_resume_refuses_a_checkpoint_of_other_methods():
-    cfg, t = resolve_config(StudyConfig(task="circles", epochs=2, seeds=[0]))
-    data = t.build_data(0)
+    study = resolve(StudyConfig(task="circles", epochs=2, seeds=[0]))
+    data = study.task.build_data(0)
     saved = []
-    train_run(
-        cfg, t, data, ["sema"], 0, y_train=data.y_train, flipped=None, checkpoint=saved.append
-    )
+    train_run(study, data, ["sema"], 0, y_train=data.y_train, flipped=None, checkpoint=saved.append)
     with pytest.raises(ValueError, match="checkpoint is for methods"):
-        train_run(cfg, t, data, ["ema"], 0, y_train=data.y_train, flipped=None, resume=saved[0])
+        train_run(study, data, ["ema"], 0, y_train=data.y_train, flipped=None, resume=saved[0])
 
 
 def test_divergence_raises_with_the_epoch():
-    cfg, t = resolve_config(
+    study = resolve(
         StudyConfig(task="circles", epochs=3, seeds=[0], optimizer="sgd", momentum=0.9, lr=1e6)
     )
-    data = t.build_data(0)
+    data = study.task.build_data(0)
     with pytest.raises(DivergedError, match=r"mean training loss nan in epoch 1 .*lr 1000000"):
-        train_run(cfg, t, data, ["baseline"], 0, y_train=data.y_train, flipped=None)
+        train_run(study, data, ["baseline"], 0, y_train=data.y_train, flipped=None)
 
 
 def test_one_checkpoint_per_epoch_with_the_step_count():
     """Checkpoints happen at epoch ends only (no per-step I/O) and carry the step counter."""
-    cfg, t = resolve_config(StudyConfig(task="circles", epochs=3, seeds=[0], batch_size=5))
-    data = t.build_data(0)
+    study = resolve(StudyConfig(task="circles", epochs=3, seeds=[0], batch_size=5))
+    data = study.task.build_data(0)
     calls = []
-    train_run(cfg, t, data, ["ema"], 0, y_train=data.y_train, flipped=None, checkpoint=calls.append)
+    train_run(study, data, ["ema"], 0, y_train=data.y_train, flipped=None, checkpoint=calls.append)
     assert [(c["epoch"], c["step"], c["done"]) for c in calls] == [
         (1, 10, False),
         (2, 20, False),

@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 
 from switchema.cli import main
-from switchema.lab.methods import parse_interval
+from switchema.lab.config import StudyConfig
+from switchema.lab.methods import share_trajectories
+from switchema.lab.options import RunOptions
 from switchema.lab.report import load_run
-from switchema.lab.train import (
-    StudyConfig,
-    resolve_config,
-    run_study,
-    share_trajectories,
-    train_run,
-)
+from switchema.lab.resolve import resolve
+from switchema.lab.runner import run_compare
+from switchema.lab.train import train_run
+from switchema.switching import parse_interval
 
 TINY = {
     "circles": {},
@@ -26,6 +25,10 @@ TINY = {
     "friedman-mlp": {"n_train": 200, "n_test": 100},
     "charlm": {"n_chars": 4000, "seq_len": 16},
 }
+
+
+def run_study(cfg, out):
+    return run_compare(resolve(cfg), out, RunOptions(progress=False))
 
 
 def rows_of(run):
@@ -48,7 +51,7 @@ def test_every_task_runs_with_every_kind_of_method(task, tmp_path):
         data_options=TINY[task],
         model_options=model_options,
     )
-    run = run_study(cfg, tmp_path / "run", progress=False)
+    run = run_study(cfg, tmp_path / "run")
     rows = rows_of(run)
     # baseline: online only; ema / sema / swa: online + avg, every epoch, every seed
     assert len(rows) == 2 * 2 * (1 + 2 * 3)
@@ -68,7 +71,7 @@ def test_all_five_methods_and_switch_semantics(tmp_path):
         epochs=4,
         data_options={"n_total": 300},
     )
-    rows = rows_of(run_study(cfg, tmp_path / "run", progress=False))
+    rows = rows_of(run_study(cfg, tmp_path / "run"))
 
     def get(method, model, epoch):
         return next(
@@ -89,13 +92,13 @@ def test_all_five_methods_and_switch_semantics(tmp_path):
 
 def test_passive_methods_share_a_trajectory_exactly():
     """The premise of share_trajectories: EMA and SWA never change the weights being trained."""
-    cfg, task = resolve_config(
+    study = resolve(
         StudyConfig(task="mnist1d-cnnbn", epochs=3, seeds=[0], data_options={"n_total": 300})
     )
-    data = task.build_data(0, **cfg.data_options)
+    data = study.task.build_data(0, **study.config.data_options)
     kw = dict(y_train=data.y_train, flipped=None)
-    alone = {m: train_run(cfg, task, data, [m], 0, **kw)[0] for m in ("baseline", "ema", "swa")}
-    shared, _, states = train_run(cfg, task, data, ["baseline", "ema", "swa"], 0, **kw)
+    alone = {m: train_run(study, data, [m], 0, **kw)[0] for m in ("baseline", "ema", "swa")}
+    shared, _, states = train_run(study, data, ["baseline", "ema", "swa"], 0, **kw)
     for m, rows in alone.items():
         assert strip_time(rows) == strip_time([r for r in shared if r["method"] == m])
     online = [[r["test_loss"] for r in rows if r["model"] == "online"] for rows in alone.values()]
@@ -113,14 +116,14 @@ def test_passive_methods_share_a_trajectory_exactly():
         "swa/online/0",
     ]
     with pytest.raises(ValueError, match="cannot share"):
-        train_run(cfg, task, data, ["ema", "sema"], 0, **kw)
+        train_run(study, data, ["ema", "sema"], 0, **kw)
 
 
 def test_openmixup_interval_two_switches_on_odd_epochs(tmp_path):
     cfg = StudyConfig(
         task="circles", methods=["sema-openmixup"], seeds=[0], epochs=4, switch_every="2"
     )
-    rows = rows_of(run_study(cfg, tmp_path / "run", progress=False))
+    rows = rows_of(run_study(cfg, tmp_path / "run"))
     switched = [r["switched"] for r in rows if r["model"] == "online"]
     assert switched == [True, False, True, False]
 
@@ -129,9 +132,9 @@ def test_switch_every_steps_and_several_decays(tmp_path):
     cfg = StudyConfig(
         task="circles", methods=["sema"], seeds=[0], epochs=2, switch_every="3s", switch_start=0
     )
-    run_study(cfg, tmp_path / "a", progress=False)
-    cfg = StudyConfig(task="circles", methods=["ema"], seeds=[0], epochs=2, decays=[0.9, 0.99])
-    rows = rows_of(run_study(cfg, tmp_path / "b", progress=False))
+    run_study(cfg, tmp_path / "a")
+    cfg = StudyConfig(task="circles", methods=["ema"], seeds=[0], epochs=2, decay=[0.9, 0.99])
+    rows = rows_of(run_study(cfg, tmp_path / "b"))
     assert {r["model"] for r in rows} == {"online", "avg@0.9", "avg@0.99"}
 
 
@@ -144,8 +147,8 @@ def test_same_seed_same_numbers_and_report_rebuilds(tmp_path):
         data_options={"n_total": 300},
         label_noise=0.2,
     )
-    a = run_study(cfg, tmp_path / "a", progress=False)
-    b = run_study(cfg, tmp_path / "b", progress=False)
+    a = run_study(cfg, tmp_path / "a")
+    b = run_study(cfg, tmp_path / "b")
     assert strip_time(rows_of(a)) == strip_time(rows_of(b))
     pa, pb = np.load(a / "predictions.npz"), np.load(b / "predictions.npz")
     assert sorted(pa.files) == sorted(pb.files)
@@ -164,7 +167,7 @@ def test_same_seed_same_numbers_and_report_rebuilds(tmp_path):
 
 def test_churn_and_js_in_summary(tmp_path):
     cfg = StudyConfig(task="circles", methods=["baseline"], seeds=[0, 1, 2], epochs=2)
-    run = run_study(cfg, tmp_path / "run", progress=False)
+    run = run_study(cfg, tmp_path / "run")
     config, rows, arrays = load_run(run)
     from switchema.lab import metrics as M
 
@@ -192,7 +195,7 @@ def test_cifar_from_local_folder(tmp_path):
         data_options={"data_dir": str(tmp_path)},
         batch_size=16,
     )
-    rows = rows_of(run_study(cfg, tmp_path / "run", progress=False))
+    rows = rows_of(run_study(cfg, tmp_path / "run"))
     assert len(rows) == 3
 
 
@@ -224,5 +227,6 @@ def test_interval_parsing():
 
 
 def test_resolve_fills_task_defaults():
-    cfg, task = resolve_config(StudyConfig(task="digits-cnn"))
+    study = resolve(StudyConfig(task="digits-cnn"))
+    cfg, task = study.config, study.task
     assert cfg.optimizer == task.defaults["optimizer"] and cfg.epochs == task.defaults["epochs"]

@@ -17,8 +17,11 @@ import pytest
 
 from switchema.cli import main
 from switchema.lab.checkpoint import load_checkpoint, read_jsonl
+from switchema.lab.jobs import study_jobs
 from switchema.lab.lock import FolderLock
-from switchema.lab.sweep import cell_jobs, expand_grid, load_grid_file, parse_grid, run_sweep
+from switchema.lab.options import RunOptions
+from switchema.lab.runner import run_sweep
+from switchema.lab.sweep import expand_grid, load_grid_file, parse_grid
 
 # 2 decays x 2 intervals x 2 seeds on the 50-point toy: 12 jobs after sharing (4 baseline+ema,
 # 8 sema), a second or two in all.
@@ -30,6 +33,9 @@ GRID = {
     "decay": [0.9, 0.99],
     "switch_every": ["1", "3s"],
 }
+
+
+QUIET = RunOptions(progress=False)
 
 
 def _strip(rows):
@@ -66,7 +72,7 @@ def _same_results(a: Path, b: Path) -> None:
 def reference(tmp_path_factory):
     """The grid run one job after another in this process."""
     out = tmp_path_factory.mktemp("sweep") / "ref"
-    run_sweep(parse_grid(dict(GRID)), out, progress=False)
+    run_sweep(parse_grid(dict(GRID)), out, QUIET)
     return out
 
 
@@ -78,7 +84,7 @@ def test_grid_cells_jobs_and_outputs(reference):
         "decay0.99_every1",
         "decay0.99_every3s",
     ]
-    jobs = {j.id for c in cells for j in cell_jobs(c.config)}
+    jobs = {j.id for c in cells for j in study_jobs(c.study)}
     assert len(jobs) == 12  # the baseline+EMA trajectory is shared by both switch intervals
     assert len(list((reference / "jobs").iterdir())) == 12
     for c in cells:
@@ -121,14 +127,15 @@ def test_sweep_cell_equals_a_compare_run(reference, tmp_path):
 
 
 def test_two_workers_give_identical_results(reference, tmp_path):
-    run_sweep(parse_grid(dict(GRID)), tmp_path / "par", workers=2, progress=False)
+    run_sweep(parse_grid(dict(GRID)), tmp_path / "par", RunOptions(workers=2, progress=False))
     _same_results(reference, tmp_path / "par")
 
 
 @pytest.mark.slow
 def test_ray_executor_gives_the_same_run_folder(reference, tmp_path):
     pytest.importorskip("ray")
-    run_sweep(parse_grid(dict(GRID)), tmp_path / "ray", executor="ray", workers=2, progress=False)
+    options = RunOptions(executor="ray", workers=2, progress=False)
+    run_sweep(parse_grid(dict(GRID)), tmp_path / "ray", options)
     _same_results(reference, tmp_path / "ray")
 
 
@@ -145,7 +152,7 @@ def test_grid_file_toml_and_yaml_agree(tmp_path):
     )
     a, b = parse_grid(load_grid_file(toml)), parse_grid(load_grid_file(yaml))
     assert a == b
-    assert a.axes == {"decays": [[0.9], [0.99]], "switch_every": ["1", "5e"]}
+    assert a.axes == {"decay": [[0.9], [0.99]], "switch_every": ["1", "5e"]}
     assert [c.config.model_options for c in expand_grid(a)] == [{"hidden": 8}] * 4
 
 
@@ -171,7 +178,7 @@ def test_bad_grid_fails_before_any_job_naming_everything(tmp_path):
     for needle in ("'nope'", "'bogus'", "1.5", "'often'", "'hiden'", "grid.toml"):
         assert needle in msg, needle
     with pytest.raises(ValueError, match="'nope'"):
-        run_sweep(parse_grid(values), tmp_path / "never", progress=False)
+        run_sweep(parse_grid(values), tmp_path / "never", QUIET)
     assert not (tmp_path / "never").exists()
     with pytest.raises(ValueError, match=r"epochs='ten' \(str\): expected an int"):
         parse_grid({"epochs": ["ten", 3]})
@@ -191,7 +198,7 @@ def test_lock_stops_a_second_sweep_on_the_same_folder(tmp_path, capsys):
 
 def test_finished_folder_is_never_overwritten(reference, tmp_path):
     with pytest.raises(FileExistsError, match="--resume"):
-        run_sweep(parse_grid(dict(GRID)), reference, progress=False)
+        run_sweep(parse_grid(dict(GRID)), reference, QUIET)
     out = tmp_path / "cmp"
     args = ["compare", "--task", "circles", "--epochs", "2", "--seeds", "0", "--out", str(out)]
     assert main([*args, "--no-progress"]) == 0
@@ -213,7 +220,7 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
         "lr": [0.05, 1e6],
     }
     out = tmp_path / "run"
-    run_sweep(parse_grid(grid), out, progress=False)
+    run_sweep(parse_grid(grid), out, QUIET)
     table = (out / "sweep.md").read_text()
     assert "## Failed jobs (2)" in table and "DivergedError: training diverged" in table
     good = json.loads((out / "cells" / "lr0.05" / "cell.json").read_text())
@@ -225,9 +232,9 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     status = json.loads((failed[0] / "status.json").read_text())
     assert "nan in epoch 1" in status["error"] and "Traceback" in status["traceback"]
     # Resuming does not retry a failed job unless asked to.
-    run_sweep(None, out, resume=True, progress=False)
+    run_sweep(None, out, QUIET, resume=True)
     assert json.loads((failed[0] / "status.json").read_text())["attempt"] == 1
-    run_sweep(None, out, resume=True, retry_failed=True, progress=False)
+    run_sweep(None, out, RunOptions(progress=False, retry_failed=True), resume=True)
     assert json.loads((failed[0] / "status.json").read_text())["attempt"] == 2
 
 
@@ -265,7 +272,7 @@ def test_damaged_files_fall_back_and_keep_complete_results(reference, tmp_path):
         if other.name in (c / "cell.json").read_text():
             (c / "cell.json").unlink()
     with pytest.warns(RuntimeWarning) as record:
-        run_sweep(None, out, resume=True, progress=False)
+        run_sweep(None, out, QUIET, resume=True)
     messages = " ".join(str(w.message) for w in record)
     assert f"{job / 'checkpoint.pt'}" in messages and "checksum" in messages
     assert f"{other / 'metrics.jsonl'} line" in messages and "truncated" in messages
@@ -280,7 +287,7 @@ def test_damaged_files_fall_back_and_keep_complete_results(reference, tmp_path):
     (cell / "metrics.jsonl").write_text(text[:-40])
     assert main(["report", str(cell)]) == 2
     with pytest.warns(RuntimeWarning, match=r"metrics.jsonl line \d+ is truncated"):
-        run_sweep(None, out, resume=True, progress=False)
+        run_sweep(None, out, QUIET, resume=True)
     assert _strip(read_jsonl(cell / "metrics.jsonl")) == _strip(
         [json.loads(x) for x in text.splitlines()]
     )

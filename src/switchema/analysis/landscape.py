@@ -26,13 +26,15 @@ BatchNorm, as the caller chooses with ``bn``:
 Directions are normalised per filter as in Li et al. 2018, "Visualizing the Loss Landscape of
 Neural Nets" (:func:`random_directions`), so distances are in units of the weights' own
 scale and comparable between networks.
+
+(Over 500 lines on purpose: one grid-evaluation engine, vmapped and point by point, serves
+every function here; splitting it from its callers would only add an import.)
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,19 +43,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_choice, check_int, check_real, is_real
 from ..batchnorm import has_batchnorm, recompute_bn
-from .sharpness import (
-    _check_bool,
-    _check_callable,
-    _check_choice,
-    _check_float,
-    _check_int,
-    _check_model,
-    _check_seed,
-    _generator,
-    _Objective,
-    _resolve_device,
-    _training_mode,
+from ._objective import (
+    Objective,
+    check_bool,
+    check_callable,
+    check_model,
+    cpu_generator,
+    resolve_device,
+    training_mode,
 )
 
 __all__ = [
@@ -96,11 +95,11 @@ def _select(out: Any, i: int) -> Any:
 
 
 class _Evaluator:
-    """Loss (and metric) at many points ``base + C @ D`` of an :class:`_Objective`."""
+    """Loss (and metric) at many points ``base + C @ D`` of an :class:`Objective`."""
 
     def __init__(
         self,
-        obj: _Objective,
+        obj: Objective,
         *,
         metric_fn: Any,
         bn: Any,
@@ -111,8 +110,8 @@ class _Evaluator:
     ) -> None:
         self.obj = obj
         self.where = where
-        self.metric_fn = _check_callable(metric_fn, "metric_fn", where, allow_none=True)
-        bn = _check_choice(bn, "bn", BN_MODES, where)
+        self.metric_fn = check_callable(metric_fn, "metric_fn", where, allow_none=True)
+        bn = check_choice(bn, f"{where}: bn", BN_MODES)
         self.recompute = bn == "recompute" and has_batchnorm(obj.model)
         if bn_batches is not None and bn != "recompute":
             raise ValueError(f"{where}: bn_batches is only used with bn='recompute', got bn={bn!r}")
@@ -125,9 +124,9 @@ class _Evaluator:
             raise ValueError(f"{where}: bn_batches is empty; pass at least one batch")
         if chunk_size is None:
             chunk_size = max(1, min(_MAX_CHUNK, _STACK_BUDGET // max(obj.numel, 1)))
-        self.chunk_size = _check_int(chunk_size, "chunk_size", 1, where)
+        self.chunk_size = check_int(chunk_size, f"{where}: chunk_size", minimum=1)
         if vectorize is not None:
-            vectorize = _check_bool(vectorize, "vectorize (True, False or None)", where)
+            vectorize = check_bool(vectorize, "vectorize (True, False or None)", where)
         # The recompute path needs a model whose buffers change per point: never vmapped.
         self.vectorize = False if self.recompute else vectorize
         self.vectorized: bool | None = None if self.vectorize is None else self.vectorize
@@ -210,7 +209,7 @@ class _Evaluator:
         losses = np.empty(g_total)
         metrics = np.empty(g_total)
         cmat = torch.as_tensor(coeffs, dtype=obj.dtype, device=obj.device)
-        with _training_mode(obj.model, False):
+        with training_mode(obj.model, False):
             for lo in range(0, g_total, self.chunk_size):
                 hi = min(lo + self.chunk_size, g_total)
                 # The same stacked construction feeds both paths, so they see identical weights.
@@ -252,7 +251,7 @@ def _evaluator(
     where: str,
     vary: Sequence[str] | None = None,
 ) -> _Evaluator:
-    obj = _Objective(model, loss_fn, batches, device=device, where=where, vary=vary)
+    obj = Objective(model, loss_fn, batches, device=device, where=where, vary=vary)
     return _Evaluator(
         obj,
         metric_fn=metric_fn,
@@ -274,7 +273,7 @@ def _check_span(span: Any, name: str, where: str) -> tuple[float, float]:
         isinstance(span, (str, bytes))
         or not isinstance(span, Sequence)
         or len(span) != 2
-        or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in span)
+        or not all(is_real(v) for v in span)
     ):
         raise TypeError(f"{where}: {name} must be a pair (low, high) of numbers, got {span!r}")
     lo, hi = float(span[0]), float(span[1])
@@ -283,7 +282,7 @@ def _check_span(span: Any, name: str, where: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _directions_matrix(obj: _Objective, directions: Any, count: int | None, where: str) -> Tensor:
+def _directions_matrix(obj: Objective, directions: Any, count: int | None, where: str) -> Tensor:
     """Directions (a dict / flat tensor, or a sequence of them) as a ``(m, P)`` matrix."""
     if isinstance(directions, (Tensor, Mapping)):
         directions = [directions]
@@ -374,8 +373,8 @@ def interpolate(
         res.losses[res.endpoints[1]]   # loss at the EMA weights
     """
     where = "interpolate"
-    _check_model(model, where)
-    points = _check_int(points, "points", 2, where)
+    check_model(model, where)
+    points = check_int(points, f"{where}: points", minimum=2)
     if isinstance(states, (Mapping, str)) or not isinstance(states, Sequence) or len(states) < 2:
         raise TypeError(
             f"{where}: states must be a list of at least 2 state dicts, got "
@@ -496,16 +495,16 @@ def random_directions(
         grid = landscape_2d(model, F.cross_entropy, batches, [d1, d2])
     """
     where = "random_directions"
-    _check_model(model, where)
-    n = _check_int(n, "n", 1, where)
-    seed = _check_seed(seed, where)
-    normalization = _check_choice(normalization, "normalization", NORMALIZATIONS, where)
-    include_bias_bn = _check_bool(include_bias_bn, "include_bias_bn", where)
-    dev = _resolve_device(model, device, where)
+    check_model(model, where)
+    n = check_int(n, f"{where}: n", minimum=1)
+    seed = check_int(seed, f"{where}: seed")
+    normalization = check_choice(normalization, f"{where}: normalization", NORMALIZATIONS)
+    include_bias_bn = check_bool(include_bias_bn, "include_bias_bn", where)
+    dev = resolve_device(model, device, where)
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError(f"{where}: the model has no parameters with requires_grad=True")
-    gen = _generator(seed)
+    gen = cpu_generator(seed)
     out = []
     for _ in range(n):
         direction = {}
@@ -601,7 +600,7 @@ def landscape_1d(
     """
     where = "landscape_1d"
     lo, hi = _check_span(span, "span", where)
-    points = _check_int(points, "points", 2, where)
+    points = check_int(points, f"{where}: points", minimum=2)
     ev = _evaluator(
         model,
         loss_fn,
@@ -660,10 +659,10 @@ def landscape_2d(
     if isinstance(points, Sequence) and not isinstance(points, str):
         if len(points) != 2:
             raise ValueError(f"{where}: points must be an int or a pair of ints, got {points!r}")
-        na = _check_int(points[0], "points[0]", 2, where)
-        nb = _check_int(points[1], "points[1]", 2, where)
+        na = check_int(points[0], f"{where}: points[0]", minimum=2)
+        nb = check_int(points[1], f"{where}: points[1]", minimum=2)
     else:
-        na = nb = _check_int(points, "points", 2, where)
+        na = nb = check_int(points, f"{where}: points", minimum=2)
     ev = _evaluator(
         model,
         loss_fn,
@@ -776,11 +775,11 @@ def basin_width(
         bw.median, bw.iqr
     """
     where = "basin_width"
-    _check_model(model, where)
-    rise = _check_float(rise, "rise", where, positive=True)
-    seed = _check_seed(seed, where)
-    max_distance = _check_float(max_distance, "max_distance", where, positive=True)
-    tol = _check_float(tol, "tol", where, positive=True)
+    check_model(model, where)
+    rise = check_real(rise, f"{where}: rise", minimum=0.0, min_open=True)
+    seed = check_int(seed, f"{where}: seed")
+    max_distance = check_real(max_distance, f"{where}: max_distance", minimum=0.0, min_open=True)
+    tol = check_real(tol, f"{where}: tol", minimum=0.0, min_open=True)
     ev = _evaluator(
         model,
         loss_fn,
@@ -794,7 +793,7 @@ def basin_width(
         where=where,
     )
     if directions is None:
-        n_directions = _check_int(n_directions, "n_directions", 1, where)
+        n_directions = check_int(n_directions, f"{where}: n_directions", minimum=1)
         directions = random_directions(
             model, n_directions, seed=seed, normalization=normalization, device=ev.obj.device
         )

@@ -58,17 +58,21 @@ Example::
     >>> est = nqm.stationary_variances(sim)
     >>> sorted(est)
     ['ema', 'sema', 'sema_step', 'sgd']
+
+(Over 500 lines on purpose: the closed forms and the simulator that checks them belong
+together, and their docstrings carry the derivations.)
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+
+from .._checks import is_int
 
 __all__ = [
     "METHODS",
@@ -78,6 +82,7 @@ __all__ = [
     "ordering_grid",
     "relaxation_steps",
     "rho",
+    "check_simulation",
     "simulate",
     "stationary_variances",
     "v_ema",
@@ -157,7 +162,8 @@ def _check_decay(b: Any) -> np.ndarray:
 
 
 def _check_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+    # switchema._checks.check_int would say "a positive int"; these messages name the bound.
+    if not is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
@@ -166,7 +172,7 @@ def _check_int(name: str, value: Any, minimum: int = 1) -> int:
 
 def _check_k(k: Any) -> np.ndarray:
     """Switch interval(s): a positive int or an array of positive ints."""
-    if isinstance(k, numbers.Integral) and not isinstance(k, bool | np.bool_):
+    if is_int(k):
         return np.asarray(_check_int("k (switch interval, steps)", k), dtype=np.int64)
     arr = np.asarray(k)
     if arr.dtype.kind not in "iu" or arr.size == 0:
@@ -470,6 +476,55 @@ def _per_coord(name: str, arr: np.ndarray, coords: int) -> np.ndarray:
     return arr.astype(float)
 
 
+def check_simulation(
+    eta: float,
+    h: Any,
+    s2: Any,
+    b: float,
+    k: int,
+    steps: int,
+    chains: int,
+    coords: int = 1,
+    seed: int = 0,
+    m0: Any = 1.0,
+    burn_in: int | None = None,
+) -> dict[str, Any]:
+    """Check the arguments of :func:`simulate` (an error names the first bad one); returns
+    them normalised (``h``, ``s2``, ``m0`` per coordinate; ``a = eta * h``, ``r = 1 - a``;
+    ``burn_in`` chosen or rounded up to a multiple of ``k``)."""
+    steps = _check_int("steps", steps, 1)
+    chains = _check_int("chains", chains, 2)
+    coords = _check_int("coords", coords, 1)
+    seed = _check_int("seed", seed, 0)
+    k = int(_check_k(k)) if np.ndim(k) == 0 else None
+    if k is None:
+        raise TypeError("k (switch interval, steps) must be a single int")
+    if np.ndim(eta) or np.ndim(b):
+        raise TypeError(f"eta and b must be scalars, got eta={eta!r}, b={b!r}")
+    h_arr = _per_coord("h", _check_positive("h (curvature)", h), coords)
+    a, r = _check_step(eta, h_arr)
+    b = float(_check_decay(b))
+    s2_arr = _per_coord("s2", _check_noise(s2), coords)
+    m0_arr = _per_coord("m0", _array("m0", m0), coords)
+    if burn_in is None:
+        burn_in = max(relaxation_steps(float(eta), float(hh), b, k) for hh in np.unique(h_arr))
+        if steps - burn_in < 2 * k:
+            raise ValueError(
+                f"steps={steps} is too short: the variances need about {burn_in} steps to become "
+                f"stationary and then at least two switches (2 * k = {2 * k}); use steps >= "
+                f"{burn_in + 2 * k} or pass burn_in"
+            )
+    else:
+        burn_in = _check_int("burn_in", burn_in, 0)
+        burn_in = int(math.ceil(burn_in / k) * k)
+        if burn_in >= steps:
+            raise ValueError(f"burn_in={burn_in} (rounded up to a multiple of k) must be < steps")
+    return dict(
+        steps=steps, chains=chains, coords=coords, seed=seed, k=k, h=h_arr, a=a, r=r, b=b,
+        s2=s2_arr, m0=m0_arr, burn_in=burn_in,
+    )  # fmt: skip
+
+
 def simulate(
     eta: float,
     h: Any,
@@ -507,33 +562,10 @@ def simulate(
     Returns:
         :class:`NQMSimulation`.
     """
-    steps = _check_int("steps", steps, 1)
-    chains = _check_int("chains", chains, 2)
-    coords = _check_int("coords", coords, 1)
-    seed = _check_int("seed", seed, 0)
-    k = int(_check_k(k)) if np.ndim(k) == 0 else None
-    if k is None:
-        raise TypeError("k (switch interval, steps) must be a single int")
-    if np.ndim(eta) or np.ndim(b):
-        raise TypeError(f"eta and b must be scalars, got eta={eta!r}, b={b!r}")
-    h_arr = _per_coord("h", _check_positive("h (curvature)", h), coords)
-    a, r = _check_step(eta, h_arr)
-    b = float(_check_decay(b))
-    s2_arr = _per_coord("s2", _check_noise(s2), coords)
-    m0_arr = _per_coord("m0", _array("m0", m0), coords)
-    if burn_in is None:
-        burn_in = max(relaxation_steps(float(eta), float(hh), b, k) for hh in np.unique(h_arr))
-        if steps - burn_in < 2 * k:
-            raise ValueError(
-                f"steps={steps} is too short: the variances need about {burn_in} steps to become "
-                f"stationary and then at least two switches (2 * k = {2 * k}); use steps >= "
-                f"{burn_in + 2 * k} or pass burn_in"
-            )
-    else:
-        burn_in = _check_int("burn_in", burn_in, 0)
-        burn_in = int(math.ceil(burn_in / k) * k)
-        if burn_in >= steps:
-            raise ValueError(f"burn_in={burn_in} (rounded up to a multiple of k) must be < steps")
+    args = check_simulation(eta, h, s2, b, k, steps, chains, coords, seed, m0, burn_in)
+    steps, chains, coords, seed, k = (args[n] for n in ("steps", "chains", "coords", "seed", "k"))
+    h_arr, a, r, b, s2_arr, m0_arr = (args[n] for n in ("h", "a", "r", "b", "s2", "m0"))
+    burn_in = args["burn_in"]
 
     gen = torch.Generator().manual_seed(seed)
     a_t = torch.as_tensor(a, dtype=dtype)  # (coords,)

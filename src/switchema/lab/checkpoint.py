@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from .errors import UsageError
+
 __all__ = [
     "CheckpointError",
     "atomic_write_bytes",
@@ -40,8 +42,9 @@ MAGIC = b"switchema-checkpoint-v1\n"
 _DIGEST = 64  # hex characters of a SHA-256
 
 
-class CheckpointError(ValueError):
-    """A checkpoint or results file is missing, truncated or corrupted; the message names it."""
+class CheckpointError(UsageError):
+    """A checkpoint or results file is missing, truncated or corrupted; the message names it
+    (and, where it matters, how to recover: ``--resume`` rebuilds from the last good state)."""
 
 
 def _fsync_dir(folder: Path) -> None:

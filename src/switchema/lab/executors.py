@@ -23,11 +23,11 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .errors import MissingDependencyError
 from .jobs import Job, run_job
+from .options import RunOptions
 
-__all__ = ["EXECUTORS", "run_jobs"]
-
-EXECUTORS = ("local", "ray")
+__all__ = ["run_jobs"]
 
 Done = Callable[[Job, dict[str, Any]], None]
 
@@ -35,33 +35,31 @@ Done = Callable[[Job, dict[str, Any]], None]
 def run_jobs(
     run_dir,
     jobs: Sequence[Job],
+    options: RunOptions,
     *,
-    executor: str = "local",
-    workers: int = 1,
-    address: str | None = None,
     on_epoch: Callable[[int], None] | None = None,
     on_done: Done | None = None,
-    checkpoints: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Run ``jobs``; returns ``{job id: final status}``. ``on_done`` is called as each ends."""
-    if executor not in EXECUTORS:
-        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"jobs (worker processes) must be a positive int, got {workers!r}")
-    if executor == "ray":
-        return _ray(run_dir, jobs, workers, address, on_epoch, on_done, checkpoints)
-    if workers == 1 or len(jobs) <= 1:
+    checkpoints = options.checkpoints
+    if options.executor == "ray":
+        return _ray(run_dir, jobs, options, on_epoch, on_done)
+    if options.workers == 1 or len(jobs) <= 1:
         out = {}
         for job in jobs:
             out[job.id] = run_job(run_dir, job, on_epoch=on_epoch, checkpoints=checkpoints)
             if on_done is not None:
                 on_done(job, out[job.id])
         return out
-    return _pool(run_dir, jobs, workers, on_epoch, on_done, checkpoints)
+    return _pool(run_dir, jobs, options.workers, on_epoch, on_done, checkpoints)
+
+
+def _threads(job: Job) -> int:
+    return int(job.study.config.threads or 1)
 
 
 def _warn_oversubscribed(jobs: Sequence[Job], workers: int) -> None:
-    threads = max(int(j.config.get("threads") or 1) for j in jobs)
+    threads = max(_threads(j) for j in jobs)
     cores = os.cpu_count() or 1
     if workers * threads > cores:
         warnings.warn(
@@ -151,27 +149,26 @@ def _pool(run_dir, jobs, workers, on_epoch, on_done, checkpoints):
 # -- Ray ----------------------------------------------------------------------------------
 
 
-def _ray(run_dir, jobs, workers, address, on_epoch, on_done, checkpoints):
+def _ray(run_dir, jobs, options: RunOptions, on_epoch, on_done):
     try:
         import ray
     except ImportError:
-        raise ImportError(
+        raise MissingDependencyError(
             "--executor ray needs Ray: pip install 'switchema[ray]' (or pip install ray)"
         ) from None
     started = False
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"log_to_driver": False}
-        if address:
-            kwargs["address"] = address
+        if options.address:
+            kwargs["address"] = options.address
         else:  # a local instance sized like --jobs
-            kwargs.update(num_cpus=workers, include_dashboard=False)
+            kwargs.update(num_cpus=options.workers, include_dashboard=False)
         ray.init(**kwargs)
         started = True
     try:
-        threads = {j.id: int(j.config.get("threads") or 1) for j in jobs}
         task = ray.remote(max_retries=0)(_ray_job)
         pending = {
-            task.options(num_cpus=threads[j.id]).remote(str(run_dir), j, checkpoints): j
+            task.options(num_cpus=_threads(j)).remote(str(run_dir), j, options.checkpoints): j
             for j in jobs
         }
         out: dict[str, dict[str, Any]] = {}

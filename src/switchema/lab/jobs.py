@@ -17,14 +17,13 @@ job, and a resumed sweep finds its jobs again.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,73 +36,113 @@ from .checkpoint import (
     read_jsonl,
     save_checkpoint,
 )
+from .config import SETTINGS, Study
 from .lock import FolderLock
-from .tasks import apply_label_noise, get_task
-from .train import StudyConfig, _device, train_run
+from .methods import share_trajectories
+from .tasks import apply_label_noise
+from .train import train_run
 
-__all__ = ["Job", "make_job", "run_job", "job_status", "job_results", "prepare_data"]
+__all__ = [
+    "Job",
+    "job_key",
+    "make_job",
+    "study_jobs",
+    "run_job",
+    "job_status",
+    "job_results",
+    "prepare_data",
+]
 
-# Settings that do not change a job's numbers unless it carries the methods that use them.
-_ONLY_FOR = {
-    "decays": ("ema", "sema", "sema-openmixup"),
-    "ema_warmup": ("ema", "sema"),
-    "bn_recompute": ("ema", "sema", "sema-openmixup"),
-    "switch_every": ("sema", "sema-openmixup"),
-    "switch_start": ("sema", "sema-openmixup"),
-    "reset_optimizer": ("sema", "sema-openmixup"),
-    "swa_start": ("swa",),
-}
+# The names these settings had before they were renamed: the job key keeps them, so a run
+# folder written by an older version still finds its jobs when it is resumed.
+_KEY_NAMES = {"decay": "decays", "lr_schedule": "schedule"}
 
 
 @dataclass(frozen=True)
 class Job:
+    """One training run: ``methods`` (sharing one trajectory) for ``seed`` under ``study``."""
+
     id: str
-    config: dict[str, Any]  # a resolved StudyConfig as a dict
+    study: Study
     methods: tuple[str, ...]
     seed: int
 
     @property
     def epochs(self) -> int:
-        return int(self.config["epochs"])
+        return int(self.study.config.epochs)
 
-    def study_config(self) -> StudyConfig:
-        return StudyConfig(**self.config)
+    def to_dict(self) -> dict[str, Any]:
+        """What ``job.json`` says the job trains."""
+        return {
+            "id": self.id,
+            "config": self.study.config.to_dict(),
+            "task_module": self.study.task.module,
+            "methods": list(self.methods),
+            "seed": self.seed,
+        }
 
 
-def make_job(cfg: StudyConfig, methods: list[str], seed: int) -> Job:
-    """The job that trains ``methods`` (one shared trajectory) for ``seed`` under ``cfg``."""
-    full = asdict(cfg)
+def job_key(study: Study, methods: list[str], seed: int) -> dict[str, Any]:
+    """Every setting that can change the numbers of ``methods`` trained for ``seed``.
+
+    A method-specific setting (one whose metadata names the methods it affects) counts only
+    if one of ``methods`` uses it, so e.g. the baseline's job is the same for every switch
+    interval.
+    """
+    full = study.config.to_dict()
     full["methods"], full["seeds"] = list(methods), [seed]
-    key = {
-        k: v
-        for k, v in full.items()
-        if k not in _ONLY_FOR or any(m in _ONLY_FOR[k] for m in methods)
+    return {
+        _KEY_NAMES.get(name, name): value
+        for name, value in full.items()
+        if SETTINGS[name].methods is None or any(m in SETTINGS[name].methods for m in methods)
     }
+
+
+def make_job(study: Study, methods: list[str], seed: int) -> Job:
+    """The job that trains ``methods`` (one shared trajectory) for ``seed`` under ``study``."""
+    key = job_key(study, methods, seed)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    name = f"{cfg.task}-s{seed}-{'+'.join(methods)}-{digest}"
-    return Job(name, full, tuple(methods), seed)
+    name = f"{study.config.task}-s{seed}-{'+'.join(methods)}-{digest}"
+    return Job(name, study, tuple(methods), seed)
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_data(task_name: str, data_seed: int, options: str, label_noise: float):
-    task = get_task(task_name)
-    data = task.build_data(data_seed, **json.loads(options))
+def study_jobs(study: Study) -> list[Job]:
+    """The study's jobs, seed-major, in the order its metrics rows are written."""
+    cfg = study.config
+    return [
+        make_job(study, group, seed)
+        for seed in cfg.seeds
+        for group in share_trajectories(list(cfg.methods))
+    ]
+
+
+def _build_data(study: Study):
+    cfg = study.config
+    data = study.task.build_data(cfg.data_seed, **cfg.data_options)
     y_train, flipped = data.y_train, None
-    if label_noise:
-        gen = torch.Generator().manual_seed(20_000 + data_seed)
-        y_train, flipped = apply_label_noise(data.y_train, label_noise, data.num_classes, gen)
+    if cfg.label_noise:
+        gen = torch.Generator().manual_seed(20_000 + cfg.data_seed)
+        y_train, flipped = apply_label_noise(data.y_train, cfg.label_noise, data.num_classes, gen)
     return data, y_train, flipped
 
 
-def prepare_data(cfg: StudyConfig):
-    """The data set, training labels (noisy if asked) and mask of flipped labels of ``cfg``.
+_DATA: dict[str, Any] = {}  # the two data sets used last in this process
+
+
+def prepare_data(study: Study):
+    """The data set, training labels (noisy if asked) and mask of flipped labels of ``study``.
 
     One data set for all seeds, fixed by ``data_seed``; cached per process, so the jobs a
     worker runs build it once.
     """
-    return _cached_data(
-        cfg.task, cfg.data_seed, json.dumps(cfg.data_options, sort_keys=True), cfg.label_noise
-    )
+    cfg = study.config
+    key = repr((cfg.task, cfg.data_seed, sorted(cfg.data_options.items()), cfg.label_noise))
+    if key not in _DATA:
+        _DATA[key] = _build_data(study)
+    _DATA[key] = _DATA.pop(key)  # most recently used last
+    while len(_DATA) > 2:
+        _DATA.pop(next(iter(_DATA)))
+    return _DATA[key]
 
 
 def job_dir(run_dir: str | Path, job: Job) -> Path:
@@ -138,10 +177,10 @@ def job_results(run_dir: str | Path, job: Job) -> tuple[list[dict], dict, dict]:
     )
 
 
-def _set_threads(cfg: StudyConfig) -> None:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    elif _device(cfg.device).type == "cpu":
+def _set_threads(study: Study) -> None:
+    if study.config.threads:
+        torch.set_num_threads(study.config.threads)
+    elif study.device.type == "cpu":
         # The lab's models are tiny: one thread is as fast as several on a quiet machine and
         # does not collapse when other processes compete for the cores. The count is part of
         # the job, not of how many run at once, so --jobs N never changes a number.
@@ -165,7 +204,7 @@ def run_job(
     folder = job_dir(run_dir, job)
     with FolderLock(folder, what="job folder"):
         if not (folder / "job.json").exists():
-            atomic_write_text(folder / "job.json", json.dumps(asdict(job), indent=2))
+            atomic_write_text(folder / "job.json", json.dumps(job.to_dict(), indent=2))
         before = job_status(run_dir, job)
         ckpt = folder / "checkpoint.pt"
         state, used, problems = load_latest(ckpt)
@@ -182,9 +221,7 @@ def run_job(
         atomic_write_text(folder / "status.json", json.dumps(status, indent=2))
         metrics = folder / "metrics.jsonl"
         _rebuild_metrics(metrics, state, status)
-        cfg = job.study_config()
-        _set_threads(cfg)
-        task = get_task(cfg.task)
+        _set_threads(job.study)
         t0 = time.perf_counter()
         written = [0]
 
@@ -198,10 +235,9 @@ def run_job(
 
         written[0] = len(state["rows"]) if state is not None else 0
         try:
-            data, y_train, flipped = prepare_data(cfg)
+            data, y_train, flipped = prepare_data(job.study)
             train_run(
-                cfg,
-                task,
+                job.study,
                 data,
                 list(job.methods),
                 job.seed,

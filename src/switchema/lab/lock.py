@@ -20,11 +20,13 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import UsageError
+
 __all__ = ["FolderLock", "FolderLockedError"]
 
 
-class FolderLockedError(RuntimeError):
-    """Another live process holds the folder's lock."""
+class FolderLockedError(UsageError, RuntimeError):
+    """Another live process holds the folder's lock (the message names it)."""
 
 
 class FolderLock:

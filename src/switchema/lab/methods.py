@@ -1,8 +1,10 @@
-"""The averaging methods the lab compares, all built on the library's own averagers.
+"""The averaging methods the lab compares: every fact about each, and how to build it.
 
-Each method says which averager to keep and when to switch. The training loop
+Each method says which averager to keep and when to switch, all on the library's own
+:class:`~switchema.EMA` / :class:`~switchema.SWA` and :class:`~switchema.switching.SwitchRule`;
+there is no second implementation of EMA here. The training loop
 (:mod:`switchema.lab.train`) calls :meth:`Method.after_step` after every optimizer step and
-:meth:`Method.after_epoch` after every epoch; there is no second implementation of EMA here.
+:meth:`Method.after_epoch` after every epoch.
 
 * ``baseline``: plain training, nothing averaged.
 * ``ema``: an EMA of the weights outside the training loop (one or several decays).
@@ -14,56 +16,113 @@ Each method says which averager to keep and when to switch. The training loop
   official linear decay warm-up from ``0.9 * decay`` over the first 5 epochs.
 * ``swa``: uniform average of the weights at epoch ends from a fraction of training on;
   BatchNorm statistics recomputed for the averaged model.
+
+:data:`SPECS` holds the facts: whether a method changes the weights being trained (methods
+that do not share one training run per seed, :func:`share_trajectories`), whether it keeps a
+single average, and which settings it uses (so a job's id depends on a setting only when one
+of its methods uses it, as each setting's metadata in :mod:`switchema.lab.config` says).
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..averaging import EMA, SWA, WeightAverager
-from ..schedules import LinearWarmup
+from ..schedules import DecaySchedule, LinearWarmup
+from ..switching import Interval, SwitchRule
+from .config import SETTINGS, Study
+from .errors import ConfigError
 
-__all__ = ["METHODS", "Interval", "parse_interval", "Method", "build_method", "check_methods"]
-
-METHODS = ("baseline", "ema", "sema", "sema-openmixup", "swa")
+__all__ = [
+    "METHODS",
+    "SPECS",
+    "Method",
+    "MethodSpec",
+    "build_method",
+    "check_methods",
+    "decay_problems",
+    "settings_used",
+    "share_trajectories",
+]
 
 
 @dataclass(frozen=True)
-class Interval:
-    """Every ``n`` epochs or steps."""
+class MethodSpec:
+    """What a method is: its name, what it does, and the settings it uses."""
 
-    n: int
-    unit: str  # "epochs" | "steps"
-
-    def __str__(self) -> str:
-        return f"{self.n} {self.unit}"
-
-
-_INTERVAL = re.compile(r"^\s*(\d+)\s*(e|ep|epoch|epochs|s|st|step|steps)?\s*$")
+    name: str
+    description: str
+    passive: bool  # never changes the weights being trained: shares its seed's training run
+    single_average: bool  # switches one average into the model, so takes exactly one decay
 
 
-def parse_interval(text: str | int) -> Interval:
-    """``"1"``/``"1e"``/``"1epoch"`` -> every epoch; ``"50s"``/``"50steps"`` -> every 50 steps."""
-    m = _INTERVAL.match(str(text))
-    if not m or int(m.group(1)) < 1:
-        raise ValueError(
-            f"switch interval must be a positive count of epochs ('1', '5e') or steps ('50s'), got {text!r}"
-        )
-    unit = "steps" if (m.group(2) or "e").startswith("s") else "epochs"
-    return Interval(int(m.group(1)), unit)
+SPECS: dict[str, MethodSpec] = {
+    s.name: s
+    for s in (
+        MethodSpec("baseline", "plain training", passive=True, single_average=False),
+        MethodSpec("ema", "an EMA outside the training loop", passive=True, single_average=False),
+        MethodSpec("sema", "Switch EMA", passive=False, single_average=True),
+        MethodSpec(
+            "sema-openmixup",
+            "Switch EMA as the official hook runs it (inverted test)",
+            passive=False,
+            single_average=True,
+        ),
+        MethodSpec("swa", "the uniform average of epoch ends", passive=True, single_average=False),
+    )
+}
+METHODS = tuple(SPECS)
 
 
-def check_methods(methods: list[str]) -> list[str]:
-    bad = [m for m in methods if m not in METHODS]
+def settings_used(method: str) -> tuple[str, ...]:
+    """The method-specific settings ``method`` reads (from each setting's ``methods``)."""
+    return tuple(name for name, s in SETTINGS.items() if s.methods and method in s.methods)
+
+
+def check_methods(methods: Iterable[str]) -> list[str]:
+    """``methods`` as a list if every name is known; the error lists the allowed ones."""
+    methods = list(methods)
+    bad = [m for m in methods if m not in SPECS]
     if bad:
-        raise ValueError(f"unknown method(s) {bad}; allowed: {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method(s) {bad}; allowed: {', '.join(METHODS)}")
     if not methods:
-        raise ValueError(f"no method given; allowed: {', '.join(METHODS)}")
+        raise ConfigError(f"no method given; allowed: {', '.join(METHODS)}")
     return methods
+
+
+def decay_problems(methods: Iterable[str], decay: tuple[float, ...]) -> list[str]:
+    """A method that switches one average into the model takes exactly one decay."""
+    single = [m for m in methods if m in SPECS and SPECS[m].single_average]
+    if single and len(decay) > 1:
+        return [
+            f"Switch EMA copies one average into the model; give one decay with "
+            f"{', '.join(single)}, got {list(decay)}"
+        ]
+    return []
+
+
+def share_trajectories(methods: list[str]) -> list[list[str]]:
+    """Group methods that can share one training run.
+
+    ``baseline``, ``ema`` and ``swa`` never change the weights being trained, so for a given
+    seed they follow the same trajectory bit for bit; training it once and attaching several
+    averagers is exact and saves work. Switching methods get runs of their own.
+    """
+    passive = [m for m in methods if SPECS[m].passive]
+    return ([passive] if passive else []) + [[m] for m in methods if not SPECS[m].passive]
+
+
+def check_shared(methods: list[str]) -> None:
+    """Several methods may share one training run only if all of them are passive."""
+    if len(methods) > 1 and any(not SPECS[m].passive for m in methods):
+        raise ValueError(
+            f"methods {methods} cannot share one training run: each switching method needs its own"
+        )
 
 
 @dataclass
@@ -73,84 +132,62 @@ class Method:
     name: str
     averager: WeightAverager | None
     labels: list[str]  # one label per average, e.g. ["avg"] or ["avg@0.99", "avg@0.999"]
-    switch: Interval | None = None
-    switch_start: int = 0  # epochs completed before the first switch may happen
+    switch: SwitchRule | None = None
     openmixup: bool = False
-    reset_optimizer: bool = False
 
     def after_step(self, step: int, epoch: int, optimizer: torch.optim.Optimizer) -> None:
         """After optimizer step ``step`` (1-based) during epoch ``epoch`` (1-based)."""
         if self.averager is None:
             return
         self.averager.update()
-        if (
-            self.switch is not None
-            and self.switch.unit == "steps"
-            and epoch > self.switch_start
-            and step % self.switch.n == 0
-        ):
+        if self.switch is not None and self.switch.due(epoch=epoch, step=step):
             self._switch(optimizer)
 
     def after_epoch(self, epoch: int, optimizer: torch.optim.Optimizer) -> bool:
         """At the end of epoch ``epoch`` (1-based); returns whether a switch happened."""
-        if self.averager is None or self.switch is None or self.switch.unit != "epochs":
+        if self.averager is None or self.switch is None:
             return False
-        if epoch < self.switch_start:
-            return False
-        due = epoch % self.switch.n == 0
-        if self.openmixup:
-            due = not due  # the official hook's inverted test, reproduced on purpose
+        due = self.switch.due(epoch=epoch)
+        if self.openmixup:  # the official hook's inverted test, reproduced on purpose
+            due = self.switch.started(epoch) and not due
         if due:
             self._switch(optimizer)
         return due
 
     def _switch(self, optimizer: torch.optim.Optimizer) -> None:
-        self.averager.switch(0, optimizer=optimizer if self.reset_optimizer else None)
+        rule = self.switch
+        self.averager.switch(rule.index, optimizer=optimizer if rule.reset_optimizer else None)
 
 
-def build_method(
-    name: str,
-    model: nn.Module,
-    *,
-    decays: list[float],
-    warmup: str | None,
-    steps_per_epoch: int,
-    epochs: int,
-    switch_every: Interval,
-    switch_start: int,
-    swa_start: float,
-    reset_optimizer: bool,
-) -> Method:
-    """Create the averager for method ``name`` on ``model`` (see the module docstring)."""
-    check_methods([name])
+def _ema(model: nn.Module, decay: Any, warmup: DecaySchedule | None) -> EMA:
+    return EMA(model, decay=decay, warmup=warmup)
+
+
+def build_method(name: str, model: nn.Module, study: Study, steps_per_epoch: int) -> Method:
+    """Create the averager of method ``name`` on ``model`` (see the module docstring)."""
+    cfg = study.config
+    decay = cfg.decay
     if name == "baseline":
         return Method(name, None, [])
     if name == "swa":
-        start = int(round(swa_start * epochs)) * steps_per_epoch
+        start = int(round(cfg.swa_start * cfg.epochs)) * steps_per_epoch
         # One model per epoch end, the classic SWA recipe: update() averages when
         # (step - start) is a multiple of steps_per_epoch.
         swa = SWA(model, start_step=start, update_every=steps_per_epoch)
         return Method(name, swa, ["avg"])
-    labels = ["avg"] if len(decays) == 1 else [f"avg@{d:g}" for d in decays]
+    labels = ["avg"] if len(decay) == 1 else [f"avg@{d:g}" for d in decay]
     if name == "ema":
-        return Method(name, EMA(model, decay=tuple(decays), warmup=warmup), labels)
-    if len(decays) != 1:
-        raise ValueError(
-            f"method {name!r} switches one EMA into the model; give one decay, got {decays}"
-        )
+        return Method(name, _ema(model, tuple(decay), study.ema_warmup), labels)
     if name == "sema":
-        ema = EMA(model, decay=decays[0], warmup=warmup)
-        return Method(
-            name, ema, labels, switch_every, switch_start, reset_optimizer=reset_optimizer
+        return Method(name, _ema(model, decay[0], study.ema_warmup), labels, study.switch)
+    if name == "sema-openmixup":
+        # the official warm-up, linear from 0.9 * decay over the first 5 epochs, and the
+        # official hook's interval, always in epochs
+        warmup = LinearWarmup(steps=5 * steps_per_epoch, ratio=0.9)
+        rule = SwitchRule(
+            Interval(study.switch.every.n, "epochs"),
+            start_epoch=study.switch.start_epoch,
+            reset_optimizer=study.switch.reset_optimizer,
         )
-    # sema-openmixup: the official warm-up, linear from 0.9 * decay over the first 5 epochs
-    ema = EMA(model, decay=decays[0], warmup=LinearWarmup(steps=5 * steps_per_epoch, ratio=0.9))
-    return Method(
-        name,
-        ema,
-        labels,
-        Interval(switch_every.n, "epochs"),
-        switch_start,
-        openmixup=True,
-        reset_optimizer=reset_optimizer,
-    )
+        return Method(name, _ema(model, decay[0], warmup), labels, rule, openmixup=True)
+    raise ConfigError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")

@@ -12,10 +12,11 @@ integer class indices in ``[0, C)``. Logarithms are natural unless a name says o
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import numpy as np
+
+from .._checks import is_int, is_real
 
 __all__ = [
     "ECE_SCHEMES",
@@ -137,7 +138,7 @@ def _as_predictions(x: Any, name: str) -> np.ndarray:
 
 def _check_n_bins(n_bins: Any) -> int:
     # bool is an int subclass; ece(..., True) is surely a mistake.
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)):
+    if not is_int(n_bins):
         raise TypeError(f"n_bins must be an int >= 1, got {n_bins!r}")
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
@@ -188,7 +189,7 @@ def nll(probs: Any, labels: Any, eps: float = NLL_EPS) -> float:
 
     Example: ``nll([[0.7, 0.3], [0.2, 0.8]], [0, 1]) == -(ln 0.7 + ln 0.8) / 2 ≈ 0.2899``.
     """
-    if isinstance(eps, bool) or not (isinstance(eps, numbers.Real) and 0.0 < eps < 1.0):
+    if not (is_real(eps) and 0.0 < eps < 1.0):
         raise ValueError(f"eps must be a number in (0, 1), got {eps!r}")
     p = _check_probs(probs)
     y = _check_labels(labels, p.shape[0], p.shape[1])
@@ -335,7 +336,7 @@ def bits_per_char(mean_nll_nats: float) -> float:
 
     Example: ``bits_per_char(math.log(2)) == 1.0``.
     """
-    if isinstance(mean_nll_nats, bool) or not isinstance(mean_nll_nats, numbers.Real):
+    if not is_real(mean_nll_nats):
         raise TypeError(f"mean_nll_nats must be a real number, got {mean_nll_nats!r}")
     value = float(mean_nll_nats)
     if not (math.isfinite(value) and value >= 0.0):

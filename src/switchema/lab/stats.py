@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from .._checks import is_int, is_real
 
 __all__ = [
     "format_ci",
@@ -44,7 +45,7 @@ def _as_values(values: Any, name: str = "values") -> np.ndarray:
 
 
 def _check_level(level: Any) -> float:
-    if isinstance(level, bool) or not isinstance(level, numbers.Real):
+    if not is_real(level):
         raise TypeError(f"level must be a number in (0, 1), got {level!r}")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in the open interval (0, 1), e.g. 0.95, got {level}")
@@ -110,7 +111,7 @@ def paired_difference(treatment: Any, baseline: Any, level: float = 0.95) -> dic
 
 
 def _check_digits(digits: Any) -> int:
-    if isinstance(digits, bool) or not isinstance(digits, (int, np.integer)) or digits < 0:
+    if not is_int(digits) or digits < 0:
         raise ValueError(f"digits must be an int >= 0, got {digits!r}")
     return int(digits)
 

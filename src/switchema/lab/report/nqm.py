@@ -1,29 +1,21 @@
-"""The noisy-quadratic-model study behind ``switchema nqm``: simulate one setting, compare it
-with the closed forms of :mod:`switchema.analysis.nqm`, evaluate the variance ordering over a
-grid, and write ``nqm.md``, ``nqm.json``, ``nqm_variance.png`` and ``nqm_bias.png``.
-
-The numbers come from :mod:`~switchema.analysis.nqm`; this module only tabulates and draws them.
+"""The report of ``switchema nqm``: ``nqm.md``, ``nqm_variance.png`` and ``nqm_bias.png``,
+drawn from the numbers saved in ``nqm.json`` (computed by :mod:`switchema.analysis.nqm_study`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
-import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 
-from . import nqm
+from .style import COLORS, STYLE
 
-DEFAULT_GRID = {
-    "eta_h": (0.1, 0.5, 1.0, 1.5, 1.9),
-    "decay": (0.9, 0.99, 0.999),
-    "k": (1, 10, 100),
-}
+__all__ = ["write_nqm_report"]
+
 LABELS = {
     "sgd": "SGD",
     "ema": "EMA",
@@ -33,10 +25,6 @@ LABELS = {
 }
 SHORT = {"sgd": "SGD", "ema": "EMA", "sema": "SEMA (average)"}
 _COLOR_KEY = {"sgd": "baseline", "ema": "ema", "sema": "sema"}
-
-
-def _sig(x: float, digits: int = 6) -> float:
-    return float(f"{x:.{digits}g}")
 
 
 def _report_steps(k: int, steps: int) -> list[int]:
@@ -117,9 +105,9 @@ def _grid_lines(o: dict[str, Any]) -> list[str]:
 
 
 def _markdown(data: dict[str, Any]) -> str:
-    p, stat, traj = data["settings"], data["stationary"], data["trajectories"]
+    p, stat = data["settings"], data["stationary"]
     eta, h, k, steps = p["eta"], p["h"], p["k"], p["steps"]
-    a, r, c_ratio = data["eta_h"], data["r"], data["bias_ratio_per_period"]
+    a, r = data["eta_h"], data["r"]
     md = [
         "# Noisy quadratic model: SGD vs EMA vs Switch EMA",
         "",
@@ -143,7 +131,21 @@ def _markdown(data: dict[str, Any]) -> str:
             f"| {LABELS[m]} | {d['estimate']:.6g} | {d['se']:.2g} | {d['closed_form']:.6g} | "
             f"{d['z']:+.2f} | {d['samples_per_unit']} |"
         )
+    md += _bias_lines(data)
+    md += _grid_lines(data["ordering"])
     md += [
+        "",
+        "Plots: nqm_variance.png, nqm_bias.png (simulated solid, closed form dashed). "
+        "Numbers: nqm.json.",
+        "",
+    ]
+    return "\n".join(md)
+
+
+def _bias_lines(data: dict[str, Any]) -> list[str]:
+    p, stat, traj = data["settings"], data["stationary"], data["trajectories"]
+    k, steps, c_ratio = p["k"], p["steps"], data["bias_ratio_per_period"]
+    md = [
         "",
         f"Closed forms: V_SEMA / V_EMA = {stat['sema']['closed_form'] / stat['ema']['closed_form']:.4f}, "
         f"V_EMA / V_SGD = {stat['ema']['closed_form'] / stat['sgd']['closed_form']:.4f}.",
@@ -187,22 +189,11 @@ def _markdown(data: dict[str, Any]) -> str:
             "Both decay far more slowly than SGD's (r^t) when b > |r|.",
             "",
         ]
-    md += _grid_lines(data["ordering"])
-    md += [
-        "",
-        "Plots: nqm_variance.png, nqm_bias.png (simulated solid, closed form dashed). "
-        "Numbers: nqm.json.",
-        "",
-    ]
-    return "\n".join(md)
+    return md
 
 
 def _plot(data: dict[str, Any], out: Path) -> None:
     """Variance and |bias| against steps (log-log), simulated solid and closed form dashed."""
-    import matplotlib.pyplot as plt
-
-    from ..lab.plots import COLORS, STYLE
-
     p, traj = data["settings"], data["trajectories"]
     t = np.arange(1, data["steps"] + 1)  # t = 0 is deterministic: nothing to draw on a log scale
     title = (
@@ -245,111 +236,10 @@ def _plot(data: dict[str, Any], out: Path) -> None:
             plt.close(fig)
 
 
-def _dumps(data: dict[str, Any]) -> str:
-    """JSON with one line per list of numbers (the trajectories are long)."""
-    text = json.dumps(data, indent=1, default=_json_default)
-    return re.sub(r"\[[-0-9.eE+,\s]*\]", lambda m: re.sub(r"\s+", "", m.group(0)), text) + "\n"
-
-
-def run_nqm(
-    out_dir: str | Path,
-    *,
-    eta: float = 0.5,
-    h: float = 1.0,
-    s2: float = 1.0,
-    decay: float = 0.99,
-    k: int = 10,
-    steps: int = 4000,
-    chains: int = 2000,
-    seed: int = 0,
-    m0: float = 1.0,
-    grid: Mapping[str, Any] | None = None,
-) -> Path:
-    """Simulate one NQM setting, check it against the closed forms, tabulate the ordering grid,
-    and write ``nqm.md``, ``nqm.json``, ``nqm_variance.png`` and ``nqm_bias.png`` to
-    ``out_dir`` (created). Returns ``out_dir``. The default run takes a few seconds.
-
-    Args:
-        eta, h, s2: learning rate, curvature and noise variance (``0 < eta * h < 2``).
-        decay, k: EMA decay ``b`` and SEMA switch interval (steps).
-        steps, chains, seed: simulation length, independent chains, and seed.
-        m0: the start, so the bias at step ``t`` is the mean's distance from the optimum 0.
-        grid: ``{"eta_h": [...], "decay": [...], "k": [...]}`` for the ordering table
-            (default :data:`DEFAULT_GRID`); keys left out take the default.
-    """
-    axes = dict(DEFAULT_GRID)
-    if grid is not None:
-        unknown = set(grid) - set(DEFAULT_GRID)
-        if unknown:
-            raise ValueError(
-                f"grid keys must be among {sorted(DEFAULT_GRID)}, got {sorted(unknown)}"
-            )
-        axes.update(grid)
-    # every argument is checked before anything is written
-    rtol = 1e-12
-    ordering = nqm.ordering_grid(axes["eta_h"], axes["decay"], axes["k"], rtol=rtol)
-    t0 = time.perf_counter()
-    sim = nqm.simulate(eta, h, s2, decay, k, steps=steps, chains=chains, coords=1, seed=seed, m0=m0)
-    sim_seconds = time.perf_counter() - t0
-    stat = nqm.stationary_variances(sim, pool=True)
-    traj = nqm.compare_trajectories(sim, pool=True)
-
-    r = 1 - eta * h
-    # SEMA's bias after n periods over EMA's at the same step tends to C**(n-1) (nqm docstring)
-    c_ratio = decay * (1 - r) / (decay - r) if abs(r) < decay else None
-    data: dict[str, Any] = {
-        "settings": dict(
-            eta=eta, h=h, s2=s2, decay=decay, k=k, steps=steps, chains=chains, seed=seed, m0=m0
-        ),  # fmt: skip
-        "steps": steps,
-        "burn_in": sim.burn_in,
-        "eta_h": eta * h,
-        "r": r,
-        "rho_k": float(nqm.rho(eta, h, decay, k)),
-        "bias_ratio_per_period": c_ratio,
-        "simulation_seconds": round(sim_seconds, 3),
-        "stationary": stat,
-        "trajectory_max_abs_z": {
-            m: {"mean": float(np.abs(d["mean_z"]).max()), "var": float(np.abs(d["var_z"]).max())}
-            for m, d in traj.items()
-        },
-        # per step t = 0..steps (SEMA's online weights are left out to keep the file small)
-        "trajectories": {
-            m: {
-                key: [_sig(x) for x in traj[m][key]]
-                for key in ("mean", "mean_closed", "mean_se", "var", "var_closed")
-            }
-            for m in ("sgd", "ema", "sema")
-        },
-        "ordering": {
-            key: ordering[key]
-            for key in (
-                "eta_h",
-                "decay",
-                "k",
-                "v_sgd",
-                "v_ema",
-                "v_sema",
-                "v_sema_step",
-                "holds",
-                "holds_all",
-                "failures",
-            )  # fmt: skip
-        }
-        | {"rtol": rtol},
-    }
-    data = json.loads(_dumps(data))  # the tables and plots are drawn from what is saved
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "nqm.json").write_text(_dumps(data))
+def write_nqm_report(folder: str | Path) -> Path:
+    """Write ``nqm.md`` and the two plots into ``folder`` from its ``nqm.json``; returns ``nqm.md``."""
+    out = Path(folder)
+    data = json.loads((out / "nqm.json").read_text())
     (out / "nqm.md").write_text(_markdown(data))
     _plot(data, out)
-    return out
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+    return out / "nqm.md"

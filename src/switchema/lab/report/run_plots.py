@@ -1,4 +1,4 @@
-"""Plots drawn from saved results with one shared style; nothing here computes a metric."""
+"""Plots of one run folder: metric curves, reliability diagrams, decision boundaries."""
 
 from __future__ import annotations
 
@@ -6,34 +6,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")  # files only: runs headless on clusters and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .. import metrics as M
+from .style import STYLE, color
 
-from . import metrics as M  # noqa: E402
-
-STYLE = {
-    "figure.dpi": 110,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "font.size": 9,
-    "legend.fontsize": 8,
-}
-COLORS = {
-    "baseline": "#444444",
-    "ema": "#1f77b4",
-    "sema": "#d62728",
-    "sema-openmixup": "#ff7f0e",
-    "swa": "#2ca02c",
-}
-
-
-def _color(method: str) -> str:
-    return COLORS.get(method, "#9467bd")
+__all__ = ["plot_curves", "plot_reliability", "plot_boundaries"]
 
 
 def _curves(rows, key):
@@ -49,14 +28,8 @@ def _curves(rows, key):
     return out
 
 
-def plot_curves(
-    config: dict[str, Any], rows: list[dict[str, Any]], path: Path, key: str | None = None
-) -> None:
-    """Metric per epoch: mean over seeds, band from min to max; averaged solid, online dashed."""
-    from .report import PRIMARY
-
-    kind = config["task"]["kind"]
-    key = key or PRIMARY[kind][0]
+def plot_curves(config: dict[str, Any], rows: list[dict[str, Any]], path: Path, key: str) -> None:
+    """Metric ``key`` per epoch: mean over seeds, band from min to max; averaged solid, online dashed."""
     scale = 100.0 if key.endswith("acc") else 1.0
     curves = _curves(rows, key)
     with plt.rc_context(STYLE):
@@ -77,9 +50,9 @@ def plot_curves(
             x = np.arange(1, arr.shape[1] + 1)
             y = arr * scale
             label = method if model == "online" and method == "baseline" else f"{method} ({model})"
-            ax.plot(x, y.mean(0), style, color=_color(method), label=label, lw=1.4)
+            ax.plot(x, y.mean(0), style, color=color(method), label=label, lw=1.4)
             if y.shape[0] > 1:
-                ax.fill_between(x, y.min(0), y.max(0), color=_color(method), alpha=0.12, lw=0)
+                ax.fill_between(x, y.min(0), y.max(0), color=color(method), alpha=0.12, lw=0)
         ax.set_xlabel("epoch")
         ax.set_ylabel(key.replace("_", " ") + (" (%)" if scale == 100 else ""))
         ax.set_title(
@@ -117,7 +90,7 @@ def plot_reliability(
                 centers[ok],
                 rel["accuracy"][ok],
                 width=1 / 15,
-                color=_color(e["method"]),
+                color=color(e["method"]),
                 alpha=0.7,
                 edgecolor="k",
                 lw=0.4,
@@ -162,58 +135,4 @@ def plot_boundaries(
             ax.set_yticks([])
         fig.tight_layout()
         fig.savefig(path)
-        plt.close(fig)
-
-
-def plot_interpolation(config: dict[str, Any], interp: dict[str, Any], path: Path) -> None:
-    """Train and test loss along the straight path through the methods' solutions."""
-    alphas = np.asarray(interp["alphas"])
-    ends = interp["endpoints"]
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(6.4, 3.6))
-        ax.plot(alphas, interp["train_loss"], "-", color="#444444", label="train loss (subset)")
-        ax.plot(alphas, interp["test_loss"], "--", color="#1f77b4", label="test loss")
-        for i, m in zip(ends, interp["methods"]):
-            ax.axvline(alphas[i], color=_color(m), lw=0.8, alpha=0.6)
-            ax.annotate(
-                m,
-                (alphas[i], ax.get_ylim()[1]),
-                color=_color(m),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
-        ax.set_yscale("log")
-        ax.set_xlabel("position along the path (solutions marked)")
-        ax.set_ylabel("loss")
-        ax.set_title(f"{config['task']['name']}: loss between solutions (first seed)", pad=14)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
-
-
-def plot_landscapes(config: dict[str, Any], surfaces: dict[str, Any], path: Path) -> None:
-    """2-D loss contours around each method's solution, shared log-spaced levels."""
-    names = list(surfaces)
-    all_losses = np.concatenate([np.asarray(s["losses"]).ravel() for s in surfaces.values()])
-    lo, hi = max(all_losses.min(), 1e-6), all_losses.max()
-    levels = np.geomspace(lo, hi, 16)
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.0), squeeze=False)
-        for ax, m in zip(axes[0], names):
-            s = surfaces[m]
-            a, b = np.asarray(s["alphas"]), np.asarray(s["betas"])
-            z = np.asarray(s["losses"])
-            cs = ax.contourf(
-                a, b, z.T, levels=levels, cmap="viridis", norm=matplotlib.colors.LogNorm(lo, hi)
-            )
-            ax.plot(0, 0, "r+", ms=8)
-            ax.set_title(f"{m}\ncentre loss {z[len(a) // 2, len(b) // 2]:.2e}", fontsize=8)
-            ax.set_xlabel("direction 1")
-        axes[0][0].set_ylabel("direction 2")
-        bar = fig.colorbar(cs, ax=axes[0].tolist(), shrink=0.9, label="train loss (log scale)")
-        bar.set_ticks(levels[::3])
-        bar.set_ticklabels([f"{v:.2g}" for v in levels[::3]])
-        fig.savefig(path, bbox_inches="tight")
         plt.close(fig)

@@ -1,4 +1,4 @@
-"""Tables and plots from a saved run folder; never trains.
+"""The tables of one run folder (``summary.md``) and its plots, from the saved files only.
 
 ``write_report(run_dir)`` reads ``config.json``, ``metrics.jsonl`` and ``predictions.npz`` and
 writes ``summary.md`` and PNG plots. ``switchema report RUN`` calls it, so a report can be
@@ -19,10 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics as M
-from .stats import format_ci, format_mean_std, mean_std, paired_difference, pairwise_mean
+from .. import metrics as M
+from ..config import StudyConfig
+from ..errors import MissingFileError, UsageError
+from ..stats import format_ci, format_mean_std, mean_std, paired_difference, pairwise_mean
+from . import run_plots
 
-__all__ = ["load_run", "summarise", "write_report", "main_label", "PRIMARY"]
+__all__ = ["load_run", "summarise", "render_summary", "write_report", "main_label", "PRIMARY"]
 
 # kind -> (primary metric, higher is better, scale for display, unit)
 PRIMARY = {
@@ -39,8 +42,10 @@ def load_run(
     run = Path(run_dir)
     for name in ("config.json", "metrics.jsonl"):
         if not (run / name).is_file():
-            raise FileNotFoundError(f"{run / name} not found: is {run} a switchema run folder?")
+            raise MissingFileError(f"{run / name} not found: is {run} a switchema run folder?")
     config = json.loads((run / "config.json").read_text())
+    # settings under today's names, whichever version wrote the folder
+    config["config"] = StudyConfig.from_dict(config["config"], str(run / "config.json")).to_dict()
     rows = []
     with open(run / "metrics.jsonl") as f:
         for lineno, line in enumerate(f, 1):
@@ -48,7 +53,7 @@ def load_run(
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(
+                    raise UsageError(
                         f"{run / 'metrics.jsonl'} line {lineno} is not valid JSON: {e}"
                     ) from e
     arrays: dict[str, np.ndarray] = {}
@@ -175,16 +180,21 @@ def _verdict(d: dict[str, Any], higher: bool) -> str:
 def render_summary(
     config: dict[str, Any], summary: dict[str, Any], timing: dict | None = None
 ) -> str:
+    """``summary.md``: the settings, the final-epoch and early-stopping tables, a reading."""
     cfg = config["config"]
-    kind, key, higher = summary["kind"], summary["key"], summary["higher"]
-    _, _, scale, unit = PRIMARY[kind]
-    name = key.replace("test_", "test ")
+    # The online model of baseline / ema / swa is one shared trajectory: list it once.
+    entries = [
+        e
+        for e in summary["entries"]
+        if not (e["model"] == "online" and e["method"] in ("ema", "swa"))
+    ]
+    kind = summary["kind"]
     lines = [
         f"# {config['task']['name']}: {', '.join(cfg['methods'])}",
         "",
         f"{config['task']['description']}. Seeds {cfg['seeds']}, {cfg['epochs']} epochs, "
-        f"{cfg['optimizer']} lr {cfg['lr']} ({cfg['schedule']}), batch {cfg['batch_size']}, "
-        f"EMA decay(s) {cfg['decays']} (warm-up {cfg['ema_warmup']}), switch every {cfg['switch_every']} "
+        f"{cfg['optimizer']} lr {cfg['lr']} ({cfg['lr_schedule']}), batch {cfg['batch_size']}, "
+        f"EMA decay(s) {cfg['decay']} (warm-up {cfg['ema_warmup']}), switch every {cfg['switch_every']} "
         f"from epoch {cfg['switch_start']}, SWA from {cfg['swa_start']:.0%} of training, "
         f"label noise {cfg['label_noise']:.0%}, BatchNorm recompute {cfg['bn_recompute']}, "
         f"data seed {cfg.get('data_seed', 0)}. "
@@ -198,13 +208,25 @@ def render_summary(
         "",
         "## Final epoch",
         "",
+        *_final_table(summary, entries),
+        *_early_stopping_table(summary, entries),
+        *_label_noise_table(entries),
+        *_reading(summary, entries),
+        "",
+        "Plots: `curves.png` (test metric per epoch, mean over seeds with min–max band), "
+        + ("`reliability.png`, " if kind == "classification" else "")
+        + ("`boundaries.png`, " if "grid/x" in summary.get("_arrays", {}) else "")
+        + "`train_loss.png`.",
+        "",
     ]
-    # The online model of baseline / ema / swa is one shared trajectory: list it once.
-    entries = [
-        e
-        for e in summary["entries"]
-        if not (e["model"] == "online" and e["method"] in ("ema", "swa"))
-    ]
+    return "\n".join(lines)
+
+
+def _final_table(summary: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:
+    kind, key = summary["kind"], summary["key"]
+    unit = PRIMARY[kind][3]
+    name = key.replace("test_", "test ")
+    lines = []
     if kind == "classification":
         head = "| method | model | test acc (%) | Δ acc (pp) [95% CI] | test NLL | ECE-15 (%) | ECE-100 mass (%) | churn (%) | JS (×1e-3) | train loss |"
         lines += [head, "|---" * (head.count("|") - 1) + "|"]
@@ -217,33 +239,36 @@ def render_summary(
                 f"{_fmt(f['test_nll'], 1, 3)} | {_fmt(f['ece15'], 100)} | {_fmt(f['ece100_mass'], 100)} | "
                 f"{churn} | {js} | {_fmt(f['train_loss'], 1, 3)} |"
             )
-    else:
-        extra = "test MAE" if kind == "regression" else "test loss (nats)"
-        extra_key = "test_mae" if kind == "regression" else "test_loss"
-        lines += [
-            f"| method | model | {name}{f' ({unit.strip()})' if unit else ''} | Δ [95% CI] | {extra} | train loss |",
-            "|---|---|---|---|---|---|",
-        ]
-        for e in entries:
-            f = e["final"]
-            lines.append(
-                f"| {e['method']} | {e['model']} | {_fmt(f[key], 1, 4)} | {_fmt_diff(e.get('diff_final'), 1, 4)} | "
-                f"{_fmt(f[extra_key], 1, 4)} | {_fmt(f['train_loss'], 1, 4)} |"
-            )
-    digits = 2 if kind == "classification" else 4
+        return lines
+    extra = "test MAE" if kind == "regression" else "test loss (nats)"
+    extra_key = "test_mae" if kind == "regression" else "test_loss"
     lines += [
+        f"| method | model | {name}{f' ({unit.strip()})' if unit else ''} | Δ [95% CI] | {extra} | train loss |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        f = e["final"]
+        lines.append(
+            f"| {e['method']} | {e['model']} | {_fmt(f[key], 1, 4)} | {_fmt_diff(e.get('diff_final'), 1, 4)} | "
+            f"{_fmt(f[extra_key], 1, 4)} | {_fmt(f['train_loss'], 1, 4)} |"
+        )
+    return lines
+
+
+def _early_stopping_table(summary: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:
+    kind, key = summary["kind"], summary["key"]
+    _, _, scale, unit = PRIMARY[kind]
+    name = key.replace("test_", "test ")
+    digits = 2 if kind == "classification" else 4
+    memorised = any("memorised_at_best" in e for e in entries)
+    lines = [
         "",
         "## Early-stopping points (oracle: chosen on the test set, so optimistic for every method alike)",
         "",
         f"| method | model | best {name}{f' ({unit.strip()})' if unit else ''} | epoch of best | Δ best [95% CI] "
         f"| {name} at lowest test loss | epoch of lowest loss |"
-        + (
-            " noisy labels memorised at best (%) |"
-            if any("memorised_at_best" in e for e in entries)
-            else ""
-        ),
-        "|---|---|---|---|---|---|---|"
-        + ("---|" if any("memorised_at_best" in e for e in entries) else ""),
+        + (" noisy labels memorised at best (%) |" if memorised else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if memorised else ""),
     ]
     for e in entries:
         line = (
@@ -254,21 +279,34 @@ def render_summary(
         if "memorised_at_best" in e:
             line += f" {_fmt(e['memorised_at_best'], 100)} |"
         lines.append(line)
-    if any("noisy_memorised" in e["final"] for e in entries):
-        lines += [
-            "",
-            "## Label noise: flipped training labels the model predicts (final epoch)",
-            "",
-            "| method | model | memorised noisy label (%) | recovered true label (%) |",
-            "|---|---|---|---|",
-        ]
-        for e in entries:
-            f = e["final"]
-            lines.append(
-                f"| {e['method']} | {e['model']} | {_fmt(f['noisy_memorised'], 100)} | {_fmt(f['noisy_true_recovered'], 100)} |"
-            )
+    return lines
+
+
+def _label_noise_table(entries: list[dict[str, Any]]) -> list[str]:
+    if not any("noisy_memorised" in e["final"] for e in entries):
+        return []
+    lines = [
+        "",
+        "## Label noise: flipped training labels the model predicts (final epoch)",
+        "",
+        "| method | model | memorised noisy label (%) | recovered true label (%) |",
+        "|---|---|---|---|",
+    ]
+    for e in entries:
+        f = e["final"]
+        lines.append(
+            f"| {e['method']} | {e['model']} | {_fmt(f['noisy_memorised'], 100)} | {_fmt(f['noisy_true_recovered'], 100)} |"
+        )
+    return lines
+
+
+def _reading(summary: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:
+    kind, key, higher = summary["kind"], summary["key"], summary["higher"]
+    _, _, scale, unit = PRIMARY[kind]
+    name = key.replace("test_", "test ")
+    digits = 2 if kind == "classification" else 4
     unit = " pp" if kind == "classification" else unit
-    lines += ["", "## Reading", ""]
+    lines = ["", "## Reading", ""]
     for e in entries:
         if e["main"] and "diff_final" in e:
             d = e["diff_final"]
@@ -286,15 +324,7 @@ def render_summary(
                 f"{_fmt_diff(d, scale, digits)}{unit}: {verdict}; at the best epoch: "
                 f"{_fmt_diff(b, scale, digits)}{unit}, {_verdict(b, higher).replace('baseline', 'plain EMA')}."
             )
-    lines += [
-        "",
-        "Plots: `curves.png` (test metric per epoch, mean over seeds with min–max band), "
-        + ("`reliability.png`, " if kind == "classification" else "")
-        + ("`boundaries.png`, " if "grid/x" in summary.get("_arrays", {}) else "")
-        + "`train_loss.png`.",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
 
 
 def _fmt_pairs(value, scale, digits=2):
@@ -310,7 +340,7 @@ def write_report(run_dir: str | Path) -> Path:
     run = Path(run_dir)
     config, rows, arrays = load_run(run)
     if not rows:
-        raise ValueError(f"{run / 'metrics.jsonl'} has no rows: the run recorded no epoch")
+        raise UsageError(f"{run / 'metrics.jsonl'} has no rows: the run recorded no epoch")
     summary = summarise(config, rows, arrays)
     summary["_arrays"] = arrays
     timing = (
@@ -326,12 +356,10 @@ def write_report(run_dir: str | Path) -> Path:
             f"- seed {f['seed']}, {'+'.join(f['methods'])}: {f['error']}\n" for f in failures
         )
     (run / "summary.md").write_text(text)
-    from . import plots
-
-    plots.plot_curves(config, rows, run / "curves.png")
-    plots.plot_curves(config, rows, run / "train_loss.png", key="train_loss")
+    run_plots.plot_curves(config, rows, run / "curves.png", key=summary["key"])
+    run_plots.plot_curves(config, rows, run / "train_loss.png", key="train_loss")
     if summary["kind"] == "classification":
-        plots.plot_reliability(config, summary, arrays, run / "reliability.png")
+        run_plots.plot_reliability(config, summary, arrays, run / "reliability.png")
     if "grid/x" in arrays:
-        plots.plot_boundaries(config, summary, arrays, run / "boundaries.png")
+        run_plots.plot_boundaries(config, summary, arrays, run / "boundaries.png")
     return run / "summary.md"

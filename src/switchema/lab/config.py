@@ -1,0 +1,400 @@
+"""The lab's settings, listed once, and the resolved study they become.
+
+:class:`StudyConfig` is the single list of everything that determines a study's numbers. Each
+field carries a :class:`Setting` in its metadata: help text, unit, allowed values, which
+methods it affects, other names it is read under. From that list are generated
+
+* the flags of ``switchema compare`` and ``switchema sweep`` (:mod:`switchema.lab.flags`),
+* the checks of grid files (:mod:`switchema.lab.sweep`) and of every setting
+  (:mod:`switchema.lab.resolve`),
+* a job's key, hence its id (:mod:`switchema.lab.jobs`),
+
+so a new setting is added here, in one place. :func:`switchema.lab.resolve.resolve` turns a
+config into a :class:`Study` once: task defaults filled in, every value checked, the interval
+parsed into a :class:`~switchema.switching.SwitchRule`, the warm-up into a decay schedule and
+the task looked up. The study is what travels to the jobs; JSON appears only where a folder is
+written (``StudyConfig.to_dict``) or read (``StudyConfig.from_dict``, which also reads the
+names older run folders used).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .._checks import is_int, is_real
+from ..schedules import DecaySchedule
+from ..switching import SwitchRule, parse_interval
+from .errors import ConfigError
+from .tasks import Task, get_task
+
+__all__ = ["SETTINGS", "ALIASES", "Setting", "StudyConfig", "Study", "resolve_device"]
+
+TASK_DEFAULT = "the task's recommended value (see `switchema tasks`)"
+KINDS = ("str", "int", "float", "bool", "interval", "options")
+_EXPECTED = {
+    "int": "an int",
+    "float": "a number",
+    "bool": "true/false",
+    "str": "a string",
+    "interval": "a string",
+    "options": "a table of option = value",
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What one field of :class:`StudyConfig` is (its metadata)."""
+
+    help: str
+    kind: str  # one value's type: see KINDS ("interval": '1', '5e', '50s'; "options": a dict)
+    unit: str = ""
+    choices: tuple[str, ...] = ()  # allowed values of a "str" setting (empty: checked elsewhere)
+    minimum: float | None = None
+    maximum: float | None = None
+    max_open: bool = False  # the maximum itself is not allowed
+    several: bool = False  # takes one value or several at once (a tuple)
+    per_cell: bool = False  # a sweep compares (methods) or repeats (seeds) them in every cell
+    task_default: bool = False  # None means the task's recommended value
+    optional: bool = False  # None is allowed (set when the default is None)
+    methods: tuple[str, ...] | None = None  # the methods it affects (None: every method)
+    aliases: tuple[str, ...] = ()  # other names, in grid files and older run folders
+    flag: str | None = None  # the command-line flag, if not --name-with-dashes
+    label: str | None = None  # how messages name it, if not by its name
+    requirement: str | None = None  # what messages say is allowed, if not generated
+
+    def type_ok(self, value: Any) -> bool:
+        """Whether one value has the right type (``None`` where the default is the task's)."""
+        if value is None:
+            return self.optional
+        return {
+            "int": is_int,
+            "float": is_real,
+            "bool": lambda v: isinstance(v, bool),
+            "str": lambda v: isinstance(v, str),
+            "interval": lambda v: isinstance(v, str) or is_int(v),
+            "options": lambda v: isinstance(v, Mapping),
+        }[self.kind](value)
+
+    @property
+    def expected(self) -> str:
+        return _EXPECTED[self.kind]
+
+    def describe(self) -> str:
+        """What is allowed, for messages and help: 'a positive int', 'one of ...', ..."""
+        if self.requirement:
+            return self.requirement
+        if self.choices:
+            return f"one of {self.choices}"
+        if self.kind == "int":
+            if self.minimum == 1:
+                return "a positive int"
+            return "a non-negative int" if self.minimum == 0 else "an int"
+        if self.kind == "float" and self.minimum is not None:
+            if self.maximum is not None:
+                return f"in [{self.minimum:g}, {self.maximum:g}{')' if self.max_open else ']'}"
+            return f">= {self.minimum:g}"
+        return self.expected
+
+    def problem(self, name: str, value: Any) -> str | None:
+        """What is wrong with one value of this setting, or None (type, range, choices)."""
+        label = self.label or name
+        if self.kind == "interval":
+            try:
+                parse_interval(value)
+            except ValueError as e:
+                return str(e)
+            return None
+        ok = self.type_ok(value)
+        if ok and value is not None and self.kind in ("int", "float"):
+            ok = (self.minimum is None or value >= self.minimum) and (
+                self.maximum is None
+                or value < self.maximum
+                or (not self.max_open and value == self.maximum)
+            )
+        if ok and value is not None and self.choices:
+            ok = value in self.choices
+        return None if ok else f"{label} must be {self.describe()}, got {value!r}"
+
+
+def setting(default: Any, **meta: Any) -> Any:
+    """A :class:`StudyConfig` field with ``default`` and a :class:`Setting` as its metadata."""
+    info = Setting(**meta, optional=default is None)
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"setting": info})
+    return field(default=default, metadata={"setting": info})
+
+
+_AVERAGING = ("ema", "sema", "sema-openmixup")
+_SWITCHING = ("sema", "sema-openmixup")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything that determines a study's numbers; saved as ``config.json``.
+
+    ``data_seed`` fixes the data set, its train/test split and the flipped labels; ``seeds``
+    vary the initial weights and the batch order. ``None`` for a training setting means the
+    task's recommended default. Lists are kept as tuples (``decay=0.99`` is ``(0.99,)``).
+    """
+
+    task: str = setting(
+        "mnist1d-cnn",
+        kind="str",
+        help="task name, or module:name for a task registered in your own module",
+        aliases=("tasks",),
+    )
+    methods: tuple[str, ...] = setting(
+        ("baseline", "ema", "sema", "swa"),
+        kind="str",
+        several=True,
+        per_cell=True,
+        help="methods compared",
+        aliases=("method",),
+    )
+    seeds: tuple[int, ...] = setting(
+        (0, 1, 2),
+        kind="int",
+        several=True,
+        per_cell=True,
+        help="training seeds: initial weights and batch order",
+        aliases=("seed",),
+    )
+    epochs: int | None = setting(
+        None, kind="int", minimum=1, unit="epochs", task_default=True, help="training epochs"
+    )
+    batch_size: int | None = setting(
+        None, kind="int", minimum=1, unit="examples", task_default=True, help="examples per step"
+    )
+    optimizer: str | None = setting(
+        None, kind="str", choices=("sgd", "adamw"), task_default=True, help="optimizer"
+    )
+    lr: float | None = setting(
+        None,
+        kind="float",
+        minimum=0.0,
+        requirement="> 0",
+        task_default=True,
+        help="peak learning rate",
+    )
+    weight_decay: float | None = setting(
+        None, kind="float", minimum=0.0, task_default=True, help="weight decay"
+    )
+    momentum: float | None = setting(
+        None, kind="float", minimum=0.0, task_default=True, help="SGD momentum"
+    )
+    nesterov: bool | None = setting(None, kind="bool", task_default=True, help="SGD Nesterov")
+    lr_schedule: str = setting(
+        "cosine",
+        kind="str",
+        choices=("cosine", "constant", "step"),
+        help="learning-rate schedule after warm-up",
+        aliases=("schedule",),
+    )
+    warmup_epochs: int = setting(
+        0, kind="int", minimum=0, unit="epochs", help="linear learning-rate warm-up"
+    )
+    decay: tuple[float, ...] = setting(
+        (0.99,),
+        kind="float",
+        several=True,
+        minimum=0.0,
+        maximum=1.0,
+        max_open=True,
+        unit="per optimizer step",
+        methods=_AVERAGING,
+        help="EMA decay(s), the old average's weight; several are kept in parallel (ema only)",
+        aliases=("decays",),
+    )
+    ema_warmup: str = setting(
+        "none",
+        kind="str",
+        choices=("none", "ema_paper", "power", "linear"),
+        methods=("ema", "sema"),
+        label="EMA warm-up",
+        help="EMA decay warm-up schedule",
+    )
+    switch_every: str = setting(
+        "1",
+        kind="interval",
+        unit="'5e': epochs, '50s': optimizer steps",
+        methods=_SWITCHING,
+        help="Switch EMA interval",
+        aliases=("switch_interval", "switch_intervals"),
+    )
+    switch_start: int = setting(
+        0,
+        kind="int",
+        minimum=0,
+        unit="epochs",
+        methods=_SWITCHING,
+        help="first epoch at whose end SEMA may switch",
+    )
+    swa_start: float = setting(
+        0.75,
+        kind="float",
+        minimum=0.0,
+        maximum=1.0,
+        max_open=True,
+        unit="fraction of the epochs",
+        methods=("swa",),
+        label="swa start",
+        requirement="a fraction of training in [0, 1)",
+        help="SWA averages the epoch ends after this fraction of training",
+    )
+    reset_optimizer: bool = setting(
+        False,
+        kind="bool",
+        methods=_SWITCHING,
+        help="clear the optimizer state (momentum, Adam moments) of switched parameters at each switch",
+    )
+    bn_recompute: bool = setting(
+        True,
+        kind="bool",
+        methods=_AVERAGING,
+        help="recompute BatchNorm statistics for averaged models before evaluating (always for SWA)",
+    )
+    label_noise: float = setting(
+        0.0,
+        kind="float",
+        minimum=0.0,
+        maximum=1.0,
+        max_open=True,
+        unit="fraction",
+        label="label noise",
+        requirement="a fraction in [0, 1)",
+        help="fraction of training labels flipped",
+    )
+    data_seed: int = setting(
+        0, kind="int", minimum=0, help="seed of the data set, its split and the flipped labels"
+    )
+    data_options: dict[str, Any] = setting(
+        {}, kind="options", flag="--data-opt", help="task data option, e.g. n_total=2000"
+    )
+    model_options: dict[str, Any] = setting(
+        {}, kind="options", flag="--model-opt", help="task model option, e.g. channels=32"
+    )
+    eval_batch_size: int = setting(
+        1000, kind="int", minimum=1, unit="examples", help="examples per evaluation batch"
+    )
+    device: str = setting("auto", kind="str", help="'auto' (CUDA if available), 'cpu', 'cuda:0'")
+    threads: int | None = setting(
+        None,
+        kind="int",
+        minimum=1,
+        requirement="a positive int or None",
+        help="torch CPU threads per job (default: 1 on CPU, where the lab's models run fastest)",
+    )
+
+    def __post_init__(self) -> None:
+        # Normalise the shape of values (lists -> tuples, one decay -> a tuple of one); bad
+        # values are left as they are for resolve() to report, all of them at once.
+        for name, s in SETTINGS.items():
+            value = getattr(self, name)
+            if s.several:
+                if isinstance(value, list | tuple):
+                    value = tuple(value)
+                elif value is not None and not isinstance(value, Mapping):
+                    value = (value,)
+                if s.kind == "float" and isinstance(value, tuple):
+                    value = tuple(float(v) if is_real(v) else v for v in value)
+            elif s.kind == "float" and is_real(value):
+                value = float(value)
+            elif s.kind == "interval" and is_int(value):
+                value = str(value)
+            elif s.kind == "options" and isinstance(value, Mapping):
+                value = dict(value)
+            object.__setattr__(self, name, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON data (tuples become lists)."""
+        out = {}
+        for name in SETTINGS:
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "settings") -> StudyConfig:
+        """Read settings written by :meth:`to_dict`, or by older versions (aliases)."""
+        return cls(**canonical_keys(d, source))
+
+    def replace(self, **changes: Any) -> StudyConfig:
+        return dataclasses.replace(self, **changes)
+
+
+SETTINGS: dict[str, Setting] = {
+    f.name: f.metadata["setting"] for f in dataclasses.fields(StudyConfig)
+}
+#: Other names a setting is read under -> its name.
+ALIASES: dict[str, str] = {a: name for name, s in SETTINGS.items() for a in s.aliases}
+
+
+def canonical_keys(d: Mapping[str, Any], source: str = "settings") -> dict[str, Any]:
+    """``d`` with every key under its setting's name ('-' read as '_', aliases resolved).
+
+    A later key wins over an earlier one for the same setting; unknown keys fail by name.
+    """
+    out: dict[str, Any] = {}
+    unknown = []
+    for raw, value in d.items():
+        key = str(raw).replace("-", "_")
+        key = ALIASES.get(key, key)
+        if key not in SETTINGS:
+            unknown.append(raw)
+            continue
+        out[key] = value
+    if unknown:
+        allowed = sorted(set(SETTINGS) | set(ALIASES))
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(repr(k) for k in unknown)}; allowed: "
+            f"{', '.join(allowed)}"
+        )
+    return out
+
+
+def settings() -> Iterator[tuple[str, Setting, Any]]:
+    """``(name, setting, default)`` of every field, in order."""
+    defaults = StudyConfig()
+    for name, s in SETTINGS.items():
+        yield name, s, getattr(defaults, name)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``'auto'``: CUDA if available, else the CPU; anything else as torch reads it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Study:
+    """A resolved study: every setting checked and filled, and the typed objects they name.
+
+    Built by :func:`switchema.lab.resolve.resolve`, once per run; what jobs carry. Pickled (to
+    worker processes, Ray tasks) with its task's name and defining module, so a worker
+    imports that module and finds the task again, wherever it was registered.
+    """
+
+    config: StudyConfig  # every setting, task defaults filled in (what config.json holds)
+    task: Task
+    switch: SwitchRule  # switch_every, switch_start, reset_optimizer
+    ema_warmup: DecaySchedule | None  # None: no warm-up
+
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.config.device)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        state["task"] = (self.task.name, self.task.module)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        name, module = state["task"]
+        for key, value in {**state, "task": get_task(name, module or None)}.items():
+            object.__setattr__(self, key, value)

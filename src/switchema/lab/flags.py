@@ -1,0 +1,169 @@
+"""Command-line flags, generated: one per setting of :class:`~switchema.lab.config.StudyConfig`
+(from its metadata) and one per :class:`~switchema.lab.options.RunOptions` field.
+
+``switchema compare`` takes each setting once (``--decay`` takes one value or several, as
+``EMA(decay=...)`` does); ``switchema sweep`` takes several values of any setting, each value
+a cell of the grid (``methods`` and ``seeds`` are compared and repeated inside every cell).
+A flag left out is not passed on, so the setting keeps its default (or the grid file's value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from typing import Any
+
+from .config import SETTINGS, Setting, StudyConfig, settings
+from .methods import METHODS
+from .options import EXECUTORS, RunOptions
+from .tasks import TASKS
+
+__all__ = [
+    "add_setting_flags",
+    "add_run_option_flags",
+    "config_from_flags",
+    "grid_from_flags",
+    "key_value",
+    "run_options_from_flags",
+]
+
+_TYPES = {"int": int, "float": float, "str": str, "interval": str}
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE``, the value read as a Python literal (plain strings need no quotes)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value  # plain strings (paths) need no quotes
+    return key.strip(), parsed
+
+
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("true", "yes", "1", "on"):
+        return True
+    if low in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _default_text(name: str, s: Setting, default: Any) -> str:
+    if s.task_default:
+        return "default: the task's recommended value (see `switchema tasks`)"
+    if name == "threads":
+        return ""
+    if isinstance(default, tuple):
+        return "default: " + " ".join(str(v) for v in default)
+    if isinstance(default, dict):
+        return "repeat for several"
+    return f"default: {default}"
+
+
+def _help(name: str, s: Setting, default: Any, sweep: bool) -> str:
+    allowed = {"task": sorted(TASKS), "methods": METHODS}.get(name, s.choices)
+    parts = [s.help]
+    if s.kind in ("int", "float") and (s.minimum is not None or s.requirement):
+        parts.append(s.describe())
+    if s.unit:
+        parts.append(f"unit: {s.unit}")
+    if allowed:
+        parts.append(
+            f"one of: {', '.join(allowed)}" + (" (and your own)" if name == "task" else "")
+        )
+    if s.methods:
+        parts.append(f"for {', '.join(s.methods)}")
+    if sweep and s.per_cell:
+        parts.append("in every cell")
+    elif sweep and s.kind != "options":
+        parts.append("several values: an axis")
+    parts.append(_default_text(name, s, default))
+    return "; ".join(p for p in parts if p).replace("%", "%%")
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
+    """One flag per setting: ``--decay``, ``--switch-every``, ``--data-opt KEY=VALUE``, ..."""
+    for name, s, default in settings():
+        flag = s.flag or "--" + name.replace("_", "-")
+        kw: dict[str, Any] = dict(dest=name, default=None, help=_help(name, s, default, sweep))
+        if s.kind == "options":
+            kw.update(type=key_value, action="append", metavar="KEY=VALUE")
+        elif s.kind == "bool" and not sweep:
+            kw.update(action=argparse.BooleanOptionalAction)
+        else:
+            kw.update(type=_bool if s.kind == "bool" else _TYPES[s.kind])
+            if sweep or s.several:
+                kw.update(nargs="+")
+        parser.add_argument(flag, **kw)
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    out = {}
+    for name, s in SETTINGS.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = dict(value) if s.kind == "options" else value
+    return out
+
+
+def config_from_flags(args: argparse.Namespace) -> StudyConfig:
+    """The settings of ``switchema compare``: every flag given, defaults for the rest."""
+    return StudyConfig(**_given(args))
+
+
+def grid_from_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The grid mapping of ``switchema sweep``: the settings given, by name (``--set`` last)."""
+    given = _given(args)
+    given.update(dict(getattr(args, "set", None) or []))
+    return given
+
+
+def add_run_option_flags(parser: argparse.ArgumentParser) -> None:
+    """``--jobs``, ``--executor``, ``--address``, ``--no-checkpoint``, ``--no-progress``,
+    ``--retry-failed``: how and where the jobs run (:class:`RunOptions`)."""
+    p = parser.add_argument_group("how and where jobs run (never changes a number)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=RunOptions.workers,
+        metavar="N",
+        help="run N jobs (a seed and the methods that share its trajectory) at once, in N "
+        "worker processes of 1 torch thread each (or --threads); results do not depend on N",
+    )
+    p.add_argument(
+        "--executor",
+        default=RunOptions.executor,
+        help=f"one of {', '.join(EXECUTORS)}: 'local' is this machine; 'ray' a Ray cluster "
+        "(pip install 'switchema[ray]'; the run folder must be on a file system every node sees)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address for --executor ray, e.g. 'auto' or 'ray://head:10001' "
+        "(default: start a local Ray instance with --jobs CPUs)",
+    )
+    p.add_argument(
+        "--no-checkpoint",
+        action="store_true",
+        help="skip the per-epoch checkpoints (a killed job then restarts from epoch 1)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume: run failed jobs again (by default a failed job stays failed)",
+    )
+
+
+def run_options_from_flags(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(
+        executor=args.executor,
+        workers=args.jobs,
+        address=args.address,
+        progress=not args.no_progress,
+        checkpoints=not args.no_checkpoint,
+        retry_failed=args.retry_failed,
+    )

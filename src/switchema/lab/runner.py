@@ -1,0 +1,344 @@
+"""Running studies: a ``compare`` run (one cell) or a sweep (a grid of cells), resumably.
+
+Both cut their cells into jobs (:mod:`switchema.lab.jobs`), run the jobs that are not done
+(:mod:`switchema.lab.executors`, as :class:`~switchema.lab.options.RunOptions` say) and write
+each cell's run folder from its jobs' results as soon as its last job ends, then the reports
+(:mod:`switchema.lab.report`). A compare run folder is a sweep cell of its own::
+
+    RUN/config.json          resolved settings, versions, device (compare: the run itself)
+    RUN/jobs/<job>/          checkpoints, metrics and status of each job
+    RUN/cells/<cell>/        (sweeps) a complete compare run folder per cell
+    RUN/sweep.json           (sweeps) the grid, its cells (what --resume reads)
+
+A folder that already holds results is never overwritten (start a new ``--out`` or
+``--resume``); every run and job folder is locked while it is written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from .checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, read_jsonl
+from .config import Study, StudyConfig
+from .errors import MissingFileError, RunExistsError, UsageError
+from .executors import run_jobs
+from .jobs import Job, job_results, job_status, study_jobs
+from .lock import FolderLock
+from .options import RunOptions
+from .report import write_report, write_sweep_report
+from .resolve import resolve
+from .sweep import Grid, expand_grid
+
+__all__ = [
+    "default_run_folder",
+    "run_compare",
+    "run_sweep",
+    "run_cells",
+    "assemble_cell",
+    "versions",
+]
+
+
+DEFAULT_OPTIONS = RunOptions()
+
+
+def default_run_folder(name: str) -> Path:
+    """``runs/<name>-<date>-<time>``: where a run goes when no ``--out`` is given."""
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def versions() -> dict[str, str]:
+    out = {
+        "switchema": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    try:
+        import sklearn
+
+        out["scikit-learn"] = sklearn.__version__
+    except ImportError:  # pragma: no cover - sklearn is in the lab extra
+        pass
+    return out
+
+
+def run_header(study: Study) -> dict[str, Any]:
+    """A run folder's ``config.json``: the resolved settings and where they ran."""
+    task, device = study.task, study.device
+    return {
+        "config": study.config.to_dict(),
+        "task": {"name": task.name, "kind": task.kind, "description": task.description},
+        "versions": versions(),
+        "device": str(device),
+        "torch_threads": study.config.threads
+        or (1 if device.type == "cpu" else torch.get_num_threads()),
+    }
+
+
+def run_compare(
+    study: Study | None,
+    out: str | Path,
+    options: RunOptions = DEFAULT_OPTIONS,
+    *,
+    resume: bool = False,
+) -> Path:
+    """Run every (seed, method) of ``study`` and write the run folder ``out``; returns it.
+
+    Writes ``config.json`` (resolved settings and package versions), ``metrics.jsonl`` (one
+    row per seed, method, model and epoch), ``predictions.npz`` (final test probabilities;
+    decision-boundary grids for 2-D tasks), ``models.pt`` (final weights of every evaluated
+    model, for ``switchema analyze``), ``summary.md`` and the plots. With ``resume=True``
+    (and ``study=None``: the folder's own ``config.json`` is used) a killed run continues.
+    """
+    out = Path(out)
+    with FolderLock(out):
+        if resume:
+            if not (out / "config.json").is_file():
+                raise MissingFileError(
+                    f"{out / 'config.json'} not found: nothing to resume in {out}"
+                )
+            saved = StudyConfig.from_dict(json.loads((out / "config.json").read_text())["config"])
+            if study is not None and study.config != saved:
+                raise UsageError(
+                    f"{out} was started with other settings; resume it without changing them"
+                )
+            if study is None:
+                study = resolve(saved)
+        elif study is None:
+            raise UsageError("give a study, or resume=True to continue a run folder")
+        elif (out / "config.json").exists():
+            raise RunExistsError(
+                f"{out} already holds a run; continue it with --resume {out}, or choose another "
+                f"--out (results in a run folder are never overwritten)"
+            )
+        if not resume:
+            atomic_write_text(out / "config.json", json.dumps(run_header(study), indent=2))
+        run_cells(out, [(out, study)], options, desc=study.task.name)
+    return out
+
+
+def run_sweep(
+    grid: Grid | None,
+    out: str | Path,
+    options: RunOptions = DEFAULT_OPTIONS,
+    *,
+    resume: bool = False,
+    source: str = "grid",
+) -> Path:
+    """Run every cell of ``grid`` into the sweep folder ``out``; returns ``out``.
+
+    With ``resume=True`` the grid is read from ``out/sweep.json``; finished jobs are skipped,
+    unfinished ones continue from their last good checkpoint, failed ones are retried only
+    with ``options.retry_failed``. The grid is expanded (every cell resolved) once, before
+    the folder is created.
+    """
+    out = Path(out)
+    if resume:
+        if grid is not None:
+            raise UsageError("--resume continues the grid saved in the run folder; give no grid")
+        if not (out / "sweep.json").is_file():
+            raise MissingFileError(
+                f"{out / 'sweep.json'} not found: {out} is not a sweep folder to resume"
+            )
+        grid = Grid.from_dict(json.loads((out / "sweep.json").read_text())["grid"])
+    elif grid is None:
+        raise UsageError("give a grid (or resume=True)")
+    cells = expand_grid(grid, source)  # a bad grid fails before the folder is even created
+    with FolderLock(out):
+        if not resume:
+            if (out / "sweep.json").exists():
+                raise RunExistsError(
+                    f"{out} already holds a sweep; continue it with --resume {out}, or choose "
+                    f"another --out (results in a run folder are never overwritten)"
+                )
+            sweep = {
+                "grid": grid.to_dict(),
+                "cells": [{"name": c.name, "point": c.point} for c in cells],
+                "versions": versions(),
+                "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            }
+            atomic_write_text(out / "sweep.json", json.dumps(sweep, indent=2))
+        result = run_cells(out, [(out / "cells" / c.name, c.study) for c in cells], options)
+        timing = {
+            "executor": options.executor,
+            "workers": options.workers,
+            "wall_s": result["wall_s"],
+            "jobs": result["jobs"],
+            "ran": result["ran"],
+        }
+        atomic_write_text(out / "sweep_timing.json", json.dumps(timing, indent=2))
+        write_sweep_report(out)
+    return out
+
+
+def _pending(run_dir: Path, jobs: list[Job], retry_failed: bool) -> list[Job]:
+    todo = []
+    for job in jobs:
+        state = job_status(run_dir, job).get("state")
+        if state == "done":
+            try:  # a finished job whose results are damaged runs again from its last good state
+                job_results(run_dir, job)
+                continue
+            except CheckpointError:
+                pass
+        if state == "failed" and not retry_failed:
+            continue
+        todo.append(job)
+    return todo
+
+
+def _progress_bar(todo: list[Job], total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=sum(j.epochs * len(j.methods) for j in todo),
+        unit="epoch",
+        desc=f"{desc}: {len(todo)}/{total} jobs",
+        dynamic_ncols=True,
+    )
+
+
+def run_cells(
+    run_dir: Path,
+    cells: list[tuple[Path, Study]],
+    options: RunOptions,
+    *,
+    desc: str = "sweep",
+) -> dict[str, Any]:
+    """Run the jobs of ``cells`` (deduplicated) and write every cell folder. Caller holds the lock."""
+    cell_jobs = [(cell_dir, study, study_jobs(study)) for cell_dir, study in cells]
+    jobs: dict[str, Job] = {}
+    for _, _, js in cell_jobs:
+        for job in js:
+            jobs.setdefault(job.id, job)
+    todo = _pending(run_dir, list(jobs.values()), options.retry_failed)
+    bar = _progress_bar(todo, len(jobs), desc) if options.progress and todo else None
+    t0 = time.perf_counter()
+    unfinished = {j.id for j in todo}
+    infos: dict[str, Any] = {}
+
+    def assemble_ready() -> None:
+        for cell_dir, study, js in cell_jobs:
+            if str(cell_dir) not in infos and not {j.id for j in js} & unfinished:
+                infos[str(cell_dir)] = assemble_cell(run_dir, cell_dir, study, js)
+
+    def finished(job: Job, status: dict[str, Any]) -> None:
+        unfinished.discard(job.id)
+        for problem in status.get("recovered", []):
+            warnings.warn(f"job {job.id}: {problem}", RuntimeWarning, stacklevel=2)
+        # A cell is written as soon as its last job ends, while the workers train the rest.
+        assemble_ready()
+
+    assemble_ready()  # cells with nothing left to run
+    try:
+        on_epoch = bar.update if bar is not None else None
+        run_jobs(run_dir, todo, options, on_epoch=on_epoch, on_done=finished)
+    finally:
+        if bar is not None:
+            bar.close()
+    assemble_ready()
+    states = {j: job_status(run_dir, jobs[j]).get("state") for j in jobs}
+    return {
+        "jobs": len(jobs),
+        "ran": len(todo),
+        "done": sum(s == "done" for s in states.values()),
+        "failed": sorted(j for j, s in states.items() if s == "failed"),
+        "wall_s": time.perf_counter() - t0,
+        "cells": infos,
+    }
+
+
+def _complete_cell(cell_dir: Path) -> dict[str, Any] | None:
+    """The cell's ``cell.json`` if the cell was written complete and its metrics are intact."""
+    marker = cell_dir / "cell.json"
+    if not marker.exists():
+        return None
+    try:
+        previous = json.loads(marker.read_text())
+    except ValueError:
+        return None
+    if previous.get("complete") and (cell_dir / "metrics.jsonl").exists():
+        try:
+            read_jsonl(cell_dir / "metrics.jsonl")
+            return previous
+        except CheckpointError as e:  # rebuilt from the jobs; the damaged file is kept
+            warnings.warn(f"{e}; rebuilding the cell from its jobs", RuntimeWarning, stacklevel=3)
+            damaged = cell_dir / "metrics.jsonl"
+            os.replace(damaged, damaged.with_name(damaged.name + ".damaged"))
+    return None
+
+
+def _save(path: Path, obj: Any, npz: bool = False) -> None:
+    buf = io.BytesIO()
+    if npz:
+        np.savez_compressed(buf, **obj)
+    else:
+        torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def assemble_cell(run_dir: Path, cell_dir: Path, study: Study, jobs: list[Job]) -> dict[str, Any]:
+    """Write a cell's run folder from its jobs' results; returns what went in (``cell.json``).
+
+    A cell whose jobs all finished is written once and then left alone: resuming never
+    rewrites complete results. A cell with failed jobs is written from the jobs that
+    succeeded, lists the failures, and is rebuilt if a later ``--retry-failed`` fixes them.
+    """
+    previous = _complete_cell(cell_dir)
+    if previous is not None:
+        return previous
+    rows: list[dict[str, Any]] = []
+    arrays: dict[str, np.ndarray] = {}
+    states: dict[str, Any] = {}
+    failures = []
+    wall = 0.0
+    for job in jobs:
+        st = job_status(run_dir, job)
+        if st.get("state") != "done":
+            error = st.get("error", "did not finish")
+            failures.append(
+                {"job": job.id, "seed": job.seed, "methods": list(job.methods)}
+                | {"state": st.get("state"), "error": error}
+            )
+            continue
+        job_rows, job_arrays, job_states = job_results(run_dir, job)
+        rows += job_rows
+        arrays.update(job_arrays)
+        states.update(job_states)
+        wall += float(st.get("wall_s", 0.0))
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cell_dir / "config.json", json.dumps(run_header(study), indent=2))
+    atomic_write_text(cell_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    _save(cell_dir / "predictions.npz", arrays, npz=True)
+    _save(cell_dir / "models.pt", states)
+    atomic_write_text(cell_dir / "timing.json", json.dumps({"wall_s": wall, "jobs": len(jobs)}))
+    atomic_write_text(cell_dir / "failures.json", json.dumps(failures, indent=2))
+    if rows:
+        write_report(cell_dir)
+    else:
+        atomic_write_text(
+            cell_dir / "summary.md",
+            f"# {study.config.task}: no results\n\n## Failed jobs ({len(failures)})\n\n"
+            "Every job of this cell failed:\n\n"
+            + "".join(f"- `{f['job']}`: {f['error']}\n" for f in failures),
+        )
+    info = {
+        "complete": not failures,
+        "jobs": [j.id for j in jobs],
+        "failed": [f["job"] for f in failures],
+    }
+    atomic_write_text(cell_dir / "cell.json", json.dumps(info, indent=2))
+    return info

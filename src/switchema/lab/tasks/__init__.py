@@ -1,0 +1,31 @@
+"""Tasks for the lab: data + model + the loss and metrics of their kind.
+
+* :mod:`.base`: :class:`TaskData`, :class:`Task`, option checking, the loss of each kind;
+* :mod:`.registry`: :func:`register_task`, :func:`get_task`, plugins (entry-point group
+  ``switchema.tasks``);
+* :mod:`.data`, :mod:`.models`: the built-in tasks' data sets and networks;
+* :mod:`.noise`: label noise;
+* :mod:`.builtin`: the built-in tasks, registered on import.
+"""
+
+from . import builtin  # noqa: F401  (registers the built-in tasks)
+from .base import KINDS, Task, TaskData, task_loss
+from .data import CHARLM_SOURCES, load_cifar
+from .noise import apply_label_noise
+from .registry import ENTRY_POINT_GROUP, TASKS, get_task, load_plugins, register_task, task_names
+
+__all__ = [
+    "CHARLM_SOURCES",
+    "ENTRY_POINT_GROUP",
+    "KINDS",
+    "TASKS",
+    "Task",
+    "TaskData",
+    "apply_label_noise",
+    "get_task",
+    "load_cifar",
+    "load_plugins",
+    "register_task",
+    "task_loss",
+    "task_names",
+]

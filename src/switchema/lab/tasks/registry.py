@@ -1,0 +1,216 @@
+"""The task registry: the built-in tasks, and tasks anyone registers from their own package.
+
+Register a task with :func:`register_task`, as a decorator on the model builder::
+
+    # mypkg/tasks.py
+    from switchema.lab.tasks import TaskData, register_task
+
+    def ring_data(seed: int, *, n_train: int = 200, noise: float = 0.1) -> TaskData:
+        ...
+
+    @register_task(
+        "ring-mlp",
+        kind="classification",          # fixes the loss and the metrics the lab reports
+        description="two noisy rings, 2-16-2 MLP",
+        data=ring_data,
+        defaults=dict(epochs=20, batch_size=20, optimizer="adamw", lr=1e-2),
+        units={"n_train": "examples", "noise": "std of the Gaussian noise", "hidden": "units"},
+    )
+    def ring_mlp(data: TaskData, *, hidden: int = 16) -> torch.nn.Module:
+        ...
+
+The command line finds it in either of two ways:
+
+* **an entry point** in the group ``switchema.tasks`` of an installed package (its
+  ``pyproject.toml``: ``[project.entry-points."switchema.tasks"] ring = "mypkg.tasks"``);
+  the registry imports every such module the first time a task name is not found, or when
+  the tasks are listed (``switchema tasks``);
+* **a module-qualified name**, ``--task mypkg.tasks:ring-mlp``, which imports ``mypkg.tasks``
+  (it must be importable, e.g. on ``PYTHONPATH``) and is saved as such in the run folder.
+
+Every task records the module that registered it (``Task.module``); a worker process of
+``--jobs N`` or a Ray task imports that module to find the task again (see
+:class:`switchema.lab.study.Study`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError
+from .base import DEFAULT_KEYS, KINDS, Task, TaskData, keyword_options, task_defaults
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "TASKS",
+    "get_task",
+    "load_plugins",
+    "register_task",
+    "task_names",
+]
+
+ENTRY_POINT_GROUP = "switchema.tasks"
+
+#: name -> Task, every task registered so far (plugins appear once they are loaded).
+TASKS: dict[str, Task] = {}
+
+_plugins_loaded = False
+
+
+def _register(task: Task, *, replace: bool = False) -> Task:
+    old = TASKS.get(task.name)
+    if old is not None and not replace and old != task:
+        if old.module != task.module or old.description != task.description:
+            raise ValueError(
+                f"task {task.name!r} is already registered by {old.module or 'switchema'}; "
+                f"choose another name or pass replace=True"
+            )
+    TASKS[task.name] = task
+    return task
+
+
+def register_task(
+    name: str,
+    *,
+    kind: str,
+    description: str,
+    data: Callable[..., TaskData],
+    defaults: Mapping[str, Any],
+    model: Callable[..., nn.Module] | None = None,
+    has_batchnorm: bool = False,
+    units: Mapping[str, str] | None = None,
+    replace: bool = False,
+) -> Any:
+    """Register a task; with ``model=None``, a decorator for the model builder.
+
+    Args:
+        name: the task's name (``--task NAME``); letters, digits, ``-``, ``_``, ``.``.
+        kind: ``"classification"``, ``"regression"`` or ``"lm"`` (the loss and metrics).
+        description: one line for listings and reports.
+        data: ``data(seed, **options) -> TaskData``.
+        defaults: recommended training settings: ``epochs``, ``batch_size``, ``optimizer``
+            (``"sgd"`` or ``"adamw"``) and ``lr`` are required; ``weight_decay``,
+            ``momentum`` and ``nesterov`` default to 0, 0 and False.
+        model: ``model(data, **options) -> nn.Module``, initialised from the global torch RNG.
+        has_batchnorm: the model has BatchNorm layers (statistics recomputed for averages).
+        units: what each data or model option counts, for ``switchema tasks``.
+        replace: replace a task of the same name registered elsewhere.
+
+    Returns:
+        The :class:`Task` (or, as a decorator, the model builder itself, unchanged).
+    """
+    if model is None:
+
+        def decorate(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+            register_task(
+                name,
+                kind=kind,
+                description=description,
+                data=data,
+                defaults=defaults,
+                model=fn,
+                has_batchnorm=has_batchnorm,
+                units=units,
+                replace=replace,
+            )
+            return fn
+
+        return decorate
+    if not isinstance(name, str) or not name or ":" in name or " " in name:
+        raise ValueError(
+            f"task name must be a non-empty string without ':' or spaces, got {name!r}"
+        )
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    unknown = sorted(set(defaults) - set(DEFAULT_KEYS))
+    if unknown:
+        raise ValueError(f"unknown default(s) {unknown} for task {name!r}; allowed: {DEFAULT_KEYS}")
+    try:
+        full = task_defaults(**defaults)
+    except TypeError as e:
+        raise ValueError(
+            f"task {name!r} must give defaults for epochs, batch_size, optimizer and lr ({e})"
+        ) from None
+    wrap = [fn if hasattr(fn, "options") else keyword_options(fn) for fn in (data, model)]
+    task = Task(
+        name=name,
+        kind=kind,
+        description=description,
+        defaults=full,
+        build_data=wrap[0],
+        build_model=wrap[1],
+        has_batchnorm=bool(has_batchnorm),
+        module=getattr(model, "__module__", "") or "",
+        units=dict(units or {}),
+    )
+    return _register(task, replace=replace)
+
+
+def load_plugins() -> None:
+    """Import the modules of the ``switchema.tasks`` entry points (once per process).
+
+    An entry point names a module that registers tasks when imported, or a :class:`Task`.
+    A plugin that fails to load is reported in a warning; the other tasks stay usable.
+    """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as e:  # a broken plugin must not hide the other tasks
+            warnings.warn(
+                f"switchema task plugin {ep.name!r} ({ep.value}) failed to load: "
+                f"{type(e).__name__}: {e}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            continue
+        if isinstance(obj, Task):
+            _register(obj)
+
+
+def task_names() -> list[str]:
+    """Sorted names of the registered tasks, plugins included."""
+    load_plugins()
+    return sorted(TASKS)
+
+
+def get_task(name: str, module: str | None = None) -> Task:
+    """The task called ``name`` (``"module:name"`` imports ``module`` first).
+
+    ``module``, when given, is imported if the name is not registered yet (how worker
+    processes find tasks registered outside switchema).
+
+    Raises:
+        TypeError: ``name`` is not a string.
+        ConfigError: no task has that name (the message lists the registered ones), or its
+            module cannot be imported.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"task name must be a str, got {type(name).__name__} {name!r}")
+    if ":" in name:
+        module, name = name.rsplit(":", 1)
+    if name not in TASKS and module:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(
+                f"task {name!r}: cannot import its module {module!r} ({e}); is it installed or "
+                f"on PYTHONPATH?"
+            ) from None
+    if name not in TASKS:
+        load_plugins()
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown task {name!r}; registered tasks: {', '.join(task_names())}"
+        ) from None
