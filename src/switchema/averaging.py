@@ -54,7 +54,7 @@ from .batchnorm import batchnorm_layers, recompute_bn
 from .policies import check_policy_spec
 from .schedules import (
     DecaySchedule,
-    _check_decay,
+    check_decay,
     half_life_to_decay,
     resolve_schedule,
     schedule_from_dict,
@@ -953,7 +953,7 @@ def _resolve_decays(decay: Any, half_life: Any, update_every: int) -> tuple[floa
         if decay is None:
             decay = 0.999
         values = decay if isinstance(decay, Sequence) and not isinstance(decay, str) else [decay]
-        decays = tuple(_check_decay(d) for d in values)
+        decays = tuple(check_decay(d) for d in values)
     if not decays:
         raise ValueError(
             "decay must be a float or a non-empty sequence of floats, got an empty sequence"

@@ -33,10 +33,11 @@ __all__ = [
     "decay_to_half_life",
     "schedule_from_dict",
     "resolve_schedule",
+    "check_decay",
 ]
 
 
-def _check_decay(decay: float) -> float:
+def check_decay(decay: float) -> float:
     if isinstance(decay, bool) or not isinstance(decay, (int, float)):
         raise TypeError(f"decay must be a float in [0, 1), got {decay!r}")
     if not (0.0 <= decay < 1.0) or math.isnan(decay):
@@ -68,7 +69,7 @@ def half_life_to_decay(half_life: float, update_every: int = 1) -> float:
 
 def decay_to_half_life(decay: float, update_every: int = 1) -> float:
     """Inverse of :func:`half_life_to_decay`: half-life in optimizer steps (``inf`` for decay 0 is 0)."""
-    decay = _check_decay(decay)
+    decay = check_decay(decay)
     if decay == 0.0:
         return 0.0
     return update_every * math.log(0.5) / math.log(decay)
