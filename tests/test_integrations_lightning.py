@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ L = pytest.importorskip("lightning.pytorch")
 
 from switchema import EMA, SWA  # noqa: E402
 from switchema.integrations.lightning import EMACallback  # noqa: E402
+from switchema.switching import SwitchRule  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),  # Lightning's advice on num_workers, ...
@@ -154,14 +156,50 @@ def _mse(module: nn.Module, loader: DataLoader) -> float:
 def test_options_are_checked_at_construction():
     with pytest.raises(ValueError, match="decay"):
         EMACallback(decay=1.5)
-    with pytest.raises(ValueError, match="kind='swa' takes no decay"):
-        EMACallback(kind="swa", decay=0.9)
+    with pytest.raises(ValueError, match="decay must be in"):  # the library's own check, now
+        EMACallback(functools.partial(EMA, decay=(0.9, 1.2)))
+    with pytest.raises(ValueError, match="averager= or the decay= shortcut, not both"):
+        EMACallback(SWA, decay=0.9)
+    with pytest.raises(TypeError, match="for a decay, pass decay=0.999"):
+        EMACallback(0.999)
     with pytest.raises(ValueError, match="evaluate"):
         EMACallback(evaluate="ema")
-    with pytest.raises(ValueError, match="switch_every_epochs"):
-        EMACallback(switch_every_epochs=0)
+    with pytest.raises(ValueError, match="switch interval"):
+        EMACallback(switch=0)
     a, b = EMACallback(decay=0.9), EMACallback(decay=0.99)
-    assert a.state_key != b.state_key != EMACallback(kind="swa").state_key
+    assert a.state_key != b.state_key != EMACallback(SWA).state_key
+    assert a.state_key == EMACallback(functools.partial(EMA, decay=0.9, warmup="power")).state_key
+
+
+def test_a_ready_averager_or_a_factory(tmp_path):
+    model = Tiny()
+    ready = EMA(model, decay=0.8)
+    cb = EMACallback(ready, evaluate="online")
+    _trainer(tmp_path, max_epochs=1, callbacks=[cb]).fit(model, _loader())
+    assert cb.averager is ready and ready.step == 10
+    with pytest.raises(ValueError, match="bound to another module"):
+        _trainer(tmp_path, max_epochs=1, callbacks=[EMACallback(EMA(Tiny()))]).fit(
+            Tiny(), _loader()
+        )
+    cb = EMACallback(lambda module: SWA(module, start_step=4), evaluate="online")
+    _trainer(tmp_path, max_epochs=1, callbacks=[cb]).fit(Tiny(), _loader())
+    assert isinstance(cb.averager, SWA) and cb.averager.n_averaged == 6
+    with pytest.raises(TypeError, match="returned int, not a switchema averager"):
+        _trainer(tmp_path, max_epochs=1, callbacks=[EMACallback(lambda m: 3)]).fit(
+            Tiny(), _loader()
+        )
+
+
+def test_switch_rule_in_steps(tmp_path):
+    L.seed_everything(0)
+    model = Tiny()
+    rec = Recorder()
+    ema = EMACallback(decay=0.8, switch="4s", evaluate="online")
+    _trainer(tmp_path, max_epochs=1, callbacks=[rec, ema]).fit(model, _loader())
+    # 10 steps, switches after steps 4 and 8: the model then continued from the average
+    expected = _hand_ema(rec.start, rec.steps, 0.8)
+    _assert_close(ema.averager.averaged_state_dict(), expected)
+    assert not all(torch.equal(a, b) for a, b in zip(rec.steps[4].values(), rec.steps[3].values()))
 
 
 def test_import_is_lazy():
@@ -183,7 +221,8 @@ def test_updates_once_per_optimizer_step_under_accumulation(tmp_path, kind, accu
     L.seed_everything(0)
     model = Tiny()
     rec = Recorder()
-    ema = EMACallback(decay=0.8 if kind == "ema" else None, kind=kind, evaluate="online")
+    averager = functools.partial(EMA, decay=0.8) if kind == "ema" else SWA
+    ema = EMACallback(averager, evaluate="online")
     trainer = _trainer(tmp_path, accumulate_grad_batches=accumulate, callbacks=[rec, ema])
     trainer.fit(model, _loader())
     # 10 batches per epoch: accumulate=2 -> 5 steps, accumulate=3 -> 4 (3+3+3+1) per epoch
@@ -208,9 +247,7 @@ def test_switch_at_epoch_ends(tmp_path, reset_optimizer):
     model = Tiny()
     ema = EMACallback(
         decay=0.8,
-        switch_every_epochs=1,
-        switch_start_epoch=2,
-        reset_optimizer=reset_optimizer,
+        switch=SwitchRule("1e", start_epoch=2, reset_optimizer=reset_optimizer),
         evaluate="online",
     )
     probe = EpochProbe(ema)
@@ -223,7 +260,7 @@ def test_switch_at_epoch_ends(tmp_path, reset_optimizer):
 
 def test_switch_every_two_epochs_before_epoch_end_validation(tmp_path):
     L.seed_everything(0)
-    ema = EMACallback(decay=0.8, switch_every_epochs=2, evaluate="both")
+    ema = EMACallback(decay=0.8, switch="2e", evaluate="both")
     probe = EpochProbe(ema)
     _trainer(tmp_path, max_epochs=4, callbacks=[ema, probe]).fit(
         Tiny(), _loader(), _loader(8, seed=1)
@@ -301,11 +338,8 @@ def _resume_run(tmp_path: Path, with_val: bool, epochs: int, ckpt_path=None):
     L.seed_everything(0)
     model = Tiny()
     ema = EMACallback(
-        decay=0.9,
-        warmup="ema_paper",
-        switch_every_epochs=1,
-        switch_start_epoch=2,
-        reset_optimizer=True,
+        functools.partial(EMA, decay=0.9, warmup="ema_paper"),
+        switch=SwitchRule("1e", start_epoch=2, reset_optimizer=True),
     )
     # With validation, save at validation end: before on_train_epoch_end, which Lightning then
     # runs again on resume (the harder case); without, at train epoch end.
@@ -348,7 +382,7 @@ def test_test_with_ckpt_path_evaluates_the_stored_average(tmp_path):
     stored.load_state_dict(ema.averager.averaged_state_dict())
     loader = _loader(12, seed=2)
     expected = _mse(stored, loader)
-    fresh = EMACallback(decay=0.9, warmup="ema_paper")  # state_key: kind and decay
+    fresh = EMACallback(functools.partial(EMA, decay=0.9, warmup="ema_paper"))  # key: kind, decay
     trainer = _trainer(tmp_path, callbacks=[fresh])
     (t,) = trainer.test(Tiny(), loader, ckpt_path=str(ckpt), verbose=False)
     assert t["test_loss"] == pytest.approx(expected, abs=1e-6)
@@ -371,7 +405,7 @@ _DDP_SCRIPT = textwrap.dedent(
     L.seed_everything(0)
     model = Tiny()
     rec = Recorder()
-    ema = EMACallback(decay=0.8, evaluate="both", switch_every_epochs=2)
+    ema = EMACallback(decay=0.8, evaluate="both", switch="2e")
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, accumulate_grad_batches=2,
         enable_progress_bar=False, enable_model_summary=False, logger=False,

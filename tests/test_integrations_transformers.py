@@ -5,6 +5,7 @@ The model is a tiny randomly initialised GPT-2 built here; nothing is downloaded
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -27,7 +28,9 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
+from switchema import EMA, SWA  # noqa: E402
 from switchema.integrations.transformers import EMATrainerCallback  # noqa: E402
+from switchema.switching import SwitchRule  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -147,8 +150,10 @@ def test_options_are_checked_and_evaluation_needs_attach(tmp_path):
         EMATrainerCallback(decay=1.5)
     with pytest.raises(ValueError, match="evaluate"):
         EMATrainerCallback(evaluate="ema")
-    with pytest.raises(ValueError, match="kind='swa' takes no warmup"):
-        EMATrainerCallback(kind="swa", warmup="ema_paper")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'warmup'"):
+        EMATrainerCallback(functools.partial(SWA, warmup="ema_paper"))
+    with pytest.raises(ValueError, match="not both"):
+        EMATrainerCallback(SWA, decay=0.9)
     trainer = Trainer(
         model=_model(), args=_args(tmp_path), train_dataset=TRAIN, callbacks=[EMATrainerCallback()]
     )
@@ -190,7 +195,7 @@ def test_updates_once_per_optimizer_step_under_accumulation(tmp_path, attached):
 
 def test_swa(tmp_path):
     rec = Recorder()
-    ema = EMATrainerCallback(kind="swa", evaluate="online")
+    ema = EMATrainerCallback(SWA, evaluate="online")
     trainer = Trainer(model=_model(), args=_args(tmp_path), train_dataset=TRAIN, callbacks=[rec])
     trainer.add_callback(ema)
     trainer.train()
@@ -205,9 +210,7 @@ def test_swa(tmp_path):
 def test_switch_at_epoch_ends(tmp_path, reset_optimizer):
     ema = EMATrainerCallback(
         decay=0.8,
-        switch_every_epochs=1,
-        switch_start_epoch=2,
-        reset_optimizer=reset_optimizer,
+        switch=SwitchRule("1e", start_epoch=2, reset_optimizer=reset_optimizer),
         evaluate="online",
     )
     trainer = Trainer(model=_model(), args=_args(tmp_path, num_train_epochs=3), train_dataset=TRAIN)
@@ -296,11 +299,8 @@ def _ckpt_run(
         compute_metrics=compute_metrics,
     )
     ema = EMATrainerCallback(
-        decay=0.9,
-        warmup="ema_paper",
-        switch_every_epochs=1,
-        switch_start_epoch=2,
-        reset_optimizer=True,
+        functools.partial(EMA, decay=0.9, warmup="ema_paper"),
+        switch=SwitchRule("1e", start_epoch=2, reset_optimizer=True),
         evaluate="average" if attached else "online",
     )
     if attached:
@@ -407,3 +407,23 @@ def test_ddp_two_processes_on_cpu(tmp_path):
         assert any("eval_loss" in keys for keys in r["evals"])
     assert ranks[0]["avg"] == ranks[1]["avg"]
     assert (tmp_path / "run" / "checkpoint-2" / "ema.pt").is_file()
+
+
+def test_switch_rule_in_steps_and_copy_at_end(tmp_path):
+    rec = Recorder()
+    ema = EMATrainerCallback(decay=0.8, switch="3s", evaluate="online", copy_average_at_end=True)
+    trainer = Trainer(model=_model(), args=_args(tmp_path), train_dataset=TRAIN, callbacks=[rec])
+    trainer.add_callback(ema)
+    switched = []
+
+    class StepProbe(TrainerCallback):  # after the EMA callback: model == average now?
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            avg = ema.averager.averaged_state_dict()
+            switched.append(all(torch.equal(avg[k], v) for k, v in _weights(model).items()))
+
+    trainer.add_callback(StepProbe())
+    trainer.train()
+    assert switched == [False, False, True, False]
+    # 4 optimizer steps: a switch after step 3, then the average is copied in at the end
+    _assert_close(ema.averager.averaged_state_dict(), _hand_ema(rec.start, rec.steps, 0.8))
+    _assert_close(_weights(trainer.model), ema.averager.averaged_state_dict(), atol=0)

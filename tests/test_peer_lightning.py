@@ -10,6 +10,7 @@ where the two coincide. The ddp / ddp_spawn scenarios are left out (being rework
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -194,7 +195,9 @@ def lightning_vs_switchema(tmp_path_factory):
     )
     L.seed_everything(0)
     ours_model = Net(batch_norm=True)
-    like_torch = EMACallback(decay=d, start_step=1, buffers="average", evaluate="online")
+    like_torch = EMACallback(
+        functools.partial(EMA, decay=d, start_step=1, buffers="average"), evaluate="online"
+    )
     rec = Recorder()
     trainer(root / "like_torch", accumulate_grad_batches=2, callbacks=[rec, like_torch]).fit(
         ours_model, loader()
@@ -237,7 +240,8 @@ def test_equals_lightning_ema_weight_averaging_with_start_step_one(lightning_vs_
 def test_differs_module_keeps_online_weights_after_fit(lightning_vs_switchema):
     """Lightning's WeightAveraging copies the average into the module at the end of training
     (``_copy_average_to_current`` in ``on_train_end``); switchema's callback leaves the module
-    with its online weights (``ema.averager.switch()`` or ``switch_every_epochs`` copy it)."""
+    with its online weights (``ema.averager.switch()``, ``switch=`` or ``copy_average_at_end``
+    copy it)."""
     r = lightning_vs_switchema
     theirs = r["theirs"]._average_model.module.state_dict()
     assert all(torch.equal(v, theirs[k]) for k, v in r["theirs_model"].state_dict().items())
@@ -265,11 +269,11 @@ def test_differs_first_step_lerps_and_buffers_are_copied(lightning_vs_switchema)
 def test_swa_on_epoch_schedule(tmp_path):
     """Peer (test_swa): an SWA updated at the end of epochs 3, 5 and 7 has n_averaged 0, 0, 0, 1,
     1, 2, 2, 3 at the epoch ends. switchema, 4 optimizer steps per epoch:
-    ``kind="swa", start_step=8, update_every=8`` averages at steps 16, 24 and 32 (the first one
+    ``functools.partial(SWA, start_step=8, update_every=8)`` averages at steps 16, 24 and 32 (the first one
     replaces the copy), giving the same counts and the mean of those three weights."""
     L.seed_everything(1)
     model = Net(batch_norm=False)
-    swa = EMACallback(kind="swa", start_step=8, update_every=8, evaluate="online")
+    swa = EMACallback(functools.partial(SWA, start_step=8, update_every=8), evaluate="online")
     rec = Recorder(swa)
     trainer(tmp_path, max_epochs=8, callbacks=[rec, swa]).fit(model, loader(16))
     assert isinstance(swa.averager, SWA)
@@ -287,7 +291,7 @@ def test_swa_on_epoch_schedule(tmp_path):
 def _crashing_run(root: Path, epochs: int, crash_on_epoch: int | None = None, ckpt=None):
     L.seed_everything(2)
     model = Net(batch_norm=True, crash_on_epoch=crash_on_epoch)
-    ema = EMACallback(decay=0.9, update_every=2, evaluate="online")
+    ema = EMACallback(functools.partial(EMA, decay=0.9, update_every=2), evaluate="online")
     saver = L.callbacks.ModelCheckpoint(
         dirpath=root, save_last=True, save_top_k=-1, save_on_train_epoch_end=True
     )

@@ -1,107 +1,111 @@
-"""What the framework callbacks share: averager options, their validation, switch rules."""
+"""What the framework callbacks share: how they get their averager, when they switch.
+
+A callback takes the averager itself, not its keywords: a factory called with the model when
+training starts (``functools.partial(EMA, decay=0.999, warmup="ema_paper")``, ``SWA``, any
+``model -> WeightAverager`` callable) or a ready averager bound to the model, plus a
+:class:`~switchema.switching.SwitchRule` (the same rule as the lab's ``sema`` method).
+``decay=`` stays as a shortcut for ``functools.partial(EMA, decay=...)``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
-from ..averaging import EMA, SWA, WeightAverager
-from ..schedules import DecaySchedule
+from .._binding import unwrap_model
+from .._checks import check_choice, check_int
+from ..averaging import EMA, WeightAverager
+from ..switching import SwitchRule
+
+__all__ = ["AveragerSource", "resolve_averager", "resolve_switch", "check_evaluate", "check_index"]
 
 EVALUATE_MODES = ("average", "online", "both")
+_KEY_FIELDS = ("decay", "half_life", "sigma_rel", "gamma")
 
 
-def _non_negative_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{what} must be a non-negative int, got {value!r}")
-    return value
+@dataclass(frozen=True)
+class AveragerSource:
+    """Where a callback's averager comes from: ``build(model)`` and a key that names it."""
 
-
-@dataclass
-class AveragerOptions:
-    """The averager's constructor options, checked once when the callback is built."""
-
-    kind: str = "ema"
-    decay: float | Sequence[float] | None = None
-    half_life: float | Sequence[float] | None = None
-    warmup: DecaySchedule | str | None = None
-    update_every: int = 1
-    start_step: int = 0
-    dtype: torch.dtype | None = torch.float32
-    buffers: str | Mapping[str, str] = "copy"
-    frozen: str = "copy"
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("ema", "swa"):
-            raise ValueError(f"kind must be 'ema' or 'swa', got {self.kind!r}")
-        if self.kind == "swa":
-            given = [n for n in ("decay", "half_life", "warmup") if getattr(self, n) is not None]
-            if given:
-                raise ValueError(
-                    f"kind='swa' takes no {', '.join(given)} (SWA is a uniform average)"
-                )
-        # Build once on a throwaway module: every option is checked by the library itself, with
-        # its own messages, before any training starts.
-        self.build(nn.Linear(1, 1))
+    factory: Callable[[nn.Module], WeightAverager] | None
+    ready: WeightAverager | None
+    key: tuple[tuple[str, Any], ...]
 
     def build(self, model: nn.Module) -> WeightAverager:
-        common = dict(
-            update_every=self.update_every,
-            start_step=self.start_step,
-            dtype=self.dtype,
-            buffers=self.buffers,
-            frozen=self.frozen,
-        )
-        if self.kind == "swa":
-            return SWA(model, **common)
-        return EMA(model, self.decay, half_life=self.half_life, warmup=self.warmup, **common)
-
-    def key(self) -> dict[str, Any]:
-        """What tells two callbacks apart (for checkpoint keys)."""
-        out: dict[str, Any] = {"kind": self.kind}
-        if self.kind == "ema":
-            out["decay"] = self.decay if self.half_life is None else None
-            if self.half_life is not None:
-                out["half_life"] = self.half_life
-        return out
-
-
-@dataclass
-class SwitchRule:
-    """Switch EMA at epoch ends: after epoch ``e`` (1-based) when ``e >= start`` and ``e % every == 0``.
-
-    The same rule as the lab's ``sema`` method (``--switch-every Ne --switch-start S``).
-    """
-
-    every: int | None = None
-    start: int = 0
-    index: int = 0
-    reset_optimizer: bool = False
-
-    def __post_init__(self) -> None:
-        if self.every is not None and (
-            isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1
-        ):
-            raise ValueError(
-                f"switch_every_epochs must be a positive int or None, got {self.every!r}"
+        if self.ready is not None:
+            if self.ready.model is not unwrap_model(model):
+                raise ValueError(
+                    "the averager passed to the callback is bound to another module than the one "
+                    "being trained; pass a factory instead (functools.partial(EMA, decay=...)), "
+                    "which is called with the module when training starts"
+                )
+            return self.ready
+        averager = self.factory(model)
+        if not isinstance(averager, WeightAverager):
+            raise TypeError(
+                f"the averager factory returned {type(averager).__name__}, not a switchema "
+                "averager (EMA, SWA, PowerEMA)"
             )
-        _non_negative_int(self.start, "switch_start_epoch")
-        _non_negative_int(self.index, "switch_index")
+        return averager
 
-    def due(self, epochs_done: int) -> bool:
-        return (
-            self.every is not None and epochs_done >= self.start and epochs_done % self.every == 0
+
+def _key_of(kind: str, fields: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    items = [("kind", kind)]
+    for name in _KEY_FIELDS:
+        value = fields.get(name)
+        if value is not None:
+            value = (
+                tuple(value)
+                if isinstance(value, Sequence) and not isinstance(value, str)
+                else value
+            )
+            items.append((name, value))
+    return tuple(items)
+
+
+def resolve_averager(averager: Any, decay: float | Sequence[float] | None) -> AveragerSource:
+    """The callback's averager from ``averager`` (ready or factory) or the ``decay`` shortcut.
+
+    A ``functools.partial`` of a switchema averager class is built once on a throwaway module,
+    so its arguments are checked (with the library's own messages) before training starts.
+    """
+    if averager is not None and decay is not None:
+        raise ValueError("give averager= or the decay= shortcut, not both")
+    if averager is None:
+        averager = functools.partial(EMA, decay=0.999 if decay is None else decay)
+    if isinstance(averager, WeightAverager):
+        fields = {n: getattr(averager, n, None) for n in _KEY_FIELDS if n != "sigma_rel"}
+        return AveragerSource(None, averager, _key_of(averager.kind, fields))
+    if not callable(averager):
+        raise TypeError(
+            "averager must be a switchema averager or a factory model -> averager "
+            f"(e.g. functools.partial(EMA, decay=0.999)), got {averager!r}"
         )
+    func = averager.func if isinstance(averager, functools.partial) else averager
+    if isinstance(func, type) and issubclass(func, WeightAverager):
+        probe = averager(nn.Linear(1, 1))  # checks every argument now
+        fields = dict(averager.keywords) if isinstance(averager, functools.partial) else {}
+        if isinstance(averager, functools.partial) and averager.args:
+            fields.setdefault("decay", averager.args[0])
+        return AveragerSource(averager, None, _key_of(probe.kind, fields))
+    name = getattr(func, "__qualname__", type(func).__name__)
+    return AveragerSource(averager, None, (("factory", name),))
+
+
+def resolve_switch(switch: Any) -> SwitchRule | None:
+    """``None`` (never), a :class:`SwitchRule`, or its interval (``1``, ``"5e"``, ``"50s"``)."""
+    if switch is None or isinstance(switch, SwitchRule):
+        return switch
+    return SwitchRule(switch)
 
 
 def check_evaluate(evaluate: str, eval_index: int) -> None:
-    if evaluate not in EVALUATE_MODES:
-        raise ValueError(f"evaluate must be one of {EVALUATE_MODES}, got {evaluate!r}")
-    _non_negative_int(eval_index, "eval_index")
+    check_choice(evaluate, "evaluate", EVALUATE_MODES)
+    check_int(eval_index, "eval_index", minimum=0)
 
 
 def check_index(averager: WeightAverager, index: int, what: str) -> None:

@@ -1,14 +1,29 @@
 """Lightning callback: EMA / Switch EMA / SWA of the ``LightningModule``'s weights.
 
-::
+The callback takes the averager (a factory called with the module when training starts, or a
+ready one) and a switch rule; ``decay=`` is a shortcut for ``functools.partial(EMA, decay=...)``::
 
-    from lightning.pytorch import Trainer
-    from switchema.integrations.lightning import EMACallback
-
-    ema = EMACallback(decay=0.999, switch_every_epochs=1)   # Switch EMA at every epoch end
-    trainer = Trainer(max_epochs=10, callbacks=[ema])
-    trainer.fit(model, train_loader, val_loader)             # validation runs on the averages
-    model.load_state_dict(ema.averager.averaged_state_dict())  # or: ema.averager.switch()
+    >>> import functools, torch
+    >>> import lightning.pytorch as L
+    >>> from switchema import EMA
+    >>> from switchema.integrations.lightning import EMACallback
+    >>> class Net(L.LightningModule):
+    ...     def __init__(self):
+    ...         super().__init__(); self.net = torch.nn.Linear(4, 1)
+    ...     def training_step(self, batch, i):
+    ...         x, y = batch; return torch.nn.functional.mse_loss(self.net(x), y)
+    ...     def configure_optimizers(self):
+    ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+    >>> data = torch.utils.data.TensorDataset(torch.randn(32, 4), torch.randn(32, 1))
+    >>> loader = torch.utils.data.DataLoader(data, batch_size=8)
+    >>> ema = EMACallback(functools.partial(EMA, decay=0.9, warmup="ema_paper"), switch="1e")
+    >>> trainer = L.Trainer(max_epochs=2, callbacks=[ema], accelerator="cpu", logger=False,
+    ...                     enable_checkpointing=False, enable_progress_bar=False,
+    ...                     enable_model_summary=False)
+    >>> model = Net()
+    >>> trainer.fit(model, loader)                      # Switch EMA at every epoch end
+    >>> ema.averager.step, torch.equal(model.net.weight, ema.averager.averaged_state_dict()["net.weight"])
+    (8, True)
 
 What it does, and when:
 
@@ -18,9 +33,11 @@ What it does, and when:
 * **Updates**: ``update()`` once per training batch in which ``trainer.global_step`` advanced,
   that is after every real optimizer step: with ``accumulate_grad_batches=k``, once every
   ``k`` batches (and on the last, possibly shorter, accumulation window of the epoch).
-* **Switch EMA** (``switch_every_epochs``): the average is copied into the module right after
-  the last training batch of every due epoch, so the epoch-end validation, the
-  ``on_train_epoch_end`` hooks and any checkpoint saved then all see the switched weights.
+* **Switch EMA** (``switch``, a :class:`~switchema.switching.SwitchRule` or its interval):
+  a rule in epochs (``"1e"``, ``SwitchRule("2e", start_epoch=5)``) copies the average into the
+  module right after the last training batch of every due epoch, so the epoch-end validation,
+  the ``on_train_epoch_end`` hooks and any checkpoint saved then all see the switched weights;
+  a rule in steps (``"50s"``) switches after the optimizer step that makes it due.
 * **Evaluation** (``evaluate``): ``"average"`` swaps the average into the module for every
   validation and test epoch (``on_*_epoch_start`` / ``on_*_epoch_end``, and back in
   ``on_exception`` / ``teardown`` if the loop fails), so everything logged there (and what
@@ -49,10 +66,10 @@ supported: each rank would average only its shard under flattened names.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
+from torch import nn
 
 try:  # the unified package first, then the standalone one
     import lightning.pytorch as pl
@@ -67,8 +84,8 @@ except ImportError:  # pragma: no cover - depends on what is installed
         ) from exc
 
 from ..averaging import WeightAverager, unwrap_model
-from ..schedules import DecaySchedule
-from ._common import AveragerOptions, SwitchRule, check_evaluate, check_index
+from ..switching import SwitchRule
+from ._common import check_evaluate, check_index, resolve_averager, resolve_switch
 
 __all__ = ["EMACallback"]
 
@@ -94,21 +111,19 @@ _STATE_VERSION = 1
 
 
 class EMACallback(pl.Callback):
-    """Keeps an EMA (or SWA) of the module's weights; optional Switch EMA; evaluates the average.
+    """Keeps an EMA (or SWA, or power EMAs) of the module's weights; Switch EMA; evaluates it.
 
     Args:
-        decay: EMA decay(s), as for :class:`switchema.EMA` (default 0.999). A tuple keeps several
-            averages; ``eval_index`` / ``switch_index`` pick the one evaluated / switched in.
-        kind: ``"ema"`` or ``"swa"`` (:class:`switchema.SWA`: uniform average from
-            ``start_step``; takes no ``decay`` / ``half_life`` / ``warmup``).
-        half_life, warmup, update_every, start_step, dtype, buffers, frozen: as for
-            :class:`switchema.EMA` / :class:`switchema.SWA` (steps are optimizer steps).
-        switch_every_epochs: Switch EMA: copy the average into the module after every N-th
-            epoch (``None``: never).
-        switch_start_epoch: no switch before this many epochs are completed.
-        switch_index: which average is switched in.
-        reset_optimizer: at each switch, also clear the optimizers' state (momentum, Adam
-            moments) of the averaged parameters.
+        averager: a factory ``module -> averager`` (``functools.partial(EMA, decay=0.999,
+            warmup="ema_paper")``, ``functools.partial(SWA, start_step=1000)``,
+            ``PowerEMA``, ...), called when training starts, after the strategy has moved and
+            wrapped the module; or a ready averager bound to the module (only when the module is
+            already where it trains). Default: ``EMA(decay=0.999)``.
+        decay: shortcut for ``averager=functools.partial(EMA, decay=decay)``.
+        switch: Switch EMA: a :class:`~switchema.switching.SwitchRule`, or its interval
+            (``1`` or ``"1e"``: every epoch; ``"50s"``: every 50 optimizer steps); ``None``:
+            never. The rule also says which average is switched in and whether the optimizers'
+            state is reset.
         evaluate: ``"average"`` (default), ``"online"`` or ``"both"`` (see the module docs).
         eval_index: which average is evaluated.
         online_prefix: with ``evaluate="both"``, the prefix of the online model's metric names.
@@ -121,42 +136,33 @@ class EMACallback(pl.Callback):
 
     def __init__(
         self,
-        decay: float | Sequence[float] | None = None,
+        averager: WeightAverager | Callable[[nn.Module], WeightAverager] | None = None,
         *,
-        kind: str = "ema",
-        half_life: float | Sequence[float] | None = None,
-        warmup: DecaySchedule | str | None = None,
-        update_every: int = 1,
-        start_step: int = 0,
-        dtype: torch.dtype | None = torch.float32,
-        buffers: str | Mapping[str, str] = "copy",
-        frozen: str = "copy",
-        switch_every_epochs: int | None = None,
-        switch_start_epoch: int = 0,
-        switch_index: int = 0,
-        reset_optimizer: bool = False,
+        decay: float | Sequence[float] | None = None,
+        switch: SwitchRule | str | int | None = None,
         evaluate: str = "average",
         eval_index: int = 0,
         online_prefix: str = "online/",
         copy_average_at_end: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(copy_average_at_end, bool):
-            raise TypeError(f"copy_average_at_end must be a bool, got {copy_average_at_end!r}")
-        self.copy_average_at_end = copy_average_at_end
-        self.options = AveragerOptions(
-            kind, decay, half_life, warmup, update_every, start_step, dtype, buffers, frozen
-        )
-        self.switch_rule = SwitchRule(
-            switch_every_epochs, switch_start_epoch, switch_index, reset_optimizer
-        )
+        if isinstance(averager, (int, float)) and not isinstance(averager, bool):
+            raise TypeError(
+                f"EMACallback's first argument is the averager or its factory; for a decay, "
+                f"pass decay={averager!r}"
+            )
+        self.source = resolve_averager(averager, decay)
+        self.switch_rule = resolve_switch(switch)
         check_evaluate(evaluate, eval_index)
         if not isinstance(online_prefix, str) or not online_prefix:
             raise ValueError(f"online_prefix must be a non-empty str, got {online_prefix!r}")
+        if not isinstance(copy_average_at_end, bool):
+            raise TypeError(f"copy_average_at_end must be a bool, got {copy_average_at_end!r}")
         self.evaluate = evaluate
         self.eval_index = eval_index
         self.online_prefix = online_prefix
-        self.averager: WeightAverager | None = None
+        self.copy_average_at_end = copy_average_at_end
+        self.averager: WeightAverager | None = self.source.ready
         self._pending: dict[str, Any] | None = None  # loaded state waiting for the averager
         self._has_average = False  # the averager has been updated or restored
         self._seen_step = 0  # trainer.global_step at the last update
@@ -167,13 +173,14 @@ class EMACallback(pl.Callback):
     # ------------------------------------------------------------------ averager lifecycle
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(**self.options.key())
+        return self._generate_state_key(**dict(self.source.key))
 
     def _ensure_averager(self, pl_module: pl.LightningModule) -> WeightAverager:
-        if self.averager is None or self.averager._model is not unwrap_model(pl_module):
-            self.averager = self.options.build(pl_module)
+        if self.averager is None or self.averager.model is not unwrap_model(pl_module):
+            self.averager = self.source.build(pl_module)
             check_index(self.averager, self.eval_index, "eval_index")
-            check_index(self.averager, self.switch_rule.index, "switch_index")
+            if self.switch_rule is not None:
+                check_index(self.averager, self.switch_rule.index, "switch index")
             self._has_average = False
         if self._pending is not None:
             state, self._pending = self._pending, None
@@ -212,17 +219,27 @@ class EMACallback(pl.Callback):
     ) -> None:
         if self.averager is None:
             return
+        rule = self.switch_rule
         if trainer.global_step > self._seen_step:  # an optimizer step happened in this batch
             self._seen_step = trainer.global_step
             self.averager.update()
             self._has_average = True
-        if self.switch_rule.every is not None and self._is_last_batch(trainer, batch_idx):
+            if rule is not None and rule.due(
+                epoch=trainer.current_epoch + 1, step=trainer.global_step
+            ):
+                self._switch(trainer)
+        if (
+            rule is not None
+            and rule.every.unit == "epochs"
+            and self._is_last_batch(trainer, batch_idx)
+        ):
             self._maybe_switch(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Fallback for loops whose last batch could not be recognised in on_train_batch_end
         # (e.g. training_step(dataloader_iter)); not for epochs cut short by max_steps.
-        if self.switch_rule.every is None or self.averager is None:
+        rule = self.switch_rule
+        if rule is None or rule.every.unit != "epochs" or self.averager is None:
             return
         if 0 < trainer.max_steps <= trainer.global_step:
             return
@@ -238,10 +255,12 @@ class EMACallback(pl.Callback):
 
     def _maybe_switch(self, trainer: pl.Trainer) -> None:
         epoch = trainer.current_epoch
-        if epoch <= self._last_switch_epoch or not self.switch_rule.due(epoch + 1):
+        if epoch <= self._last_switch_epoch or not self.switch_rule.due(epoch=epoch + 1):
             return
-        assert self.averager is not None
         self._last_switch_epoch = epoch
+        self._switch(trainer)
+
+    def _switch(self, trainer: pl.Trainer) -> None:
         index = self.switch_rule.index
         if self.switch_rule.reset_optimizer and trainer.optimizers:
             for optimizer in trainer.optimizers:  # the copy is repeated; the states are cleared
@@ -358,4 +377,4 @@ class EMACallback(pl.Callback):
             )
         self._pending = dict(state_dict)
         if self.averager is not None:  # strategies that restore after setup (DeepSpeed)
-            self._ensure_averager(self.averager._model)
+            self._ensure_averager(self.averager.model)

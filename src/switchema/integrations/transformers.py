@@ -1,15 +1,29 @@
 """Hugging Face ``transformers.Trainer`` callback: EMA / Switch EMA / SWA of the model's weights.
 
-::
+The callback takes the averager (a factory called with the model when training begins, or a
+ready one) and a switch rule; ``decay=`` is a shortcut for ``functools.partial(EMA, decay=...)``::
 
-    from transformers import Trainer, TrainingArguments
-    from switchema.integrations.transformers import EMATrainerCallback
-
-    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val)
-    ema = EMATrainerCallback(decay=0.999).attach(trainer)   # adds the callback, see below
-    trainer.train()                                          # evaluations run on the average
-    with ema.averager.swapped():
-        trainer.save_model("ema-model")                      # export the averaged weights
+    >>> import functools, tempfile, torch
+    >>> from transformers import Trainer, TrainingArguments
+    >>> from switchema import EMA
+    >>> from switchema.integrations.transformers import EMATrainerCallback
+    >>> class Net(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__(); self.lin = torch.nn.Linear(4, 1)
+    ...     def forward(self, x, y):
+    ...         return {"loss": torch.nn.functional.mse_loss(self.lin(x), y)}
+    >>> data = [{"x": torch.randn(4), "y": torch.randn(1)} for _ in range(32)]
+    >>> args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=8,
+    ...                          num_train_epochs=2, report_to=[], use_cpu=True,
+    ...                          save_strategy="no", logging_strategy="no", disable_tqdm=True)
+    >>> trainer = Trainer(model=Net(), args=args, train_dataset=data, eval_dataset=data[:8])
+    >>> ema = EMATrainerCallback(functools.partial(EMA, decay=0.9), switch="1e").attach(trainer)
+    >>> _ = trainer.train()                       # evaluations run on the average
+    {'train_runtime': ...}
+    >>> ema.averager.step
+    8
+    >>> with ema.averager.swapped():              # export the averaged weights
+    ...     trainer.save_model(args.output_dir)
 
 What it does, and when:
 
@@ -18,8 +32,11 @@ What it does, and when:
   ``train()`` starts a new average unless it resumes from a checkpoint.
 * **Updates**: in ``on_step_end``, which the Trainer calls once per optimizer step, after
   ``optimizer.step()``: with ``gradient_accumulation_steps=k``, once every ``k`` batches.
-* **Switch EMA** (``switch_every_epochs``): in ``on_epoch_end``, before the epoch-end
-  evaluation and checkpoint.
+* **Switch EMA** (``switch``, a :class:`~switchema.switching.SwitchRule` or its interval): a
+  rule in epochs switches in ``on_epoch_end``, before the epoch-end evaluation and checkpoint;
+  a rule in steps (``"50s"``) in ``on_step_end``, after the update.
+* **End of training** (``copy_average_at_end=True``): the average is copied into the model in
+  ``on_train_end`` (after ``load_best_model_at_end`` restored the best checkpoint's averages).
 * **Evaluation** (``evaluate``): ``TrainerCallback`` has no hook before an evaluation starts,
   so :meth:`EMATrainerCallback.attach` wraps the trainer's ``evaluate`` method (on that one
   instance): with ``"average"`` the whole call runs inside ``averager.swapped()``, so the
@@ -68,8 +85,8 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
     ) from exc
 
 from ..averaging import WeightAverager
-from ..schedules import DecaySchedule
-from ._common import AveragerOptions, SwitchRule, check_evaluate, check_index
+from ..switching import SwitchRule
+from ._common import check_evaluate, check_index, resolve_averager, resolve_switch
 
 __all__ = ["EMATrainerCallback"]
 
@@ -77,64 +94,55 @@ _STATE_VERSION = 1
 
 
 class EMATrainerCallback(TrainerCallback):
-    """Keeps an EMA (or SWA) of the model's weights during ``Trainer.train()``.
+    """Keeps an EMA (or SWA, or power EMAs) of the model's weights during ``Trainer.train()``.
 
     Args:
-        decay: EMA decay(s), as for :class:`switchema.EMA` (default 0.999). A tuple keeps several
-            averages; ``eval_index`` / ``switch_index`` pick the one evaluated / switched in.
-        kind: ``"ema"`` or ``"swa"`` (:class:`switchema.SWA`; takes no ``decay`` /
-            ``half_life`` / ``warmup``).
-        half_life, warmup, update_every, start_step, dtype, buffers, frozen: as for
-            :class:`switchema.EMA` / :class:`switchema.SWA` (steps are optimizer steps).
-        switch_every_epochs: Switch EMA: copy the average into the model after every N-th
-            epoch (``None``: never); ``switch_start_epoch``: not before this many epochs.
-        switch_index: which average is switched in.
-        reset_optimizer: at each switch, also clear the optimizer's state of the averaged
-            parameters.
-        evaluate: ``"average"`` (default, needs :meth:`attach`), ``"online"`` or ``"both"``.
+        averager: a factory ``model -> averager`` (``functools.partial(EMA, decay=0.999,
+            warmup="ema_paper")``, ``functools.partial(SWA, start_step=1000)``, ...), called in
+            ``on_train_begin`` with the Trainer's model on its device; or a ready averager bound
+            to that model. Default: ``EMA(decay=0.999)``.
+        decay: shortcut for ``averager=functools.partial(EMA, decay=decay)``.
+        switch: Switch EMA: a :class:`~switchema.switching.SwitchRule`, or its interval
+            (``1`` / ``"1e"``: every epoch; ``"50s"``: every 50 optimizer steps); ``None``: never.
+        evaluate: ``"average"`` (default), ``"online"`` or ``"both"`` (see the module docs).
         eval_index: which average is evaluated.
-        online_prefix: with ``evaluate="both"``, the online metrics' prefix is
-            ``f"{metric_key_prefix}_{online_prefix}"`` (``"eval_online"``).
-        filename: the file written into each checkpoint folder.
+        online_prefix: with ``evaluate="both"``, the online metrics' prefix after ``eval_``.
+        filename: the averager's file in each checkpoint folder.
+        copy_average_at_end: copy the average into the model when training ends.
 
     After ``on_train_begin``, :attr:`averager` is the :class:`switchema.WeightAverager`.
     """
 
     def __init__(
         self,
-        decay: float | Sequence[float] | None = None,
+        averager: WeightAverager | Callable[[Any], WeightAverager] | None = None,
         *,
-        kind: str = "ema",
-        half_life: float | Sequence[float] | None = None,
-        warmup: DecaySchedule | str | None = None,
-        update_every: int = 1,
-        start_step: int = 0,
-        dtype: torch.dtype | None = torch.float32,
-        buffers: str | Mapping[str, str] = "copy",
-        frozen: str = "copy",
-        switch_every_epochs: int | None = None,
-        switch_start_epoch: int = 0,
-        switch_index: int = 0,
-        reset_optimizer: bool = False,
+        decay: float | Sequence[float] | None = None,
+        switch: SwitchRule | str | int | None = None,
         evaluate: str = "average",
         eval_index: int = 0,
         online_prefix: str = "online",
         filename: str = "ema.pt",
+        copy_average_at_end: bool = False,
     ) -> None:
-        self.options = AveragerOptions(
-            kind, decay, half_life, warmup, update_every, start_step, dtype, buffers, frozen
-        )
-        self.switch_rule = SwitchRule(
-            switch_every_epochs, switch_start_epoch, switch_index, reset_optimizer
-        )
+        if isinstance(averager, (int, float)) and not isinstance(averager, bool):
+            raise TypeError(
+                f"EMATrainerCallback's first argument is the averager or its factory; for a "
+                f"decay, pass decay={averager!r}"
+            )
+        self.source = resolve_averager(averager, decay)
+        self.switch_rule = resolve_switch(switch)
         check_evaluate(evaluate, eval_index)
         for what, value in (("online_prefix", online_prefix), ("filename", filename)):
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{what} must be a non-empty str, got {value!r}")
+        if not isinstance(copy_average_at_end, bool):
+            raise TypeError(f"copy_average_at_end must be a bool, got {copy_average_at_end!r}")
         self.evaluate = evaluate
         self.eval_index = eval_index
         self.online_prefix = online_prefix
         self.filename = filename
+        self.copy_average_at_end = copy_average_at_end
         self.averager: WeightAverager | None = None
         self._attached = False
         self._resume_dir: str | None = None  # set by the wrapped train() while it runs
@@ -210,9 +218,10 @@ class EMATrainerCallback(TrainerCallback):
         model = kwargs.get("model")
         if model is None:
             raise RuntimeError("on_train_begin received no model from the Trainer")
-        self.averager = self.options.build(model)
+        self.averager = self.source.build(model)
         check_index(self.averager, self.eval_index, "eval_index")
-        check_index(self.averager, self.switch_rule.index, "switch_index")
+        if self.switch_rule is not None:
+            check_index(self.averager, self.switch_rule.index, "switch index")
         self._last_switch_epoch = 0
         if state.global_step > 0:  # resuming
             folder = self._resume_dir or os.path.join(
@@ -229,19 +238,28 @@ class EMATrainerCallback(TrainerCallback):
                 )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.averager is not None:
-            self.averager.update()
+        if self.averager is None:
+            return
+        self.averager.update()
+        rule = self.switch_rule
+        epoch = max(1, math.ceil(state.epoch or 0.0))  # the epoch this step belongs to, 1-based
+        if rule is not None and rule.due(epoch=epoch, step=state.global_step):
+            self._switch(kwargs)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.averager is None or self.switch_rule.every is None or state.epoch is None:
+        rule = self.switch_rule
+        if self.averager is None or rule is None or state.epoch is None:
             return
         epochs_done = round(state.epoch)
         if not math.isclose(state.epoch, epochs_done, abs_tol=1e-6):
             return  # the epoch was cut short (max_steps)
-        if epochs_done <= self._last_switch_epoch or not self.switch_rule.due(epochs_done):
+        if epochs_done <= self._last_switch_epoch or not rule.due(epoch=epochs_done):
             return
         self._last_switch_epoch = epochs_done
-        optimizer = kwargs.get("optimizer") if self.switch_rule.reset_optimizer else None
+        self._switch(kwargs)
+
+    def _switch(self, hook_kwargs: dict[str, Any]) -> None:
+        optimizer = hook_kwargs.get("optimizer") if self.switch_rule.reset_optimizer else None
         self.averager.switch(self.switch_rule.index, optimizer=optimizer)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -257,12 +275,15 @@ class EMATrainerCallback(TrainerCallback):
         torch.save(self.state_dict(), os.path.join(folder, self.filename))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        best = getattr(state, "best_model_checkpoint", None)
-        if self.averager is None or not args.load_best_model_at_end or not best:
+        if self.averager is None:
             return
-        path = os.path.join(best, self.filename)
-        if os.path.isfile(path):  # the Trainer has just loaded that checkpoint's weights
-            self.load(path)
+        best = getattr(state, "best_model_checkpoint", None)
+        if args.load_best_model_at_end and best:
+            path = os.path.join(best, self.filename)
+            if os.path.isfile(path):  # the Trainer has just loaded that checkpoint's weights
+                self.load(path)
+        if self.copy_average_at_end:
+            self.averager.switch(self.eval_index)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
