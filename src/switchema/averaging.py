@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from . import _kernels as K
 from ._binding import Entry, check_model, clean_name, collect_entries, same_layout, unwrap_model
-from ._checks import check_int, check_real
+from ._checks import check_int, check_real, is_int
 from ._dtensor import dtensor_type, fsdp_modules, like_param, local_stack, stacked_like_param
 from ._views import build_module_view
 from .batchnorm import batchnorm_layers, recompute_bn
@@ -68,7 +68,7 @@ _local_tensor = operator.attrgetter("_local_tensor")  # a DTensor's local shard
 
 
 def _check_index(index: Any, k: int) -> int:
-    if isinstance(index, bool) or not isinstance(index, int):
+    if not is_int(index):
         raise TypeError(f"index must be an int in [0, {k}), got {index!r}")
     if not -k <= index < k:
         raise ValueError(f"index {index} out of range: this averager keeps {k} average(s)")

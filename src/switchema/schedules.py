@@ -23,6 +23,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+from ._checks import check_int, is_real
+
 __all__ = [
     "DecaySchedule",
     "Constant",
@@ -38,7 +40,8 @@ __all__ = [
 
 
 def check_decay(decay: float) -> float:
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)):
+    """``decay`` as a float in [0, 1), or a ``TypeError`` / ``ValueError`` that says so."""
+    if not is_real(decay):
         raise TypeError(f"decay must be a float in [0, 1), got {decay!r}")
     if not (0.0 <= decay < 1.0) or math.isnan(decay):
         raise ValueError(f"decay must be in [0, 1), got {decay!r}")
@@ -54,7 +57,7 @@ def half_life_to_decay(half_life: float, update_every: int = 1) -> float:
     >>> half_life_to_decay(693.1) > 0.998
     True
     """
-    if isinstance(half_life, bool) or not isinstance(half_life, (int, float)):
+    if not is_real(half_life):
         raise TypeError(
             f"half_life must be a positive number of optimizer steps, got {half_life!r}"
         )
@@ -62,8 +65,7 @@ def half_life_to_decay(half_life: float, update_every: int = 1) -> float:
         raise ValueError(
             f"half_life must be a positive, finite number of optimizer steps, got {half_life!r}"
         )
-    if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-        raise ValueError(f"update_every must be a positive int, got {update_every!r}")
+    update_every = check_int(update_every, "update_every", minimum=1)
     return 0.5 ** (update_every / half_life)
 
 
@@ -142,8 +144,7 @@ class LinearWarmup(DecaySchedule):
     name: ClassVar[str] = "linear"
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be a positive int, got {self.steps!r}")
+        check_int(self.steps, "steps", minimum=1)
         if not (0.0 <= self.ratio <= 1.0):
             raise ValueError(f"ratio must be in [0, 1], got {self.ratio!r}")
 
