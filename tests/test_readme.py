@@ -32,7 +32,7 @@ def run(code: str, namespace: dict | None = None) -> dict:
 def test_every_python_block_is_tested():
     tags = [tag for tag, _ in blocks()]
     assert None not in tags, "a ```python block in README.md has no <!-- test: ... --> marker"
-    known = {"quickstart", "teacher", "batchnorm", "lightning", "transformers"}
+    known = {"quickstart", "teacher", "batchnorm", "posthoc", "lightning", "transformers"}
     for tag in tags:
         assert tag in known or tag.startswith("excerpt "), tag
 
@@ -84,6 +84,24 @@ def test_batchnorm():
     torch.testing.assert_close(export["1.running_mean"], reference[1].running_mean)
     reference.eval()
     torch.testing.assert_close(ns["averaged_out"], reference(ns["train_batches"][0]))
+
+
+@pytest.mark.filterwarnings("ignore:synthesising sigma_rel")  # 0.03 and 0.15 extrapolate
+def test_posthoc(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # it writes snapshots/
+    ns = run(_block("posthoc"))
+    ema, results, model = ns["ema"], ns["results"], ns["model"]
+    assert len(list((tmp_path / "snapshots").glob("*.json"))) == 20
+    assert [round(r.sigma_rel, 2) for r in results] == [0.03, 0.07, 0.15]
+    best = results[1]
+    assert best.fit.residual < 5e-3 and not best.fit.outside  # 20 snapshots
+    assert results[0].fit.outside and results[2].fit.outside
+    assert torch.equal(model.weight.detach(), best.state_dict["weight"])
+    # the synthesised width lies between the two tracked averages
+    a0, a1 = (ema.averaged_state_dict(k)["weight"] for k in range(2))
+    w = best.state_dict["weight"]
+    assert float((w - a0).norm()) < float((a1 - a0).norm())
+    assert 0.98 < ns["sigma_rel_to_decay"](0.07, t=1000) < 0.99
 
 
 def test_distributed_excerpt():
