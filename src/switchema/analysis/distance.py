@@ -101,10 +101,17 @@ def solution_distance(
     Returns:
         :class:`SolutionDistance` with ``layers`` and the totals.
 
-    Example::
+    Example: ``fc.weight`` moves from (3, 4) to (0, 4), so its distance is 3, relative 3/5
+    and cosine 16/20; the totals also count the unchanged bias 12, so relative is 3/13::
 
-        d = solution_distance(model.state_dict(), ema.averaged_state_dict())
-        d.l2, d.cosine, d.layers["linear.weight"].relative
+        >>> a = {"fc.weight": torch.tensor([[3.0, 4.0]]), "fc.bias": torch.tensor([12.0])}
+        >>> b = {"fc.weight": torch.tensor([[0.0, 4.0]]), "fc.bias": torch.tensor([12.0])}
+        >>> d = solution_distance(a, b)    # or (model, ema.averaged_state_dict())
+        >>> w = d.layers["fc.weight"]
+        >>> round(w.l2, 4), round(w.relative, 4), round(w.cosine, 4)
+        (3.0, 0.6, 0.8)
+        >>> round(d.l2, 4), round(d.relative, 4), round(d.norm_a, 4)
+        (3.0, 0.2308, 13.0)
     """
     where = "solution_distance"
     a, bufs_a = _as_state(state_a, "state_a")

@@ -366,11 +366,18 @@ def interpolate(
     Returns:
         :class:`InterpolationResult` with ``alphas``, ``losses``, ``metrics``, ``endpoints``.
 
-    Example::
+    Example: a bias-free linear model on the inputs (1, 0) and (0, 2) with target 0 has the
+    mean squared error :math:`(w_1^2 + 4 w_2^2) / 2`; the path (0, 0) -> (2, 1) -> (0, 1)
+    passes (1, 0.5) and (1, 1), so the losses are 0, 1, 4, 2.5, 2::
 
-        res = interpolate(model, [sgd_state, ema_state, sema_state], F.cross_entropy,
-                          batches, metric_fn=lambda out, y: (out.argmax(1) == y).float().mean())
-        res.losses[res.endpoints[1]]   # loss at the EMA weights
+        >>> x, y = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.zeros(2, 1)
+        >>> model = nn.Linear(2, 1, bias=False)
+        >>> states = [{"weight": torch.tensor([w])} for w in ([0.0, 0.0], [2.0, 1.0], [0.0, 1.0])]
+        >>> res = interpolate(model, states, nn.MSELoss(), [(x, y)], points=3)
+        >>> res.alphas.tolist(), [round(float(v), 4) for v in res.losses]
+        ([0.0, 0.5, 1.0, 1.5, 2.0], [0.0, 1.0, 4.0, 2.5, 2.0])
+        >>> res.endpoints, round(float(res.losses[res.endpoints[1]]), 4)  # loss at states[1]
+        ((0, 2, 4), 4.0)
     """
     where = "interpolate"
     check_model(model, where)
@@ -489,10 +496,18 @@ def random_directions(
     Returns:
         A list of ``n`` dicts ``{name: tensor}`` over the trainable parameters.
 
-    Example::
+    Example: every filter (row) of a direction gets the norm of the weights' row, 5 and 2;
+    the bias gets a zero direction; the same seed gives the same directions::
 
-        d1, d2 = random_directions(model, 2, seed=0)
-        grid = landscape_2d(model, F.cross_entropy, batches, [d1, d2])
+        >>> model = nn.Linear(2, 2)
+        >>> model.weight = nn.Parameter(torch.tensor([[3.0, 4.0], [0.0, 2.0]]))
+        >>> d1, d2 = random_directions(model, 2, seed=0)
+        >>> [round(float(v), 4) for v in d1["weight"].norm(dim=1)], d1["bias"].tolist()
+        ([5.0, 2.0], [0.0, 0.0])
+        >>> torch.equal(random_directions(model, 1, seed=0)[0]["weight"], d1["weight"])
+        True
+        >>> torch.equal(d1["weight"], d2["weight"])
+        False
     """
     where = "random_directions"
     check_model(model, where)
@@ -593,10 +608,17 @@ def landscape_1d(
     Returns:
         :class:`Landscape1D`.
 
-    Example::
+    Example: at the minimum of the quadratic :math:`(w_1^2 + 4 w_2^2) / 2` (the bias-free
+    linear model of :func:`interpolate`'s example), along :math:`d = (1, 1)` the loss is
+    :math:`2.5 \\alpha^2`::
 
-        (d,) = random_directions(model, 1, seed=0)
-        res = landscape_1d(model, F.cross_entropy, batches, d, span=(-1, 1), points=41)
+        >>> x, y = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.zeros(2, 1)
+        >>> model = nn.Linear(2, 1, bias=False)
+        >>> model.weight = nn.Parameter(torch.zeros(1, 2))
+        >>> d = torch.tensor([1.0, 1.0])  # or a dict, e.g. from random_directions(model, 1, seed=0)
+        >>> res = landscape_1d(model, nn.MSELoss(), [(x, y)], d, span=(-1, 1), points=5)
+        >>> res.alphas.tolist(), [round(float(v), 4) for v in res.losses]
+        ([-1.0, -0.5, 0.0, 0.5, 1.0], [2.5, 0.625, 0.0, 0.625, 2.5])
     """
     where = "landscape_1d"
     lo, hi = _check_span(span, "span", where)
@@ -649,10 +671,17 @@ def landscape_2d(
     Returns:
         :class:`Landscape2D` with ``losses[i, j]`` at ``(alphas[i], betas[j])``.
 
-    Example::
+    Example: at the minimum of the quadratic of :func:`landscape_1d`'s example, along the
+    axes :math:`d_1 = (1, 0)` and :math:`d_2 = (0, 1)` the loss is
+    :math:`(\\alpha^2 + 4 \\beta^2) / 2`::
 
-        d1, d2 = random_directions(model, 2, seed=0)
-        res = landscape_2d(model, F.cross_entropy, batches, [d1, d2], points=21)
+        >>> x, y = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.zeros(2, 1)
+        >>> model = nn.Linear(2, 1, bias=False)
+        >>> model.weight = nn.Parameter(torch.zeros(1, 2))
+        >>> d1, d2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+        >>> res = landscape_2d(model, nn.MSELoss(), [(x, y)], [d1, d2], points=3)
+        >>> res.alphas.tolist(), res.losses.round(4).tolist()
+        ([-1.0, 0.0, 1.0], [[2.5, 0.5, 2.5], [2.0, 0.0, 2.0], [2.5, 0.5, 2.5]])
     """
     where = "landscape_2d"
     lo, hi = _check_span(span, "span", where)
@@ -769,10 +798,18 @@ def basin_width(
     Returns:
         :class:`BasinWidth` with ``median``, ``iqr``, ``std``, ``distances``, ``reached``.
 
-    Example::
+    Example: at the minimum of the quadratic of :func:`landscape_1d`'s example,
+    :math:`H = \\operatorname{diag}(1, 4)`, a rise of 0.5 is reached at
+    :math:`r = \\sqrt{1 / d^\\top H d}`: 1 along :math:`\\pm(1, 0)` and 0.5 along
+    :math:`\\pm(0, 1)`::
 
-        bw = basin_width(model, F.cross_entropy, batches, rise=0.1, n_directions=20)
-        bw.median, bw.iqr
+        >>> x, y = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.zeros(2, 1)
+        >>> model = nn.Linear(2, 1, bias=False)
+        >>> model.weight = nn.Parameter(torch.zeros(1, 2))
+        >>> dirs = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])]  # default: random ones
+        >>> bw = basin_width(model, nn.MSELoss(), [(x, y)], rise=0.5, directions=dirs, tol=1e-6)
+        >>> bw.distances.round(4).tolist(), round(bw.median, 4), bool(bw.reached.all())
+        ([[1.0, 1.0], [0.5, 0.5]], 0.75, True)
     """
     where = "basin_width"
     check_model(model, where)
