@@ -9,10 +9,16 @@ between the two renames) loses at most the epoch in progress.
 Loading verifies the checksum, so a truncated or bit-flipped file is reported by name instead
 of being half-read; :func:`load_latest` then falls back to the previous checkpoint.
 
-Example::
+Example: two epochs saved, the newest damaged; loading falls back to the previous one::
 
-    save_checkpoint(job_dir / "checkpoint.pt", {"epoch": 3, "model": model.state_dict()})
-    state, used, problems = load_latest(job_dir / "checkpoint.pt")
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "checkpoint.pt"
+    >>> _ = save_checkpoint(path, {"epoch": 1, "w": torch.ones(2)})
+    >>> _ = save_checkpoint(path, {"epoch": 2, "w": torch.zeros(2)})
+    >>> data = path.read_bytes(); _ = path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    >>> state, used, problems = load_latest(path)
+    >>> state["epoch"], used.name, "checksum" in problems[0]
+    (1, 'checkpoint.pt.prev', True)
 """
 
 from __future__ import annotations

@@ -5,10 +5,17 @@ The lock is an OS advisory lock (``flock`` on POSIX, ``msvcrt.locking`` on Windo
 included), so a crashed run never leaves a stale lock behind and ``--resume`` just works.
 The file also records who holds the lock, for the error message of the next process.
 
-Example::
+Example: a second lock on the same folder is refused while the first is held::
 
-    with FolderLock(run_dir):
-        ...  # only this process writes into run_dir
+    >>> import tempfile
+    >>> run_dir = tempfile.mkdtemp()
+    >>> with FolderLock(run_dir):                 # only this process writes into run_dir
+    ...     try:
+    ...         FolderLock(run_dir).acquire()
+    ...     except FolderLockedError as err:
+    ...         print("refused:", "is in use by process" in str(err))
+    refused: True
+    >>> FolderLock(run_dir).acquire().release()   # free again once released
 """
 
 from __future__ import annotations
