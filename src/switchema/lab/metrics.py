@@ -31,6 +31,8 @@ __all__ = [
     "mse",
     "nll",
     "reliability",
+    "fit_temperature",
+    "scale_temperature",
 ]
 
 ECE_SCHEMES: tuple[str, ...] = ("width", "mass")
@@ -366,3 +368,47 @@ def mae(pred: Any, target: Any) -> float:
     """
     p, t = _check_same_shape_real(pred, target)
     return float(np.mean(np.abs(p - t)))
+
+
+# --------------------------------------------------------------------------- temperature scaling
+
+
+def scale_temperature(probs: Any, temperature: float) -> np.ndarray:
+    """Probabilities with their logits divided by ``temperature``: ``softmax(log p / T)``.
+
+    ``log p`` differs from the logits by a constant per row, which the softmax ignores, so
+    stored probabilities are enough. ``T > 1`` softens, ``T < 1`` sharpens.
+
+    >>> scale_temperature([[0.8, 0.2]], 1.0).round(3).tolist()
+    [[0.8, 0.2]]
+    >>> scale_temperature([[0.8, 0.2]], 2.0).round(3).tolist()    # sqrt(4):1
+    [[0.667, 0.333]]
+    """
+    p = _check_probs(probs)
+    if not is_real(temperature) or not temperature > 0:
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    z = np.log(np.clip(p, NLL_EPS, None)) / float(temperature)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(probs: Any, labels: Any, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """The temperature ``T`` that minimises the NLL of ``scale_temperature(probs, T)``.
+
+    Fit it on validation data, then apply it to the test predictions (Guo et al., 2017): it
+    changes confidence, never the predicted class. One-dimensional bounded minimisation over
+    ``log T`` (the NLL is smooth and, in practice, unimodal in ``log T``).
+    """
+    p = _check_probs(probs)
+    y = _check_labels(labels, p.shape[0], p.shape[1])
+    from scipy.optimize import minimize_scalar
+
+    lo, hi = bounds
+    res = minimize_scalar(
+        lambda log_t: nll(scale_temperature(p, math.exp(log_t)), y),
+        bounds=(math.log(lo), math.log(hi)),
+        method="bounded",
+        options={"xatol": 1e-5},
+    )
+    return float(math.exp(res.x))

@@ -19,8 +19,11 @@ from .._checks import is_int, is_real
 __all__ = [
     "format_ci",
     "format_mean_std",
+    "format_p",
+    "holm",
     "mean_std",
     "paired_difference",
+    "pairwise_interval",
     "pairwise_mean",
     "t_interval",
 ]
@@ -106,8 +109,56 @@ def paired_difference(treatment: Any, baseline: Any, level: float = 0.95) -> dic
             f"treatment and baseline must be paired by seed, so have the same length; "
             f"got {t.size} and {b.size}"
         )
-    mean, lo, hi = t_interval(t - b, level)
-    return {"mean": mean, "lo": lo, "hi": hi, "n": int(t.size)}
+    d = t - b
+    mean, lo, hi = t_interval(d, level)
+    return {"mean": mean, "lo": lo, "hi": hi, "n": int(t.size), "p": _t_test_p(d)}
+
+
+def _t_test_p(d: np.ndarray) -> float:
+    """Two-sided p-value of the one-sample t test of ``mean(d) == 0`` (NaN for n < 2).
+
+    ``t = mean / (s / sqrt(n))`` with ``n - 1`` degrees of freedom; differences that are all
+    equal give p = 0 (all non-zero) or 1 (all zero).
+    """
+    if d.size < 2:
+        return math.nan
+    from scipy import stats as sps
+
+    s = float(np.std(d, ddof=1))
+    mean = float(np.mean(d))
+    if s == 0.0:
+        return 1.0 if mean == 0.0 else 0.0
+    t = mean / (s / math.sqrt(d.size))
+    return float(2.0 * sps.t.sf(abs(t), d.size - 1))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values for a family of comparisons (same order as given).
+
+    Sort the ``m`` p-values ascending, ``p_(1) <= ... <= p_(m)``; the adjusted value of the
+    ``k``-th is ``max_{j <= k} min(1, (m - j + 1) p_(j))``. Rejecting where the adjusted value
+    is below ``alpha`` controls the family-wise error rate at ``alpha``. NaN p-values (one
+    seed) stay NaN and do not count towards ``m``.
+
+    >>> [round(p, 3) for p in holm([0.01, 0.04, 0.03, 0.2])]
+    [0.04, 0.09, 0.09, 0.2]
+    """
+    values = [float(p) for p in pvalues]
+    known = sorted((p, i) for i, p in enumerate(values) if not math.isnan(p))
+    m = len(known)
+    out = [math.nan] * len(values)
+    running = 0.0
+    for k, (p, i) in enumerate(known):
+        running = max(running, min(1.0, (m - k) * p))
+        out[i] = running
+    return out
+
+
+def format_p(p: float) -> str:
+    """A p-value for a table: ``<0.001``, three decimals, or ``n/a`` (one seed)."""
+    if math.isnan(p):
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _check_digits(digits: Any) -> int:
@@ -167,3 +218,51 @@ def pairwise_mean(
     values = [float(fn(a, b)) for a, b in itertools.combinations(items, 2)]
     mean, std = mean_std(_as_values(values, "fn(a_i, a_j) results"))
     return mean, std, len(values)
+
+
+def pairwise_interval(
+    fn: Callable[[Any, Any], float], arrays: Sequence[Any], level: float = 0.95
+) -> dict[str, float]:
+    """Mean of ``fn`` over seed pairs with an interval that accounts for shared seeds.
+
+    The pairs of ``k`` seeds are not independent (each seed is in ``k - 1`` of them), so the
+    spread of the pair values is not a standard error. The mean over pairs is a U-statistic; its
+    standard error is estimated by the jackknife over seeds: with ``theta_(i)`` the mean over
+    the pairs without seed ``i``, ``se^2 = (k - 1) / k * sum_i (theta_(i) - mean_i theta_(i))^2``,
+    and the interval is ``mean -/+ t_{(1+level)/2, k-1} se``. Returns ``{"mean", "lo", "hi",
+    "n_seeds", "n_pairs", "n_independent_pairs"}`` (``k // 2`` disjoint pairs could be formed);
+    fewer than 3 seeds give no interval (NaN).
+    """
+    level = _check_level(level)
+    items = list(arrays)
+    k = len(items)
+    if k < 2:
+        return {
+            "mean": math.nan,
+            "lo": math.nan,
+            "hi": math.nan,
+            "n_seeds": k,
+            "n_pairs": 0,
+            "n_independent_pairs": 0,
+        }
+    value = {(i, j): float(fn(items[i], items[j])) for i, j in itertools.combinations(range(k), 2)}
+    mean = float(np.mean(list(value.values())))
+    out = {
+        "mean": mean,
+        "lo": math.nan,
+        "hi": math.nan,
+        "n_seeds": k,
+        "n_pairs": len(value),
+        "n_independent_pairs": k // 2,
+    }
+    if k < 3:
+        return out
+    loo = np.array(
+        [np.mean([v for (i, j), v in value.items() if r not in (i, j)]) for r in range(k)]
+    )
+    se = math.sqrt((k - 1) / k * float(np.sum((loo - loo.mean()) ** 2)))
+    from scipy import stats as sps
+
+    half = float(sps.t.ppf(0.5 * (1.0 + level), k - 1)) * se
+    out.update(lo=mean - half, hi=mean + half)
+    return out
