@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -132,11 +133,19 @@ def test_two_workers_give_identical_results(reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_executor_gives_the_same_run_folder(reference, tmp_path):
+def test_ray_executor_gives_the_same_run_folder(reference, tmp_path, monkeypatch):
     pytest.importorskip("ray")
+    # Ray's own folder for this test (short: Ray's unix sockets live under it).
+    ray_tmp = Path(tempfile.mkdtemp(prefix="swr", dir="/tmp"))
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
     options = RunOptions(executor="ray", workers=2, progress=False)
-    run_sweep(parse_grid(dict(GRID)), tmp_path / "ray", options)
+    try:  # a local instance on 127.0.0.1, stopped when the sweep ends
+        run_sweep(parse_grid(dict(GRID)), tmp_path / "ray", options)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     _same_results(reference, tmp_path / "ray")
+    statuses = [json.loads(p.read_text()) for p in (tmp_path / "ray").glob("jobs/*/status.json")]
+    assert len(statuses) == 12 and {s["ray"]["node_ip"] for s in statuses} == {"127.0.0.1"}
 
 
 def test_grid_file_toml_and_yaml_agree(tmp_path):

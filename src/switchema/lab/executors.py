@@ -9,22 +9,31 @@ jobs run at once, so a run folder is the same whichever executor filled it.
 * ``local`` with ``workers=N``: N spawned worker processes, each running whole jobs. Each
   worker uses the job's torch thread count (1 on CPU by default), so N workers use N cores;
   on Linux a worker dies with its parent, so a killed sweep leaves no job running.
-* ``ray``: one Ray task per job, on the cluster at ``address`` (``ray.init(address=...)``)
-  or on a local Ray instance when no address is given. The run folder must be on a file
-  system every node sees (NFS, Lustre, ...): workers checkpoint into it directly.
+* ``ray``: one Ray task per job, spread over the nodes of the cluster at ``address``
+  (``ray.init(address=...)``; a cluster with token authentication needs ``RAY_AUTH_MODE=token``
+  and its token, see the README), or, when no address is given, on a new local Ray instance
+  bound to 127.0.0.1 that never joins another cluster. The run folder must be on a file
+  system every node sees (NFS, Lustre, ...): workers checkpoint into it directly. Each job's
+  ``status.json`` says which Ray node ran it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import json
 import multiprocessing as mp
 import os
+import socket
 import threading
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import MissingDependencyError
-from .jobs import Job, run_job
+from .checkpoint import atomic_write_text
+from .errors import MissingDependencyError, UsageError
+from .jobs import Job, job_dir, run_job
+from .lock import FolderLock
 from .options import RunOptions
 
 __all__ = ["run_jobs"]
@@ -148,6 +157,11 @@ def _pool(run_dir, jobs, workers, on_epoch, on_done, checkpoints):
 
 # -- Ray ----------------------------------------------------------------------------------
 
+_LOOPBACK = "127.0.0.1"
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+# Ray's switch for single-machine use (meant for Windows and macOS, read when ray is imported).
+_SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
 
 def _ray(run_dir, jobs, options: RunOptions, on_epoch, on_done):
     try:
@@ -158,17 +172,18 @@ def _ray(run_dir, jobs, options: RunOptions, on_epoch, on_done):
         ) from None
     started = False
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"log_to_driver": False}
         if options.address:
-            kwargs["address"] = options.address
-        else:  # a local instance sized like --jobs
-            kwargs.update(num_cpus=options.workers, include_dashboard=False)
-        ray.init(**kwargs)
+            _ray_connect(ray, options.address)
+        else:
+            _ray_start_local(ray, options.workers)
         started = True
     try:
         task = ray.remote(max_retries=0)(_ray_job)
         pending = {
-            task.options(num_cpus=_threads(j)).remote(str(run_dir), j, options.checkpoints): j
+            # SPREAD: the jobs go to every node of a cluster, not first to the driver's node.
+            task.options(
+                num_cpus=_threads(j), name=f"switchema job {j.id}", scheduling_strategy="SPREAD"
+            ).remote(str(run_dir), j, options.checkpoints): j
             for j in jobs
         }
         out: dict[str, dict[str, Any]] = {}
@@ -193,5 +208,98 @@ def _ray(run_dir, jobs, options: RunOptions, on_epoch, on_done):
             ray.shutdown()
 
 
+@contextlib.contextmanager
+def _ray_on_loopback():
+    """Keep Ray's addresses on 127.0.0.1 while this process starts or joins a Ray instance.
+
+    Ray takes a node's address from the network interface that routes outward, and rewrites
+    127.0.0.1 (in an address or ``_node_ip_address``) to it, unless its single-machine switch
+    is on. The switch is read when ``ray`` is imported, so it is set both in the environment
+    (for the Ray processes started here, which then bind their ports to 127.0.0.1) and in
+    Ray's constants (for this process), and put back afterwards.
+    """
+    constants = importlib.import_module("ray._private.ray_constants")
+    saved_env = os.environ.get(_SINGLE_MACHINE)
+    saved = getattr(constants, "ENABLE_RAY_CLUSTER", True)
+    os.environ[_SINGLE_MACHINE] = "0"
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(_SINGLE_MACHINE, None)
+        else:
+            os.environ[_SINGLE_MACHINE] = saved_env
+
+
+def _ray_start_local(ray, workers: int) -> None:
+    """A new Ray instance of ``workers`` CPUs on 127.0.0.1 only, whatever else runs here.
+
+    ``address="local"`` never joins a cluster started on this machine (``ray start``, alive or
+    dead) nor ``RAY_ADDRESS``; on 127.0.0.1 its ports are not reachable from the network.
+    """
+    with _ray_on_loopback():
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    addresses = sorted({n["NodeManagerAddress"] for n in ray.nodes()})
+    if addresses != [_LOOPBACK]:  # pragma: no cover - a Ray without the switch above
+        warnings.warn(
+            f"the local Ray instance registered {', '.join(addresses)}, not {_LOOPBACK}: its "
+            "ports may be reachable from the network (they need Ray's token, if it has one)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _ray_connect(ray, address: str) -> None:
+    """Join the Ray cluster at ``address``; a refused token or no answer is a usage error."""
+    host = address.removeprefix("ray://").rpartition(":")[0] or address
+    on_loopback = host in _LOOPBACK_HOSTS
+    try:
+        with _ray_on_loopback() if on_loopback else contextlib.nullcontext():
+            ray.init(address=address, log_to_driver=False)
+    except ConnectionError as e:
+        raise UsageError(_ray_connect_error(address, e)) from e
+
+
+def _ray_connect_error(address: str, error: BaseException) -> str:
+    from ray.exceptions import AuthenticationError
+
+    chain: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    # Ray retries a refused token for ~20 s, then raises a ConnectionError from a RuntimeError
+    # that holds the AuthenticationError's traceback as text.
+    if not any(isinstance(c, AuthenticationError) or "InvalidAuthToken" in str(c) for c in chain):
+        return (
+            f"could not connect to the Ray cluster at {address} ({error}): is it running, and "
+            f"is {address} its address (`ray status` on its head node prints it)?"
+        )
+    mode = os.environ.get("RAY_AUTH_MODE", "unset")
+    return (
+        f"the Ray cluster at {address} uses token authentication and did not accept this "
+        f"process (RAY_AUTH_MODE is {mode}). Give it the cluster's token: "
+        "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<token> or RAY_AUTH_TOKEN_PATH=<file> "
+        "(without RAY_AUTH_MODE=token Ray sends no token, not even ~/.ray/auth_token, to "
+        "an explicit --address; `ray get-auth-token` on the head node prints the token)"
+    )
+
+
 def _ray_job(run_dir: str, job: Job, checkpoints: bool) -> dict[str, Any]:
-    return run_job(run_dir, job, checkpoints=checkpoints)
+    """Run ``job`` in a Ray worker; its ``status.json`` also says which node ran it."""
+    import ray
+
+    status = run_job(run_dir, job, checkpoints=checkpoints)
+    if status.get("pid") == os.getpid():  # run here now, not done by an earlier run
+        ctx = ray.get_runtime_context()
+        status["ray"] = {
+            "node_id": ctx.get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(),
+            "hostname": socket.gethostname(),
+        }
+        folder = job_dir(run_dir, job)
+        with FolderLock(folder, what="job folder"):
+            atomic_write_text(folder / "status.json", json.dumps(status, indent=2))
+    return status

@@ -142,8 +142,11 @@ def add_run_option_flags(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--address",
         default=None,
-        help="Ray cluster address for --executor ray, e.g. 'auto' or 'ray://head:10001' "
-        "(default: start a local Ray instance with --jobs CPUs)",
+        help="Ray cluster to join with --executor ray, e.g. 'head-node:6379' or 'auto' (the "
+        "cluster started on this machine); a cluster with token authentication needs "
+        "RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH. Default: "
+        "a new local Ray instance with --jobs CPUs, bound to 127.0.0.1 (not reachable from the "
+        "network), which never joins a cluster already running here",
     )
     p.add_argument(
         "--no-checkpoint",

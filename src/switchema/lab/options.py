@@ -24,7 +24,8 @@ class RunOptions:
         executor: ``"local"`` (this machine) or ``"ray"`` (a Ray cluster).
         workers: jobs run at once (``--jobs``): worker processes, or Ray CPUs when Ray starts
             a local instance.
-        address: the Ray cluster's address (``None``: start a local Ray instance).
+        address: the Ray cluster's address (``None``: start a local Ray instance on
+            127.0.0.1, which never joins a cluster running on the machine).
         progress: show a progress bar.
         checkpoints: write a checkpoint at every epoch end (a killed job continues from it).
         retry_failed: when resuming, run failed jobs again.
