@@ -70,17 +70,17 @@ def test_sliced_w2_same_generator_seed_same_value_and_inputs_checked():
         a.numpy(), b.tolist(), 8, generator=gen(5)
     )
     with pytest.raises(ValueError, match="same dimension"):
-        sliced_wasserstein(a, normal(5, 3, 0), generator=gen(0))
+        sliced_wasserstein(a, normal(5, 3, 0), 4, gen(0))
     with pytest.raises(ValueError, match="n_projections must be a positive int, got 0"):
         sliced_wasserstein(a, b, 0, generator=gen(0))
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
-        sliced_wasserstein(a, b, generator=5)
+        sliced_wasserstein(a, b, 4, 5)
     with pytest.raises(ValueError, match=r"shape \(n_points, dim\)"):
-        sliced_wasserstein(a[:, 0], b, generator=gen(0))
+        sliced_wasserstein(a[:, 0], b, 4, gen(0))
     with pytest.raises(ValueError, match="finite"):
-        sliced_wasserstein(a * float("nan"), b, generator=gen(0))
+        sliced_wasserstein(a * float("nan"), b, 4, gen(0))
     with pytest.raises(TypeError, match="real numbers"):
-        sliced_wasserstein([["x"]], b, generator=gen(0))
+        sliced_wasserstein([["x"]], b, 4, gen(0))
 
 
 # --------------------------------------------------------------------------- energy distance, MMD
@@ -292,6 +292,10 @@ def test_velocity_mlp_times_and_state():
     assert set(model.state_dict()) == {
         f"net.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")
     }
+    with pytest.raises(TypeError, match="pass dim="):
+        sample(lambda x, t: x, 4, 1, gen(0))
+    with pytest.raises(ValueError, match="method must be one of"):
+        sample(model, 4, 1, gen(0), method="rk4")
     with pytest.raises(ValueError, match="one time per row"):
         model(x, torch.zeros(3))
     with pytest.raises(ValueError, match="time_embedding must be one of"):

@@ -13,9 +13,9 @@ metric moves between independent sample draws of one model.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_choice, check_int
+from ..analysis._objective import training_mode
 
 __all__ = [
     "SAMPLERS",
@@ -137,19 +138,6 @@ def flow_matching_loss(
 SAMPLERS = ("heun", "euler")
 
 
-@contextlib.contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
-    """Every submodule in eval mode inside, each put back to its own mode after."""
-    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
-    try:
-        for m, _ in modes:
-            m.training = False
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
 def _device_of(model: Any, fallback: torch.device) -> torch.device:
     if isinstance(model, nn.Module):
         for p in model.parameters():
@@ -187,11 +175,13 @@ def sample(
     steps = check_int(steps, "steps", minimum=1)
     g = _check_generator(generator)
     method = check_choice(method, "method", SAMPLERS)
+    if dim is None and not hasattr(model, "dim"):
+        raise TypeError("pass dim=... to sample a model that has no .dim attribute")
     dim = check_int(getattr(model, "dim", None) if dim is None else dim, "dim", minimum=1)
     device = _device_of(model, g.device)
     x = torch.randn((n, dim), generator=g, device=g.device).to(device)
     dt = 1.0 / steps
-    with _eval_mode(model):
+    with training_mode(model, False) if isinstance(model, nn.Module) else nullcontext():
         for i in range(steps):
             t = torch.full((n,), i * dt, device=device)
             v = model(x, t)
