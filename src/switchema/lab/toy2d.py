@@ -119,8 +119,8 @@ def ring_mixture(k: int = 8, radius: float = 2.0, std: float = 0.25) -> Gaussian
 
     Example::
 
-        >>> ring_mixture(4, 1.0, 0.1).means.round(decimals=6).tolist()
-        [[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [-0.0, -1.0]]
+        >>> (ring_mixture(4, 1.0, 0.1).means.round(decimals=6) + 0.0).tolist()
+        [[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]
     """
     k = check_int(k, "k", minimum=1)
     radius = check_real(radius, "radius", minimum=0.0)
