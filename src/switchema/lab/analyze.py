@@ -29,7 +29,8 @@ from ..analysis import landscape as L
 from ..analysis import sharpness as S
 from ..analysis.distance import solution_distance
 from .config import StudyConfig
-from .errors import MissingFileError, UsageError
+from .errors import MissingFileError, NoResultsError, UsageError
+from .preflight import check_writable
 from .report import load_run, main_label, write_analysis_report
 from .resolve import resolve
 from .tasks import task_loss
@@ -58,6 +59,19 @@ def _check_arguments(samples: int, grid: int, probes: int, rho: float) -> None:
         raise UsageError(str(e)) from None
 
 
+def _why(run: Path) -> str:
+    """Why a run folder holds no models: its failed jobs, or that none finished."""
+    failures = []
+    if (run / "failures.json").is_file():
+        failures = json.loads((run / "failures.json").read_text())
+    if failures:
+        return (
+            f"every job failed ({len(failures)}; first error: {failures[0].get('error')}); "
+            f"see {run / 'summary.md'}"
+        )
+    return "no job has finished yet"
+
+
 class _Subject:
     """What the measures need of a run: its final weights, model, data subsets and loss."""
 
@@ -68,6 +82,8 @@ class _Subject:
                 f"{run / 'models.pt'} not found: rerun `switchema compare` with this version to save final weights"
             )
         self.states = torch.load(run / "models.pt", weights_only=True)
+        if not rows or not self.states:
+            raise NoResultsError(f"{run} holds no finished models to analyze: {_why(run)}")
         study = resolve(StudyConfig.from_dict(config["config"]))
         self.config, cfg = study.config, study.config
         data = study.task.build_data(cfg.data_seed, **cfg.data_options)
@@ -112,10 +128,16 @@ def analyze_run(
     seed: int = 0,
     landscapes: bool = True,
     progress: bool = True,
+    out: str | Path | None = None,
+    state: str | None = None,
 ) -> Path:
-    """Measure the run's final models and write the analysis files; returns ``analysis.md``."""
+    """Measure the run's final models and write the analysis files into ``out`` (default: the
+    run folder); returns ``analysis.md``. ``state``: a note on an unfinished run, for the
+    report. The output folder is checked writable before anything is computed."""
     run = Path(run_dir)
+    out = Path(out) if out is not None else run
     _check_arguments(samples, grid, probes, rho)
+    check_writable(out, "output folder")
     sub = _Subject(run, samples, batch_size)
     cfg = sub.config
     jobs = [
@@ -148,15 +170,16 @@ def analyze_run(
     settings = dict(samples=min(samples, sub.n_train), batch_size=batch_size, probes=probes)
     settings.update(rho=rho, rise=rise, directions=directions, grid=grid, span=span, seed=seed)
     settings.update(torch_threads=torch.get_num_threads(), wall_s=time.perf_counter() - t0)
-    out = {
+    saved = {
         "settings": settings,
         "models": results,
         "distances_to_baseline": distances,
         "interpolation": interp,
         "landscapes": surfaces,
     }
-    (run / "analysis.json").write_text(json.dumps(out, indent=1))
-    return write_analysis_report(run)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "analysis.json").write_text(json.dumps(saved, indent=1))
+    return write_analysis_report(run, out, status=state)
 
 
 def _measure(sub: _Subject, m, s, probes, rho, rise, directions, seed) -> dict[str, Any]:

@@ -5,6 +5,10 @@
 ``EMA(decay=...)`` does); ``switchema sweep`` takes several values of any setting, each value
 a cell of the grid (``methods`` and ``seeds`` are compared and repeated inside every cell).
 A flag left out is not passed on, so the setting keeps its default (or the grid file's value).
+
+Both also take ``--set KEY=VALUE ...``: any setting by name, and the task's nested options as
+``data.KEY`` / ``model.KEY`` (``--set epochs=20 data.n_total=1000 model.channels=32``), one
+convention for both commands and for grid files' keys.
 """
 
 from __future__ import annotations
@@ -13,13 +17,17 @@ import argparse
 import ast
 from typing import Any
 
-from .config import SETTINGS, Setting, StudyConfig, settings
+from .config import SETTINGS, Setting, StudyConfig, canonical_keys, settings
+from .errors import ConfigError
 from .methods import METHODS
 from .options import EXECUTORS, RunOptions
 from .tasks import TASKS
 
 __all__ = [
+    "SET_HELP",
+    "add_set_flag",
     "add_setting_flags",
+    "apply_set",
     "add_run_option_flags",
     "config_from_flags",
     "grid_from_flags",
@@ -109,16 +117,55 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+_SECTIONS = {"data": "data_options", "model": "model_options"}
+
+SET_HELP = (
+    "any setting as KEY=VALUE, and the task's nested options as data.KEY=VALUE / "
+    "model.KEY=VALUE, e.g. --set epochs=20 data.n_total=1000 model.channels=32 (values are "
+    "read as Python literals; given last, so it wins over the flags)"
+)
+
+
+def add_set_flag(parser: argparse.ArgumentParser, extra: str = "") -> None:
+    """``--set KEY=VALUE ...``: any setting, nested options as ``data.KEY`` / ``model.KEY``."""
+    parser.add_argument(
+        "--set",
+        type=key_value,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help=(SET_HELP + extra).replace("%", "%%"),
+    )
+
+
+def apply_set(mapping: dict[str, Any], pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``mapping`` with the ``--set`` pairs applied: ``data.KEY`` and ``model.KEY`` go into
+    ``data_options`` and ``model_options`` (added to those already given)."""
+    out = dict(mapping)
+    for key, value in pairs:
+        section, dot, sub = key.partition(".")
+        if not dot:
+            out[key] = value
+            continue
+        if section not in _SECTIONS or not sub:
+            raise ConfigError(
+                f"--set {key}={value!r}: a nested option is data.KEY or model.KEY (e.g. "
+                f"data.n_total=1000, model.channels=32)"
+            )
+        name = _SECTIONS[section]
+        out[name] = {**dict(out.get(name) or {}), sub: value}
+    return out
+
+
 def config_from_flags(args: argparse.Namespace) -> StudyConfig:
     """The settings of ``switchema compare``: every flag given, defaults for the rest."""
-    return StudyConfig(**_given(args))
+    return StudyConfig(**canonical_keys(grid_from_flags(args), "--set"))
 
 
 def grid_from_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The grid mapping of ``switchema sweep``: the settings given, by name (``--set`` last)."""
-    given = _given(args)
-    given.update(dict(getattr(args, "set", None) or []))
-    return given
+    """The settings given by flags, by name (``--set`` last, so it wins); a sweep's grid."""
+    return apply_set(_given(args), list(getattr(args, "set", None) or []))
 
 
 def add_run_option_flags(parser: argparse.ArgumentParser) -> None:

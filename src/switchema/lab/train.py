@@ -70,7 +70,7 @@ def train_run(
     *,
     y_train: torch.Tensor,
     flipped: torch.Tensor | None,
-    on_epoch: Callable[[int], None] | None = None,
+    on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
     resume: dict[str, Any] | None = None,
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> Results:
@@ -87,6 +87,7 @@ def train_run(
     true). Passing such a state back as ``resume`` continues the run; the result is bit for bit
     the one of an uninterrupted run (the loop draws no randomness that the state does not
     hold). A non-finite mean training loss raises :class:`DivergedError` at the epoch's end.
+    ``on_epoch(rows)`` is called after each epoch's checkpoint with that epoch's rows.
     """
     check_shared(method_names)
     if resume is not None and resume.get("done"):
@@ -110,6 +111,7 @@ def train_run(
         step, first_epoch, out.rows = _restore(
             resume, method_names, model, optimizer, scheduler, methods, order, device
         )
+    rows_per_epoch = sum(1 + len(m.labels) for m in methods)
     for epoch in range(first_epoch, cfg.epochs + 1):
         model.train()
         perm = torch.randperm(data.n_train, generator=order).to(device)
@@ -143,7 +145,7 @@ def train_run(
         if checkpoint is not None:
             checkpoint(checkpoint_state(run, info, out))
         if on_epoch is not None:
-            on_epoch(len(methods))
+            on_epoch(out.rows[-rows_per_epoch:])
     return out.rows, out.arrays, out.states
 
 

@@ -10,11 +10,12 @@
 from . import style  # noqa: F401  (first: the Agg backend before any figure)
 from .analysis import write_analysis_report
 from .nqm import write_nqm_report
-from .run import PRIMARY, load_run, main_label, summarise, write_report
+from .run import PRIMARY, has_results, load_run, main_label, summarise, write_report
 from .sweep import write_sweep_report
 
 __all__ = [
     "PRIMARY",
+    "has_results",
     "load_run",
     "main_label",
     "summarise",

@@ -25,11 +25,15 @@ _MEASURES = [
 ]
 
 
-def write_analysis_report(run_dir: str | Path) -> Path:
-    """``analysis.md``, ``interpolation.png`` and ``landscapes.png`` from ``analysis.json``."""
+def write_analysis_report(
+    run_dir: str | Path, out_dir: str | Path | None = None, *, status: str | None = None
+) -> Path:
+    """``analysis.md``, ``interpolation.png`` and ``landscapes.png`` in ``out_dir`` (default:
+    the run folder) from its ``analysis.json``; ``status`` notes an unfinished run."""
     run = Path(run_dir)
+    folder = Path(out_dir) if out_dir is not None else run
     config = json.loads((run / "config.json").read_text())
-    out = json.loads((run / "analysis.json").read_text())
+    out = json.loads((folder / "analysis.json").read_text())
     models = out["models"]
     st = out["settings"]
     methods = list(dict.fromkeys(r["method"] for r in models.values()))
@@ -91,12 +95,14 @@ def write_analysis_report(run_dir: str | Path) -> Path:
         "`landscapes.png` (2-D loss surfaces around each solution, same random directions).",
         "",
     ]
-    path = run / "analysis.md"
+    if status:
+        lines[1:1] = ["", f"**Run state:** {status}"]
+    path = folder / "analysis.md"
     path.write_text("\n".join(lines))
     if out["interpolation"]:
-        plot_interpolation(config, out["interpolation"], run / "interpolation.png")
+        plot_interpolation(config, out["interpolation"], folder / "interpolation.png")
     if out["landscapes"]:
-        plot_landscapes(config, out["landscapes"], run / "landscapes.png")
+        plot_landscapes(config, out["landscapes"], folder / "landscapes.png")
     return path
 
 

@@ -25,7 +25,15 @@ from ..errors import MissingFileError, UsageError
 from ..stats import format_ci, format_mean_std, mean_std, paired_difference, pairwise_mean
 from . import run_plots
 
-__all__ = ["load_run", "summarise", "render_summary", "write_report", "main_label", "PRIMARY"]
+__all__ = [
+    "PRIMARY",
+    "has_results",
+    "load_run",
+    "main_label",
+    "render_summary",
+    "summarise",
+    "write_report",
+]
 
 # kind -> (primary metric, higher is better, scale for display, unit)
 PRIMARY = {
@@ -61,6 +69,16 @@ def load_run(
         with np.load(run / "predictions.npz") as z:
             arrays = {k: z[k] for k in z.files}
     return config, rows, arrays
+
+
+def has_results(run_dir: str | Path) -> bool:
+    """Whether the run folder holds metric rows to report (its cell has been written with at
+    least one finished job)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return False
+    with open(path) as f:
+        return any(line.strip() for line in f)
 
 
 def main_label(method: str, labels: list[str]) -> str:
@@ -335,8 +353,9 @@ def _fmt_pairs(value, scale, digits=2):
     return format_mean_std(mean * scale, std * scale, digits)
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``summary.md`` and plots into ``run_dir`` from its saved results; returns the summary path."""
+def write_report(run_dir: str | Path, *, status: str | None = None) -> Path:
+    """Write ``summary.md`` and plots into ``run_dir`` from its saved results; returns the
+    summary path. ``status``: a note on a run that is not finished (in progress, stopped)."""
     run = Path(run_dir)
     config, rows, arrays = load_run(run)
     if not rows:
@@ -347,6 +366,9 @@ def write_report(run_dir: str | Path) -> Path:
         json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else None
     )
     text = render_summary(config, summary, timing)
+    if status:
+        head, rest = text.split("\n", 1)
+        text = f"{head}\n\n**Run state:** {status}\n{rest}"
     failures = (
         json.loads((run / "failures.json").read_text()) if (run / "failures.json").is_file() else []
     )

@@ -70,6 +70,7 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
         out.append(
             {
                 "cell": cell["name"],
+                "written": (cdir / "cell.json").is_file(),
                 "point": canonical_keys(cell["point"], "sweep.json"),
                 "kind": kind,
                 "metric": PRIMARY[kind][0] if kind else None,
@@ -80,8 +81,9 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
     return {"axes": axes, "fixed": fixed, "cells": out}
 
 
-def write_sweep_report(run_dir: str | Path) -> Path:
-    """Write ``sweep.md``, ``sweep_results.json`` and ``sweep_<axis>.png``; returns the table's path."""
+def write_sweep_report(run_dir: str | Path, *, status: str | None = None) -> Path:
+    """Write ``sweep.md``, ``sweep_results.json`` and ``sweep_<axis>.png``; returns the table's
+    path. ``status``: a note on a sweep that is not finished (in progress, interrupted)."""
     run = Path(run_dir)
     res = collect(run)
     atomic_write_text(run / "sweep_results.json", json.dumps(res, indent=2, default=float))
@@ -97,7 +99,7 @@ def write_sweep_report(run_dir: str | Path) -> Path:
         "ECE (15 bins)",
         "failed jobs",
     ]
-    lines = _header(res) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = _header(res, status) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in res["cells"]:
         lines += _cell_lines(c, res["axes"], one)
     lines += _failure_lines(res)
@@ -109,11 +111,22 @@ def write_sweep_report(run_dir: str | Path) -> Path:
     return run / "sweep.md"
 
 
-def _header(res: dict[str, Any]) -> list[str]:
+def _header(res: dict[str, Any], status: str | None) -> list[str]:
     axes = res["axes"]
+    waiting = sum(not c["written"] for c in res["cells"])
     return [
         f"# Sweep: {len(res['cells'])} cell(s)",
         "",
+        *([f"**Run state:** {status}", ""] if status else []),
+        *(
+            [
+                f"{waiting} of {len(res['cells'])} cells are not written yet (their jobs have not "
+                "all ended): their rows say so.",
+                "",
+            ]
+            if waiting
+            else []
+        ),
         "Swept: "
         + ("; ".join(f"`{a}` = {_res_axis(res, a)}" for a in axes) or "nothing (one cell)")
         + ".",
@@ -159,6 +172,8 @@ def _cell_lines(c: dict[str, Any], axes: list[str], one: str | None) -> list[str
             lines.append(
                 "| " + " | ".join([*point, m, "all failed", "—", "—", "—", "—", str(n)]) + " |"
             )
+    if not c["written"]:
+        lines.append("| " + " | ".join([*point, "—", "not finished yet", *["—"] * 5]) + " |")
     return lines
 
 

@@ -12,6 +12,7 @@ from ..._checks import check_int
 from .base import TaskData, expect_kind, keyword_options, task_defaults
 from .data import (
     charlm_data,
+    cifar_check,
     cifar_data,
     circles_data,
     digits_data,
@@ -208,4 +209,5 @@ for _variant in (10, 100):
         model=cifar_model,
         has_batchnorm=True,
         units=_CIFAR_UNITS,
+        check_data=cifar_check(_variant),
     )
