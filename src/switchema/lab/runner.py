@@ -84,7 +84,12 @@ def run_header(study: Study) -> dict[str, Any]:
     task, device = study.task, study.device
     return {
         "config": study.config.to_dict(),
-        "task": {"name": task.name, "kind": task.kind, "description": task.description},
+        "task": {
+            "name": task.name,
+            "kind": task.kind,
+            "description": task.description,
+            "has_batchnorm": task.has_batchnorm,
+        },
         "versions": versions(),
         "device": str(device),
         "torch_threads": study.config.threads

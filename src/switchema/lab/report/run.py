@@ -23,6 +23,7 @@ from .. import metrics as M
 from ..config import StudyConfig
 from ..errors import MissingFileError, UsageError
 from ..stats import format_ci, format_mean_std, mean_std, paired_difference, pairwise_mean
+from . import notes as N
 from . import run_plots
 
 __all__ = [
@@ -196,10 +197,16 @@ def _verdict(d: dict[str, Any], higher: bool) -> str:
 
 
 def render_summary(
-    config: dict[str, Any], summary: dict[str, Any], timing: dict | None = None
+    config: dict[str, Any],
+    summary: dict[str, Any],
+    timing: dict | None = None,
+    rows: list[dict[str, Any]] | None = None,
+    arrays: dict[str, np.ndarray] | None = None,
 ) -> str:
-    """``summary.md``: the settings, the final-epoch and early-stopping tables, a reading."""
+    """``summary.md``: the settings and data used, warnings, the final-epoch and
+    early-stopping tables, a reading, and what the columns mean."""
     cfg = config["config"]
+    rows, arrays = rows or [], arrays or {}
     # The online model of baseline / ema / swa is one shared trajectory: list it once.
     entries = [
         e
@@ -207,22 +214,17 @@ def render_summary(
         if not (e["model"] == "online" and e["method"] in ("ema", "swa"))
     ]
     kind = summary["kind"]
+    warnings = N.warnings_for(config, summary, rows)
     lines = [
         f"# {config['task']['name']}: {', '.join(cfg['methods'])}",
         "",
-        f"{config['task']['description']}. Seeds {cfg['seeds']}, {cfg['epochs']} epochs, "
-        f"{cfg['optimizer']} lr {cfg['lr']} ({cfg['lr_schedule']}), batch {cfg['batch_size']}, "
-        f"EMA decay(s) {cfg['decay']} (warm-up {cfg['ema_warmup']}), switch every {cfg['switch_every']} "
-        f"from epoch {cfg['switch_start']}, SWA from {cfg['swa_start']:.0%} of training, "
-        f"label noise {cfg['label_noise']:.0%}, BatchNorm recompute {cfg['bn_recompute']}, "
-        f"data seed {cfg.get('data_seed', 0)}. "
-        f"torch {config['versions']['torch']} on {config['device']}"
-        + (f", wall time {timing['wall_s']:.0f} s." if timing else "."),
+        f"{N.description(config)}. {N.data_sentence(config, arrays)}".strip(),
+        N.settings_sentence(config, rows, timing),
         "",
-        "Mean ± sample std over seeds. Δ is the paired difference to the baseline's online model "
-        "with a 95% t-interval over seeds. `online` is the model being trained; `avg` the averaged "
-        "weights (for SWA and models with BatchNorm: statistics recomputed when enabled). The "
-        "online models of ema and swa are the baseline's own trajectory and are not repeated.",
+        *(["## Warnings", "", *(f"- {w}" for w in warnings), ""] if warnings else []),
+        "Mean ± sample std over seeds; Δ is the paired difference to the baseline's online "
+        "model. The online models of ema and swa are the baseline's own trajectory and are "
+        "not repeated. Columns are explained at the end.",
         "",
         "## Final epoch",
         "",
@@ -230,11 +232,16 @@ def render_summary(
         *_early_stopping_table(summary, entries),
         *_label_noise_table(entries),
         *_reading(summary, entries),
+        *N.sema_lines(config, rows),
+        "",
+        "## Columns",
+        "",
+        *N.legend(kind),
         "",
         "Plots: `curves.png` (test metric per epoch, mean over seeds with min–max band), "
         + ("`reliability.png`, " if kind == "classification" else "")
-        + ("`boundaries.png`, " if "grid/x" in summary.get("_arrays", {}) else "")
-        + "`train_loss.png`.",
+        + ("`boundaries.png`, " if "grid/x" in arrays else "")
+        + "`train_loss.png`. Every number: `metrics.jsonl`, or `metrics.csv` as a table.",
         "",
     ]
     return "\n".join(lines)
@@ -284,7 +291,7 @@ def _early_stopping_table(summary: dict[str, Any], entries: list[dict[str, Any]]
         "## Early-stopping points (oracle: chosen on the test set, so optimistic for every method alike)",
         "",
         f"| method | model | best {name}{f' ({unit.strip()})' if unit else ''} | epoch of best | Δ best [95% CI] "
-        f"| {name} at lowest test loss | epoch of lowest loss |"
+        f"| {name} at lowest test loss{f' ({unit.strip()})' if unit else ''} | epoch of lowest loss |"
         + (" noisy labels memorised at best (%) |" if memorised else ""),
         "|---|---|---|---|---|---|---|" + ("---|" if memorised else ""),
     ]
@@ -361,11 +368,10 @@ def write_report(run_dir: str | Path, *, status: str | None = None) -> Path:
     if not rows:
         raise UsageError(f"{run / 'metrics.jsonl'} has no rows: the run recorded no epoch")
     summary = summarise(config, rows, arrays)
-    summary["_arrays"] = arrays
     timing = (
         json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else None
     )
-    text = render_summary(config, summary, timing)
+    text = render_summary(config, summary, timing, rows, arrays)
     if status:
         head, rest = text.split("\n", 1)
         text = f"{head}\n\n**Run state:** {status}\n{rest}"
