@@ -25,7 +25,7 @@ EXIT_STATUS = (
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    from .lab.flags import add_run_option_flags, add_set_flag, add_setting_flags
+    from .lab.flags import add_output_flags, add_run_option_flags, add_set_flag, add_setting_flags
 
     p = sub.add_parser(
         "compare",
@@ -55,6 +55,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         "--seeds and --methods may add seeds and methods, other changed settings are refused",
     )
     add_run_option_flags(p)
+    add_output_flags(p)
     p.set_defaults(func=_compare)
 
 
@@ -105,7 +106,7 @@ def _finished(out: Path, table: str) -> int:
 
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
-    from .lab.flags import add_run_option_flags, add_set_flag, add_setting_flags
+    from .lab.flags import add_output_flags, add_run_option_flags, add_set_flag, add_setting_flags
 
     p = sub.add_parser(
         "sweep",
@@ -143,6 +144,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         help="validate the grid, list its cells and jobs, train nothing",
     )
     add_run_option_flags(p)
+    add_output_flags(p)
     p.set_defaults(func=_sweep)
 
 
@@ -187,7 +189,18 @@ def _sweep(args: argparse.Namespace) -> int:
     return _finished(out, "sweep.md")
 
 
+def _figures(args: argparse.Namespace):
+    """The plots' format and resolution (``--format``, ``--dpi``), checked."""
+    from .lab.options import RunOptions
+    from .lab.report import Figures
+
+    RunOptions(figure_format=args.format, dpi=args.dpi)  # a bad dpi is a usage error
+    return Figures(args.format, args.dpi)
+
+
 def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    from .lab.flags import add_output_flags
+
     p = sub.add_parser(
         "analyze",
         help="flatness and sharpness of a run's final models: Hessian, worst-case sharpness, width, landscapes",
@@ -260,6 +273,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
         "fastest on one)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_output_flags(p, tensorboard=False)
     p.set_defaults(func=_analyze)
 
 
@@ -290,6 +304,7 @@ def _analyze(args: argparse.Namespace) -> int:
         landscapes=not args.no_landscapes,
         progress=not args.no_progress,
         state=state.describe() if state is not None and not state.complete else None,
+        figures=_figures(args),
     )
     print(path.read_text())
     return state.exit_code if state is not None else 0
@@ -310,6 +325,8 @@ def _state_if_any(run: Path):
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
+    from .lab.flags import add_output_flags
+
     rep = sub.add_parser(
         "report",
         help="rebuild summary.md and plots from a saved run folder, or sweep.md from a sweep folder (no training)",
@@ -323,21 +340,26 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     rep.add_argument(
         "run", type=Path, help="run folder of `switchema compare` or `switchema sweep`"
     )
+    add_output_flags(rep)
     rep.set_defaults(func=_report)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .lab.errors import EXIT_FAILED
+    from .lab.errors import EXIT_FAILED, UsageError
     from .lab.report import has_results, write_report, write_sweep_report
 
     run: Path = args.run
     state = _state_if_any(run)
     status = state.describe() if state is not None and not state.complete else None
+    figures = _figures(args)
     if (run / "sweep.json").is_file():  # a sweep folder: rebuild its combined table
-        print(write_sweep_report(run, status=status).read_text())
+        if args.tensorboard:
+            raise UsageError("--tensorboard writes a run folder's events: give a cell folder")
+        print(write_sweep_report(run, status=status, figures=figures).read_text())
         code = state.exit_code if state is not None else 0
     elif has_results(run):
-        print(write_report(run, status=status).read_text())
+        path = write_report(run, status=status, figures=figures, tensorboard=args.tensorboard)
+        print(path.read_text())
         code = state.exit_code if state is not None else 0
     else:  # nothing finished yet, or every job failed: the state is the report
         code = EXIT_FAILED
@@ -346,6 +368,37 @@ def _report(args: argparse.Namespace) -> int:
     elif state is None and code == EXIT_FAILED:
         print(f"{run}: no finished results", file=sys.stderr)
     return code
+
+
+def _add_diff(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "diff",
+        help="two runs' tables side by side, with paired differences where seeds match",
+        description=(
+            "Compare two run folders (or two sweep folders, cell by cell): the settings that "
+            "differ, then for every method and model both runs have, each run's final and "
+            "best-epoch metric and the difference B - A, paired by seed with a 95%% t-interval "
+            "where the seeds match. Example: switchema diff runs/before runs/after"
+        ),
+        epilog=EXIT_STATUS,
+    )
+    p.add_argument("run_a", type=Path, metavar="RUN_A", help="the reference run (A)")
+    p.add_argument("run_b", type=Path, metavar="RUN_B", help="the run compared with it (B)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="also write the comparison to this file (.md)"
+    )
+    p.set_defaults(func=_diff)
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from .lab.checkpoint import atomic_write_text
+    from .lab.report import diff_runs
+
+    text = diff_runs(args.run_a, args.run_b)
+    if args.out is not None:
+        atomic_write_text(args.out, text)
+    print(text)
+    return 0
 
 
 def _tasks(args: argparse.Namespace) -> int:
@@ -358,6 +411,8 @@ def _tasks(args: argparse.Namespace) -> int:
 
 
 def _add_nqm(sub: argparse._SubParsersAction) -> None:
+    from .lab.flags import add_output_flags
+
     p = sub.add_parser(
         "nqm",
         help="noisy quadratic model: simulate SGD / EMA / Switch EMA and check the closed forms",
@@ -406,6 +461,7 @@ def _add_nqm(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, default=None, help="output folder (default: runs/nqm-<date>-<time>)"
     )
+    add_output_flags(p, tensorboard=False)
     p.set_defaults(func=_nqm)
 
 
@@ -424,6 +480,7 @@ def _nqm(args: argparse.Namespace) -> int:
         burn_in=args.burn_in,
         chains=args.chains,
         seed=args.seed,
+        figures=_figures(args),
     )
     print((run / "nqm.md").read_text())
     print(f"run folder: {run}")
@@ -442,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_analyze(sub)
     _add_report(sub)
+    _add_diff(sub)
     tasks = sub.add_parser(
         "tasks",
         help="list the registered tasks (built-in and plugins): defaults, data and model options",

@@ -31,7 +31,7 @@ from ..analysis.distance import solution_distance
 from .config import StudyConfig
 from .errors import MissingFileError, NoResultsError, UsageError
 from .preflight import check_writable
-from .report import load_run, main_label, write_analysis_report
+from .report import Figures, load_run, main_label, write_analysis_report
 from .resolve import resolve
 from .tasks import task_loss
 
@@ -130,6 +130,7 @@ def analyze_run(
     progress: bool = True,
     out: str | Path | None = None,
     state: str | None = None,
+    figures: Figures | None = None,
 ) -> Path:
     """Measure the run's final models and write the analysis files into ``out`` (default: the
     run folder); returns ``analysis.md``. ``state``: a note on an unfinished run, for the
@@ -179,7 +180,7 @@ def analyze_run(
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "analysis.json").write_text(json.dumps(saved, indent=1))
-    return write_analysis_report(run, out, status=state)
+    return write_analysis_report(run, out, status=state, figures=figures)
 
 
 def _measure(sub: _Subject, m, s, probes, rho, rise, directions, seed) -> dict[str, Any]:

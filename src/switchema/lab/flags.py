@@ -20,12 +20,13 @@ from typing import Any
 from .config import SETTINGS, Setting, StudyConfig, canonical_keys, settings
 from .errors import ConfigError
 from .methods import METHODS
-from .options import EXECUTORS, RunOptions
+from .options import EXECUTORS, FIGURE_FORMATS, RunOptions
 from .tasks import TASKS
 
 __all__ = [
     "SET_HELP",
     "add_set_flag",
+    "add_output_flags",
     "add_setting_flags",
     "apply_set",
     "add_run_option_flags",
@@ -178,7 +179,8 @@ def add_run_option_flags(parser: argparse.ArgumentParser) -> None:
         default=RunOptions.workers,
         metavar="N",
         help="run N jobs (a seed and the methods that share its trajectory) at once, in N "
-        "worker processes of 1 torch thread each (or --threads); results do not depend on N",
+        "worker processes of 1 torch thread each (or --threads); results do not depend on N "
+        "(default: 1)",
     )
     p.add_argument(
         "--executor",
@@ -197,7 +199,11 @@ def add_run_option_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the per-epoch checkpoints (a killed job then restarts from epoch 1)",
     )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bar (without a terminal it prints a line per finished job)",
+    )
     p.add_argument(
         "--retry-failed",
         action="store_true",
@@ -213,4 +219,31 @@ def run_options_from_flags(args: argparse.Namespace) -> RunOptions:
         progress=not args.no_progress,
         checkpoints=not args.no_checkpoint,
         retry_failed=args.retry_failed,
+        figure_format=args.format,
+        dpi=args.dpi,
+        tensorboard=args.tensorboard,
     )
+
+
+def add_output_flags(parser: argparse.ArgumentParser, *, tensorboard: bool = True) -> None:
+    """``--format``, ``--dpi`` (and ``--tensorboard``): how results are written."""
+    p = parser.add_argument_group("outputs (never change a number)")
+    p.add_argument(
+        "--format",
+        choices=FIGURE_FORMATS,
+        default="png",
+        help="file format of the plots (default: png)",
+    )
+    p.add_argument(
+        "--dpi",
+        type=int,
+        default=150,
+        help="resolution of raster plots, in dots per inch (default: 150)",
+    )
+    if tensorboard:
+        p.add_argument(
+            "--tensorboard",
+            action="store_true",
+            help="also write TensorBoard event files of the metrics under RUN/tensorboard/ "
+            "(pip install 'switchema[tensorboard]')",
+        )

@@ -18,7 +18,7 @@ import numpy as np
 from ..analysis.nqm_study import check_nqm_arguments, nqm_study
 from .errors import RunExistsError, UsageError
 from .preflight import check_writable
-from .report import write_nqm_report
+from .report import Figures, write_nqm_report
 
 __all__ = ["run_nqm"]
 
@@ -37,6 +37,7 @@ def run_nqm(
     m0: float = 1.0,
     grid: Mapping[str, Any] | None = None,
     burn_in: int | None = None,
+    figures: Figures | None = None,
 ) -> Path:
     """Run the NQM study and write ``nqm.json``, ``nqm.md``, ``nqm_variance.png`` and
     ``nqm_bias.png`` to ``out_dir`` (created); returns ``out_dir``. Arguments as for
@@ -66,7 +67,7 @@ def run_nqm(
     data = json.loads(_dumps(data))  # the tables and plots are drawn from what is saved
     out.mkdir(parents=True, exist_ok=True)
     (out / "nqm.json").write_text(_dumps(data))
-    write_nqm_report(out)
+    write_nqm_report(out, figures)
     return out
 
 

@@ -39,7 +39,7 @@ from .lock import FolderLock
 from .options import RunOptions
 from .preflight import check_studies, check_writable
 from .progress import Progress
-from .report import write_report, write_sweep_report
+from .report import Figures, tensorboard_writer, write_report, write_sweep_report
 from .resolve import resolve
 from .sweep import Grid, expand_grid
 
@@ -127,6 +127,8 @@ def run_compare(
         raise UsageError("give a study, or resume=True to continue a run folder")
     check_writable(out)
     check_studies([study], device=options.executor == "local")
+    if options.tensorboard:
+        tensorboard_writer()  # missing TensorBoard is said now, not after training
     with FolderLock(out):
         if not resume and (out / "config.json").exists():
             raise RunExistsError(
@@ -236,6 +238,8 @@ def run_sweep(
     cells = expand_grid(grid, source)  # a bad grid fails before the folder is even created
     check_writable(out, "sweep folder")
     check_studies([c.study for c in cells], device=options.executor == "local")
+    if options.tensorboard:
+        tensorboard_writer()
     with FolderLock(out):
         if not resume:
             if (out / "sweep.json").exists():
@@ -259,8 +263,12 @@ def run_sweep(
             "ran": result["ran"],
         }
         atomic_write_text(out / "sweep_timing.json", json.dumps(timing, indent=2))
-        write_sweep_report(out)
+        write_sweep_report(out, figures=_figures(options))
     return out
+
+
+def _figures(options: RunOptions) -> Figures:
+    return Figures(options.figure_format, options.dpi)
 
 
 def _pending(run_dir: Path, jobs: list[Job], retry_failed: bool) -> list[Job]:
@@ -304,7 +312,7 @@ def run_cells(
     def assemble_ready() -> None:
         for cell_dir, study, js in cell_jobs:
             if str(cell_dir) not in infos and not {j.id for j in js} & unfinished:
-                infos[str(cell_dir)] = assemble_cell(run_dir, cell_dir, study, js)
+                infos[str(cell_dir)] = assemble_cell(run_dir, cell_dir, study, js, options)
 
     def finished(job: Job, status: dict[str, Any]) -> None:
         unfinished.discard(job.id)
@@ -365,7 +373,13 @@ def _save(path: Path, obj: Any, npz: bool = False) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def assemble_cell(run_dir: Path, cell_dir: Path, study: Study, jobs: list[Job]) -> dict[str, Any]:
+def assemble_cell(
+    run_dir: Path,
+    cell_dir: Path,
+    study: Study,
+    jobs: list[Job],
+    options: RunOptions = DEFAULT_OPTIONS,
+) -> dict[str, Any]:
     """Write a cell's run folder from its jobs' results; returns what went in (``cell.json``).
 
     A cell whose jobs all finished is written once and then left alone: resuming never
@@ -402,7 +416,7 @@ def assemble_cell(run_dir: Path, cell_dir: Path, study: Study, jobs: list[Job]) 
     atomic_write_text(cell_dir / "timing.json", json.dumps({"wall_s": wall, "jobs": len(jobs)}))
     atomic_write_text(cell_dir / "failures.json", json.dumps(failures, indent=2))
     if rows:
-        write_report(cell_dir)
+        write_report(cell_dir, figures=_figures(options), tensorboard=options.tensorboard)
     else:
         atomic_write_text(
             cell_dir / "summary.md",

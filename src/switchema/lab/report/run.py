@@ -25,6 +25,8 @@ from ..errors import MissingFileError, UsageError
 from ..stats import format_ci, format_mean_std, mean_std, paired_difference, pairwise_mean
 from . import notes as N
 from . import run_plots
+from .export import write_csv, write_tensorboard
+from .style import Figures
 
 __all__ = [
     "PRIMARY",
@@ -202,17 +204,14 @@ def render_summary(
     timing: dict | None = None,
     rows: list[dict[str, Any]] | None = None,
     arrays: dict[str, np.ndarray] | None = None,
+    figures: Figures | None = None,
 ) -> str:
     """``summary.md``: the settings and data used, warnings, the final-epoch and
     early-stopping tables, a reading, and what the columns mean."""
     cfg = config["config"]
-    rows, arrays = rows or [], arrays or {}
+    rows, arrays, f = rows or [], arrays or {}, figures or Figures()
     # The online model of baseline / ema / swa is one shared trajectory: list it once.
-    entries = [
-        e
-        for e in summary["entries"]
-        if not (e["model"] == "online" and e["method"] in ("ema", "swa"))
-    ]
+    entries = run_plots.shown_entries(summary)
     kind = summary["kind"]
     warnings = N.warnings_for(config, summary, rows)
     lines = [
@@ -238,10 +237,12 @@ def render_summary(
         "",
         *N.legend(kind),
         "",
-        "Plots: `curves.png` (test metric per epoch, mean over seeds with min–max band), "
-        + ("`reliability.png`, " if kind == "classification" else "")
-        + ("`boundaries.png`, " if "grid/x" in arrays else "")
-        + "`train_loss.png`. Every number: `metrics.jsonl`, or `metrics.csv` as a table.",
+        f"Plots: `{f.name('curves')}` (test metric per epoch, mean over seeds with min–max "
+        "band), "
+        + (f"`{f.name('reliability')}`, " if kind == "classification" else "")
+        + (f"`{f.name('boundaries')}`, " if "grid/x" in arrays else "")
+        + f"`{f.name('train_loss')}`. Every number: `metrics.jsonl`, or `metrics.csv` as a "
+        "table (one row per seed, method, model and epoch; fractions, not %).",
         "",
     ]
     return "\n".join(lines)
@@ -360,10 +361,19 @@ def _fmt_pairs(value, scale, digits=2):
     return format_mean_std(mean * scale, std * scale, digits)
 
 
-def write_report(run_dir: str | Path, *, status: str | None = None) -> Path:
-    """Write ``summary.md`` and plots into ``run_dir`` from its saved results; returns the
-    summary path. ``status``: a note on a run that is not finished (in progress, stopped)."""
+def write_report(
+    run_dir: str | Path,
+    *,
+    status: str | None = None,
+    figures: Figures | None = None,
+    tensorboard: bool = False,
+) -> Path:
+    """Write ``summary.md``, ``metrics.csv`` and the plots into ``run_dir`` from its saved
+    results (and TensorBoard event files under ``tensorboard/`` if asked); returns the
+    summary's path. ``status``: a note on a run that is not finished (in progress, stopped);
+    ``figures``: the plots' format and resolution."""
     run = Path(run_dir)
+    figures = figures or Figures()
     config, rows, arrays = load_run(run)
     if not rows:
         raise UsageError(f"{run / 'metrics.jsonl'} has no rows: the run recorded no epoch")
@@ -371,7 +381,7 @@ def write_report(run_dir: str | Path, *, status: str | None = None) -> Path:
     timing = (
         json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else None
     )
-    text = render_summary(config, summary, timing, rows, arrays)
+    text = render_summary(config, summary, timing, rows, arrays, figures)
     if status:
         head, rest = text.split("\n", 1)
         text = f"{head}\n\n**Run state:** {status}\n{rest}"
@@ -384,10 +394,13 @@ def write_report(run_dir: str | Path, *, status: str | None = None) -> Path:
             f"- seed {f['seed']}, {'+'.join(f['methods'])}: {f['error']}\n" for f in failures
         )
     (run / "summary.md").write_text(text)
-    run_plots.plot_curves(config, rows, run / "curves.png", key=summary["key"])
-    run_plots.plot_curves(config, rows, run / "train_loss.png", key="train_loss")
+    write_csv(rows, run / "metrics.csv")
+    if tensorboard:
+        write_tensorboard(rows, run / "tensorboard")
+    run_plots.plot_curves(config, rows, figures, run, "curves", key=summary["key"])
+    run_plots.plot_curves(config, rows, figures, run, "train_loss", key="train_loss")
     if summary["kind"] == "classification":
-        run_plots.plot_reliability(config, summary, arrays, run / "reliability.png")
+        run_plots.plot_reliability(config, summary, arrays, figures, run, "reliability")
     if "grid/x" in arrays:
-        run_plots.plot_boundaries(config, summary, arrays, run / "boundaries.png")
+        run_plots.plot_boundaries(config, summary, arrays, figures, run, "boundaries")
     return run / "summary.md"
