@@ -9,8 +9,6 @@ Anything else is a bug and shows its traceback.
 from __future__ import annotations
 
 import argparse
-import difflib
-import re
 import sys
 from pathlib import Path
 
@@ -189,13 +187,46 @@ def _sweep(args: argparse.Namespace) -> int:
     return _finished(out, "sweep.md")
 
 
-def _figures(args: argparse.Namespace):
-    """The plots' format and resolution (``--format``, ``--dpi``), checked."""
-    from .lab.options import RunOptions
-    from .lab.report import Figures
+# flag, type, default, what it is (with its unit): each default shown once, by _add_numbers
+_ANALYZE_FLAGS = [
+    ("--samples", int, 1000, "training examples the measures use"),
+    ("--probes", int, 30, "Rademacher probes of the Hutchinson Hessian-trace estimate"),
+    ("--rho", float, 0.05, "radius of the L2 ball for worst-case sharpness, in weight units"),
+    ("--rise", float, 0.1, "loss rise that ends the basin width, in nats"),
+    ("--directions", int, 6, "random filter-normalised directions of the basin width"),
+    ("--grid", int, 21, "points per axis of the 2-D loss surfaces"),
+    ("--span", float, 1.0, "half-width of the 2-D surfaces, in filter-normalised units"),
+    ("--seed", int, 0, "seed of probes and random directions"),
+    (
+        "--threads",
+        int,
+        1,
+        "torch CPU threads (as for training: the lab's small models run fastest on one)",
+    ),
+]
+_NQM_FLAGS = [
+    ("--eta", float, 0.5, "SGD learning rate"),
+    ("--curvature", float, 1.0, "curvature h of the quadratic; eta*h must be in (0, 2)"),
+    ("--noise", float, 1.0, "variance s2 of the moving optimum"),
+    ("--decay", float, 0.99, "EMA decay per SGD step, in [0, 1)"),
+    ("--switch-every", int, 10, "Switch EMA interval k, in SGD steps"),
+    ("--steps", int, 4000, "SGD steps per chain"),
+    (
+        "--burn-in",
+        int,
+        None,
+        "SGD steps left out of the stationary averages, rounded up to a multiple of "
+        "--switch-every (default: the steps the variances need to become stationary)",
+    ),
+    ("--chains", int, 2000, "independent chains simulated"),
+    ("--seed", int, 0, "random seed"),
+]
 
-    RunOptions(figure_format=args.format, dpi=args.dpi)  # a bad dpi is a usage error
-    return Figures(args.format, args.dpi)
+
+def _add_numbers(p: argparse.ArgumentParser, flags: list[tuple]) -> None:
+    for flag, kind, default, text in flags:
+        shown = "" if default is None else f" (default: {default})"
+        p.add_argument(flag, type=kind, default=default, help=text + shown)
 
 
 def _add_analyze(sub: argparse._SubParsersAction) -> None:
@@ -219,59 +250,8 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="folder for analysis.md, analysis.json and the plots (default: the run folder)",
     )
-    p.add_argument(
-        "--samples",
-        type=int,
-        default=1000,
-        help="training examples the measures use (default: 1000)",
-    )
-    p.add_argument(
-        "--probes",
-        type=int,
-        default=30,
-        help="Rademacher probes of the Hutchinson Hessian-trace estimate (default: 30)",
-    )
-    p.add_argument(
-        "--rho",
-        type=float,
-        default=0.05,
-        help="radius of the L2 ball for worst-case sharpness, in weight units (default: 0.05)",
-    )
-    p.add_argument(
-        "--rise",
-        type=float,
-        default=0.1,
-        help="loss rise that ends the basin width, in nats (default: 0.1)",
-    )
-    p.add_argument(
-        "--directions",
-        type=int,
-        default=6,
-        help="random filter-normalised directions of the basin width (default: 6)",
-    )
-    p.add_argument(
-        "--grid",
-        type=int,
-        default=21,
-        help="points per axis of the 2-D loss surfaces (default: 21)",
-    )
-    p.add_argument(
-        "--span",
-        type=float,
-        default=1.0,
-        help="half-width of the 2-D surfaces, in filter-normalised units (default: 1.0)",
-    )
+    _add_numbers(p, _ANALYZE_FLAGS)
     p.add_argument("--no-landscapes", action="store_true", help="skip the 2-D loss surfaces")
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of probes and random directions (default: 0)"
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (default: 1, as for training: the lab's small models run "
-        "fastest on one)",
-    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_output_flags(p, tensorboard=False)
     p.set_defaults(func=_analyze)
@@ -282,11 +262,13 @@ def _analyze(args: argparse.Namespace) -> int:
 
     from .lab.analyze import analyze_run
     from .lab.errors import UsageError
+    from .lab.flags import figures_from_flags
     from .lab.preflight import check_writable
+    from .lab.state import known_state
 
     if args.threads < 1:
         raise UsageError(f"--threads must be a positive int, got {args.threads}")
-    state = _state_if_any(args.run)
+    state = known_state(args.run)
     out = args.out or args.run
     check_writable(out, "output folder")  # before a minute of computing, not after
     torch.set_num_threads(args.threads)
@@ -304,24 +286,10 @@ def _analyze(args: argparse.Namespace) -> int:
         landscapes=not args.no_landscapes,
         progress=not args.no_progress,
         state=state.describe() if state is not None and not state.complete else None,
-        figures=_figures(args),
+        figures=figures_from_flags(args),
     )
     print(path.read_text())
     return state.exit_code if state is not None else 0
-
-
-def _state_if_any(run: Path):
-    """The run's state, or None for a folder whose jobs the lab cannot enumerate (a copy of
-    the results only, an older version's folder)."""
-    from .lab.errors import MissingFileError, UsageError
-    from .lab.state import run_state
-
-    try:
-        return run_state(run)
-    except MissingFileError:
-        raise
-    except UsageError:
-        return None
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
@@ -346,12 +314,14 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     from .lab.errors import EXIT_FAILED, UsageError
+    from .lab.flags import figures_from_flags
     from .lab.report import has_results, write_report, write_sweep_report
+    from .lab.state import known_state
 
     run: Path = args.run
-    state = _state_if_any(run)
+    state = known_state(run)
     status = state.describe() if state is not None and not state.complete else None
-    figures = _figures(args)
+    figures = figures_from_flags(args)
     if (run / "sweep.json").is_file():  # a sweep folder: rebuild its combined table
         if args.tensorboard:
             raise UsageError("--tensorboard writes a run folder's events: give a cell folder")
@@ -424,40 +394,7 @@ def _add_nqm(sub: argparse._SubParsersAction) -> None:
         ),
         epilog=EXIT_STATUS,
     )
-    p.add_argument("--eta", type=float, default=0.5, help="SGD learning rate (default: 0.5)")
-    p.add_argument(
-        "--curvature",
-        type=float,
-        default=1.0,
-        help="curvature h of the quadratic; eta*h must be in (0, 2) (default: 1.0)",
-    )
-    p.add_argument(
-        "--noise", type=float, default=1.0, help="variance s2 of the moving optimum (default: 1.0)"
-    )
-    p.add_argument(
-        "--decay",
-        type=float,
-        default=0.99,
-        help="EMA decay per SGD step, in [0, 1) (default: 0.99)",
-    )
-    p.add_argument(
-        "--switch-every",
-        type=int,
-        default=10,
-        help="Switch EMA interval k, in SGD steps (default: 10)",
-    )
-    p.add_argument("--steps", type=int, default=4000, help="SGD steps per chain (default: 4000)")
-    p.add_argument(
-        "--burn-in",
-        type=int,
-        default=None,
-        help="SGD steps left out of the stationary averages, rounded up to a multiple of "
-        "--switch-every (default: the steps the variances need to become stationary)",
-    )
-    p.add_argument(
-        "--chains", type=int, default=2000, help="independent chains simulated (default: 2000)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    _add_numbers(p, _NQM_FLAGS)
     p.add_argument(
         "--out", type=Path, default=None, help="output folder (default: runs/nqm-<date>-<time>)"
     )
@@ -466,6 +403,7 @@ def _add_nqm(sub: argparse._SubParsersAction) -> None:
 
 
 def _nqm(args: argparse.Namespace) -> int:
+    from .lab.flags import figures_from_flags
     from .lab.nqm import run_nqm
     from .lab.runner import default_run_folder
 
@@ -480,7 +418,7 @@ def _nqm(args: argparse.Namespace) -> int:
         burn_in=args.burn_in,
         chains=args.chains,
         seed=args.seed,
-        figures=_figures(args),
+        figures=figures_from_flags(args),
     )
     print((run / "nqm.md").read_text())
     print(f"run folder: {run}")
@@ -510,29 +448,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unrecognized(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]
-) -> None:
-    """Fail as the subcommand's own parser would, suggesting the flag that was meant."""
-    target = args.subcommands.get(args.command, parser) if args.command else parser
-    flags = sorted(set(re.findall(r"--[a-z][a-z0-9-]*", target.format_help())))
-    hints = []
-    for extra in extras:
-        if extra.startswith("-"):
-            close = difflib.get_close_matches(extra.split("=", 1)[0], flags, n=1, cutoff=0.6)
-            if close:
-                hints.append(f"{extra.split('=', 1)[0]}: did you mean {close[0]}?")
-    message = f"unrecognized arguments: {' '.join(extras)}"
-    target.error(message + (" (" + "; ".join(hints) + ")" if hints else ""))
-
-
 def main(argv: list[str] | None = None) -> int:
     from .lab.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
-    if extras:
-        _unrecognized(parser, args, extras)
+    if extras:  # fail as the subcommand's own parser would, suggesting the flag meant
+        from .lab.flags import unrecognized
+
+        target = args.subcommands.get(args.command, parser) if args.command else parser
+        target.error(unrecognized(target, extras))
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
+import re
 from typing import Any
 
 from .config import SETTINGS, Setting, StudyConfig, canonical_keys, settings
@@ -27,6 +29,8 @@ __all__ = [
     "SET_HELP",
     "add_set_flag",
     "add_output_flags",
+    "figures_from_flags",
+    "unrecognized",
     "add_setting_flags",
     "apply_set",
     "add_run_option_flags",
@@ -247,3 +251,25 @@ def add_output_flags(parser: argparse.ArgumentParser, *, tensorboard: bool = Tru
             help="also write TensorBoard event files of the metrics under RUN/tensorboard/ "
             "(pip install 'switchema[tensorboard]')",
         )
+
+
+def figures_from_flags(args: argparse.Namespace):
+    """The plots' format and resolution (``--format``, ``--dpi``), checked."""
+    from .report import Figures
+
+    RunOptions(figure_format=args.format, dpi=args.dpi)  # a bad dpi is a usage error
+    return Figures(args.format, args.dpi)
+
+
+def unrecognized(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """The message for arguments ``parser`` does not know, with the flag each may have meant
+    (``--epocs: did you mean --epochs?``)."""
+    flags = sorted(set(re.findall(r"--[a-z][a-z0-9-]*", parser.format_help())))
+    hints = []
+    for extra in extras:
+        flag = extra.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, flags, n=1, cutoff=0.6)
+        if extra.startswith("-") and close:
+            hints.append(f"{flag}: did you mean {close[0]}?")
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    return message + (" (" + "; ".join(hints) + ")" if hints else "")

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Study, StudyConfig
-from .errors import EXIT_FAILED, EXIT_OK, MissingFileError
+from .errors import EXIT_FAILED, EXIT_OK, MissingFileError, UsageError
 from .jobs import Job, epochs_done, job_dir, job_status, study_jobs
 from .lock import is_locked
 from .resolve import resolve
 from .sweep import Grid, expand_grid
 
-__all__ = ["JobState", "RunState", "run_state", "run_studies"]
+__all__ = ["JobState", "RunState", "known_state", "run_state", "run_studies"]
 
 #: a job's states, in the order they are listed
 STATES = ("done", "failed", "running", "interrupted", "stopped", "unknown", "pending")
@@ -144,13 +144,17 @@ def run_state(folder: str | Path) -> RunState:
     folder = Path(folder)
     command, root, cells = run_studies(folder)
     jobs: dict[str, Job] = {}
-    for _, study in cells:
+    recorded: dict[str, str] = {}  # what written cells say of their jobs
+    for cell, study in cells:
         for job in study_jobs(study):
             jobs.setdefault(job.id, job)
+        recorded.update(_recorded(cell))
     states = []
     for job in jobs.values():
         status = job_status(root, job)
         state = status.get("state", "unknown")
+        if state == "pending" and job.id in recorded:  # a copy of the results, without jobs/
+            state = recorded[job.id]
         if state == "running" and not is_locked(job_dir(root, job)):
             state = "stopped"
         if state not in STATES:
@@ -160,3 +164,28 @@ def run_state(folder: str | Path) -> RunState:
     if command == "sweep" and folder == root:
         written = written and (root / "sweep.md").is_file()
     return RunState(folder, command, root, states, written)
+
+
+def _recorded(cell: Path) -> dict[str, str]:
+    """``{job id: "done" | "failed"}`` from a written cell's ``cell.json``."""
+    try:
+        info = json.loads((cell / "cell.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    failed = set(info.get("failed", []))
+    return {j: "failed" if j in failed else "done" for j in info.get("jobs", [])}
+
+
+def known_state(folder: str | Path) -> RunState | None:
+    """:func:`run_state`, or None for a run folder whose jobs cannot be enumerated here (a copy
+    of the results alone, a task whose plugin is not installed); a folder that is not a run
+    raises :class:`MissingFileError`."""
+    try:
+        state = run_state(folder)
+    except MissingFileError:
+        raise
+    except UsageError:
+        return None
+    if not (state.resume_folder / "jobs").is_dir() and not state.written:
+        return None  # results copied without their jobs, by an older version
+    return state

@@ -86,8 +86,8 @@ def train_run(
     metric rows so far and, after the last epoch, the results (``state["done"]`` is then
     true). Passing such a state back as ``resume`` continues the run; the result is bit for bit
     the one of an uninterrupted run (the loop draws no randomness that the state does not
-    hold). A non-finite mean training loss raises :class:`DivergedError` at the epoch's end.
-    ``on_epoch(rows)`` is called after each epoch's checkpoint with that epoch's rows.
+    hold). A non-finite mean training loss raises :class:`DivergedError` at the epoch's end;
+    ``on_epoch(rows)`` is then called with the epoch's rows (after its checkpoint).
     """
     check_shared(method_names)
     if resume is not None and resume.get("done"):
@@ -111,7 +111,6 @@ def train_run(
         step, first_epoch, out.rows = _restore(
             resume, method_names, model, optimizer, scheduler, methods, order, device
         )
-    rows_per_epoch = sum(1 + len(m.labels) for m in methods)
     for epoch in range(first_epoch, cfg.epochs + 1):
         model.train()
         perm = torch.randperm(data.n_train, generator=order).to(device)
@@ -144,8 +143,8 @@ def train_run(
         evaluate_epoch(run, switched, info, running, out)
         if checkpoint is not None:
             checkpoint(checkpoint_state(run, info, out))
-        if on_epoch is not None:
-            on_epoch(out.rows[-rows_per_epoch:])
+        if on_epoch is not None:  # one row per method and model
+            on_epoch(out.rows[-sum(1 + len(m.labels) for m in methods) :])
     return out.rows, out.arrays, out.states
 
 
