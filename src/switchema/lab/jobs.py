@@ -264,12 +264,10 @@ def run_job(
             "resumed_from_epoch": int(state["epoch"]) if state is not None else 0,
             "recovered": problems,
         }
+        t0 = time.perf_counter()
         atomic_write_text(folder / "status.json", json.dumps(status, indent=2))
         metrics = folder / "metrics.jsonl"
-        _rebuild_metrics(metrics, state, status)
-        _set_threads(job.study)
-        t0 = time.perf_counter()
-        written = [0]
+        written = [len(state["rows"]) if state is not None else 0]
 
         def save(st: dict[str, Any]) -> None:
             if checkpoints or st["done"]:
@@ -279,8 +277,9 @@ def run_job(
             with open(metrics, "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in new)
 
-        written[0] = len(state["rows"]) if state is not None else 0
-        try:
+        try:  # from here on, every way out records the job's state
+            _rebuild_metrics(metrics, state, status)
+            _set_threads(job.study)
             data, y_train, flipped = prepare_data(job.study)
             train_run(
                 job.study,

@@ -137,7 +137,8 @@ def parse_grid(mapping: dict[str, Any], source: str = "grid") -> Grid:
             if twice:
                 problems.append(
                     f"{key}={list(value)!r}: each value once (a repeated value is a repeated "
-                    f"cell); given more than once: {', '.join(map(repr, twice))}"
+                    f"cell); given more than once: "
+                    + ", ".join(", ".join(map(str, v)) if s.several else repr(v) for v in twice)
                 )
             if len(values) == 1:
                 fixed[key] = values[0]
