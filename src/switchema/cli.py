@@ -326,7 +326,9 @@ def _report(args: argparse.Namespace) -> int:
         if args.tensorboard:
             raise UsageError("--tensorboard writes a run folder's events: give a cell folder")
         print(write_sweep_report(run, status=status, figures=figures).read_text())
+        cells = (run / "cells").glob("*") if (run / "cells").is_dir() else []
         code = state.exit_code if state is not None else 0
+        code = code if any(has_results(c) for c in cells) else EXIT_FAILED
     elif has_results(run):
         path = write_report(run, status=status, figures=figures, tensorboard=args.tensorboard)
         print(path.read_text())

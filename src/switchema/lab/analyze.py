@@ -18,6 +18,7 @@ run, recomputed for averaged models when the run enabled it).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,7 @@ def analyze_run(
         (m, s) for m in sub.methods for s in cfg.seeds if f"{m}/{sub.labels[m]}/{s}" in sub.states
     ]
     bar = None
-    if progress:
+    if progress and sys.stderr.isatty():  # no carriage returns in a log file
         from tqdm.auto import tqdm
 
         total = len(jobs) + (len(sub.methods) if landscapes else 0) + 1
