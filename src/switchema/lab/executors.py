@@ -50,8 +50,8 @@ def run_jobs(
     """Run ``jobs``; returns ``{job id: final status}``. ``on_done`` is called as each ends,
     ``on_epoch(event)`` after each epoch of a job (see :func:`~switchema.lab.jobs.run_job`).
 
-    A ``KeyboardInterrupt`` (Ctrl-C) stops every job within about a second: each running
-    job records itself as ``interrupted`` (resumable) and the interrupt is raised.
+    Locally, a ``KeyboardInterrupt`` (Ctrl-C) stops every job within about a second: each
+    running job records itself as ``interrupted`` (resumable) and the interrupt is raised.
     """
     checkpoints = options.checkpoints
     if options.executor == "ray":
