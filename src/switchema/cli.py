@@ -1,7 +1,9 @@
 """The ``switchema`` command line: parse, call the lab, print. No logic lives here.
 
-Usage errors (:class:`switchema.lab.errors.UsageError`: a bad setting, grid, file or folder)
-print one line and exit with status 2; anything else is a bug and shows its traceback.
+Exit statuses (:data:`switchema.lab.errors.EXIT_CODES`): 0 done; 2 a usage error (a bad flag,
+setting, grid, file or folder: one line, no traceback); 3 jobs failed (or the run asked about
+holds no finished results); 130 interrupted by Ctrl-C (one line saying how to continue).
+Anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -12,9 +14,16 @@ from pathlib import Path
 
 from . import __version__
 
+EXIT_STATUS = (
+    "exit status: 0 done (compare, sweep: every job finished); 2 usage error (bad flag, "
+    "setting, file or folder; nothing was run); 3 some or all jobs failed, or the run holds "
+    "no finished results (the others' results are written); 130 interrupted (Ctrl-C), "
+    "continue with --resume RUN."
+)
+
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    from .lab.flags import add_run_option_flags, add_setting_flags
+    from .lab.flags import add_output_flags, add_run_option_flags, add_set_flag, add_setting_flags
 
     p = sub.add_parser(
         "compare",
@@ -22,14 +31,17 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train every method for every seed from the same initial weights and batch order, "
             "evaluate the online and averaged models each epoch, and write a run folder with "
-            "config.json, metrics.jsonl, predictions.npz, summary.md and plots. With no "
-            "arguments: MNIST-1D CNN, 3 seeds, baseline vs EMA vs SEMA vs SWA (about 3-5 minutes "
-            "on 2 CPU cores)."
+            "config.json, metrics.jsonl, metrics.csv, predictions.npz, summary.md and plots. "
+            "With no arguments: MNIST-1D CNN, 3 seeds, baseline vs EMA vs SEMA vs SWA (about "
+            "3-5 minutes on 2 CPU cores). Example of nested options: switchema compare --task "
+            "mnist1d-cnn --set epochs=20 data.n_total=1000 model.channels=32"
         ),
+        epilog=EXIT_STATUS,
     )
     add_setting_flags(p, sweep=False)
+    add_set_flag(p)
     p.add_argument(
-        "--out", type=Path, default=None, help="run folder (default: runs/<task>-<time>)"
+        "--out", type=Path, default=None, help="run folder (default: runs/<task>-<date>-<time>)"
     )
     p.add_argument(
         "--resume",
@@ -37,9 +49,11 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="RUN",
         help="continue the killed or unfinished run in folder RUN with its saved settings "
-        "(finished jobs are kept, unfinished ones continue from their last checkpoint)",
+        "(finished jobs are kept, unfinished ones continue from their last checkpoint); "
+        "--seeds and --methods may add seeds and methods, other changed settings are refused",
     )
     add_run_option_flags(p)
+    add_output_flags(p)
     p.set_defaults(func=_compare)
 
 
@@ -47,25 +61,50 @@ def _compare(args: argparse.Namespace) -> int:
     from .lab.errors import UsageError
     from .lab.flags import config_from_flags, grid_from_flags, run_options_from_flags
     from .lab.resolve import resolve
-    from .lab.runner import default_run_folder, run_compare
+    from .lab.runner import default_run_folder, resume_study, run_compare
 
     options = run_options_from_flags(args)
     if args.resume is not None:
-        if grid_from_flags(args):
-            raise UsageError(f"--resume continues with the settings saved in {args.resume}")
-        run = run_compare(None, args.resume, options, resume=True)
+        out = args.resume
+        study, added = resume_study(out, grid_from_flags(args))
+        for name, values in added.items():
+            print(f"resuming {out}: adding {name} {' '.join(map(str, values))}", file=sys.stderr)
     else:
         if options.retry_failed:
             raise UsageError("--retry-failed only applies with --resume RUN")
         study = resolve(config_from_flags(args))  # every mistake before any training starts
-        run = run_compare(study, args.out or default_run_folder(study.task.name), options)
-    print((run / "summary.md").read_text())
-    print(f"run folder: {run}")
-    return 0
+        out = args.out or default_run_folder(study.task.name)
+    try:
+        run_compare(study, out, options, resume=args.resume is not None)
+    except KeyboardInterrupt:
+        return _interrupted("compare", out, "config.json")
+    return _finished(out, "summary.md")
+
+
+def _interrupted(command: str, out: Path, marker: str) -> int:
+    from .lab.errors import EXIT_INTERRUPTED
+
+    if (Path(out) / marker).is_file():
+        print(f"interrupted; continue with: switchema {command} --resume {out}", file=sys.stderr)
+    else:
+        print("interrupted; nothing was written", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _finished(out: Path, table: str) -> int:
+    """Print the run's table and folder; say what failed; the run's exit status."""
+    from .lab.state import run_state
+
+    print((Path(out) / table).read_text())
+    print(f"{'sweep' if table == 'sweep.md' else 'run'} folder: {out}")
+    state = run_state(out)
+    if not state.complete:
+        print(state.describe(), file=sys.stderr)
+    return state.exit_code
 
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
-    from .lab.flags import add_run_option_flags, add_setting_flags, key_value
+    from .lab.flags import add_output_flags, add_run_option_flags, add_set_flag, add_setting_flags
 
     p = sub.add_parser(
         "sweep",
@@ -77,21 +116,17 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
             "task, methods, seeds, decay, switch_every, epochs, lr, label_noise, model_options), "
             "or both (flags win). Writes one `compare` run folder per cell under RUN/cells/, a "
             "combined table RUN/sweep.md, RUN/sweep_results.json and a plot RUN/sweep_<axis>.png "
-            "per swept axis. Jobs checkpoint every epoch: after a crash, --resume RUN continues."
+            "per swept axis. Jobs checkpoint every epoch: after a crash, --resume RUN continues. "
+            "Example: switchema sweep --task circles --decay 0.9 0.99 --set epochs=20 "
+            "model.hidden=16"
         ),
+        epilog=EXIT_STATUS,
     )
     p.add_argument("--grid", type=Path, default=None, help="grid file (.toml, .yaml or .yml)")
     add_setting_flags(p, sweep=True)
+    add_set_flag(p, "; a list is an axis, e.g. weight_decay=[0,1e-4]")
     p.add_argument(
-        "--set",
-        type=key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any setting as in a grid file, e.g. batch_size=64 or weight_decay=[0,1e-4] (a list: an axis)",
-    )
-    p.add_argument(
-        "--out", type=Path, default=None, help="sweep folder (default: runs/sweep-<time>)"
+        "--out", type=Path, default=None, help="sweep folder (default: runs/sweep-<date>-<time>)"
     )
     p.add_argument(
         "--resume",
@@ -107,6 +142,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         help="validate the grid, list its cells and jobs, train nothing",
     )
     add_run_option_flags(p)
+    add_output_flags(p)
     p.set_defaults(func=_sweep)
 
 
@@ -125,7 +161,8 @@ def _sweep(args: argparse.Namespace) -> int:
                 f"--resume continues the grid saved in {args.resume}; drop the grid options "
                 f"({', '.join(sorted(given)) or '--grid'})"
             )
-        out = run_sweep(None, args.resume, options, resume=True)
+        out = args.resume
+        grid, source = None, "sweep options"
     else:
         if options.retry_failed:
             raise UsageError("--retry-failed only applies with --resume RUN")
@@ -143,13 +180,58 @@ def _sweep(args: argparse.Namespace) -> int:
                 print(f"  {c.name}: {len(study_jobs(c.study))} jobs")
             return 0
         out = args.out or default_run_folder("sweep")
-        run_sweep(grid, out, options, source=source)
-    print((out / "sweep.md").read_text())
-    print(f"sweep folder: {out}")
-    return 0
+    try:
+        run_sweep(grid, out, options, resume=args.resume is not None, source=source)
+    except KeyboardInterrupt:
+        return _interrupted("sweep", out, "sweep.json")
+    return _finished(out, "sweep.md")
+
+
+# flag, type, default, what it is (with its unit): each default shown once, by _add_numbers
+_ANALYZE_FLAGS = [
+    ("--samples", int, 1000, "training examples the measures use"),
+    ("--probes", int, 30, "Rademacher probes of the Hutchinson Hessian-trace estimate"),
+    ("--rho", float, 0.05, "radius of the L2 ball for worst-case sharpness, in weight units"),
+    ("--rise", float, 0.1, "loss rise that ends the basin width, in nats"),
+    ("--directions", int, 6, "random filter-normalised directions of the basin width"),
+    ("--grid", int, 21, "points per axis of the 2-D loss surfaces"),
+    ("--span", float, 1.0, "half-width of the 2-D surfaces, in filter-normalised units"),
+    ("--seed", int, 0, "seed of probes and random directions"),
+    (
+        "--threads",
+        int,
+        1,
+        "torch CPU threads (as for training: the lab's small models run fastest on one)",
+    ),
+]
+_NQM_FLAGS = [
+    ("--eta", float, 0.5, "SGD learning rate"),
+    ("--curvature", float, 1.0, "curvature h of the quadratic; eta*h must be in (0, 2)"),
+    ("--noise", float, 1.0, "variance s2 of the moving optimum"),
+    ("--decay", float, 0.99, "EMA decay per SGD step, in [0, 1)"),
+    ("--switch-every", int, 10, "Switch EMA interval k, in SGD steps"),
+    ("--steps", int, 4000, "SGD steps per chain"),
+    (
+        "--burn-in",
+        int,
+        None,
+        "SGD steps left out of the stationary averages, rounded up to a multiple of "
+        "--switch-every (default: the steps the variances need to become stationary)",
+    ),
+    ("--chains", int, 2000, "independent chains simulated"),
+    ("--seed", int, 0, "random seed"),
+]
+
+
+def _add_numbers(p: argparse.ArgumentParser, flags: list[tuple]) -> None:
+    for flag, kind, default, text in flags:
+        shown = "" if default is None else f" (default: {default})"
+        p.add_argument(flag, type=kind, default=default, help=text + shown)
 
 
 def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    from .lab.flags import add_output_flags
+
     p = sub.add_parser(
         "analyze",
         help="flatness and sharpness of a run's final models: Hessian, worst-case sharpness, width, landscapes",
@@ -159,31 +241,19 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
             "ball, basin width; plus the loss along the path through the solutions and 2-D loss "
             "surfaces. Writes analysis.md, analysis.json, interpolation.png, landscapes.png."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=EXIT_STATUS,
     )
     p.add_argument("run", type=Path, help="run folder written by `switchema compare`")
-    p.add_argument("--samples", type=int, default=1000, help="training samples the measures use")
-    p.add_argument("--probes", type=int, default=30, help="Hutchinson probes for the Hessian trace")
     p.add_argument(
-        "--rho", type=float, default=0.05, help="radius of the L2 ball for worst-case sharpness"
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for analysis.md, analysis.json and the plots (default: the run folder)",
     )
-    p.add_argument(
-        "--rise", type=float, default=0.1, help="loss rise (nats) that ends the basin width"
-    )
-    p.add_argument(
-        "--directions", type=int, default=6, help="random directions for the basin width"
-    )
-    p.add_argument("--grid", type=int, default=21, help="points per axis of the 2-D loss surfaces")
-    p.add_argument(
-        "--span",
-        type=float,
-        default=1.0,
-        help="half-width of the 2-D surfaces, in normalised units",
-    )
+    _add_numbers(p, _ANALYZE_FLAGS)
     p.add_argument("--no-landscapes", action="store_true", help="skip the 2-D loss surfaces")
-    p.add_argument("--seed", type=int, default=0, help="seed of probes and random directions")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_output_flags(p, tensorboard=False)
     p.set_defaults(func=_analyze)
 
 
@@ -191,11 +261,20 @@ def _analyze(args: argparse.Namespace) -> int:
     import torch
 
     from .lab.analyze import analyze_run
+    from .lab.errors import UsageError
+    from .lab.flags import figures_from_flags
+    from .lab.preflight import check_writable
+    from .lab.state import known_state
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        raise UsageError(f"--threads must be a positive int, got {args.threads}")
+    state = known_state(args.run)
+    out = args.out or args.run
+    check_writable(out, "output folder")  # before a minute of computing, not after
+    torch.set_num_threads(args.threads)
     path = analyze_run(
         args.run,
+        out=out,
         samples=args.samples,
         probes=args.probes,
         rho=args.rho,
@@ -206,19 +285,91 @@ def _analyze(args: argparse.Namespace) -> int:
         seed=args.seed,
         landscapes=not args.no_landscapes,
         progress=not args.no_progress,
+        state=state.describe() if state is not None and not state.complete else None,
+        figures=figures_from_flags(args),
     )
     print(path.read_text())
-    return 0
+    return state.exit_code if state is not None else 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    from .lab.flags import add_output_flags
+
+    rep = sub.add_parser(
+        "report",
+        help="rebuild summary.md and plots from a saved run folder, or sweep.md from a sweep folder (no training)",
+        description=(
+            "Rebuild a run's summary.md, metrics.csv and plots, or a sweep's sweep.md and plots, "
+            "from the saved files; say what state the run is in (finished, in progress, "
+            "stopped, failed jobs)."
+        ),
+        epilog=EXIT_STATUS,
+    )
+    rep.add_argument(
+        "run", type=Path, help="run folder of `switchema compare` or `switchema sweep`"
+    )
+    add_output_flags(rep)
+    rep.set_defaults(func=_report)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .lab.report import write_report, write_sweep_report
+    from .lab.errors import EXIT_FAILED, UsageError
+    from .lab.flags import figures_from_flags
+    from .lab.report import has_results, write_report, write_sweep_report
+    from .lab.state import known_state
 
-    if (args.run / "sweep.json").is_file():  # a sweep folder: rebuild its combined table
-        path = write_sweep_report(args.run)
-    else:
-        path = write_report(args.run)
-    print(path.read_text())
+    run: Path = args.run
+    state = known_state(run)
+    status = state.describe() if state is not None and not state.complete else None
+    figures = figures_from_flags(args)
+    if (run / "sweep.json").is_file():  # a sweep folder: rebuild its combined table
+        if args.tensorboard:
+            raise UsageError("--tensorboard writes a run folder's events: give a cell folder")
+        print(write_sweep_report(run, status=status, figures=figures).read_text())
+        cells = (run / "cells").glob("*") if (run / "cells").is_dir() else []
+        code = state.exit_code if state is not None else 0
+        code = code if any(has_results(c) for c in cells) else EXIT_FAILED
+    elif has_results(run):
+        path = write_report(run, status=status, figures=figures, tensorboard=args.tensorboard)
+        print(path.read_text())
+        code = state.exit_code if state is not None else 0
+    else:  # nothing finished yet, or every job failed: the state is the report
+        code = EXIT_FAILED
+    if status:
+        print(status, file=sys.stderr)
+    elif state is None and code == EXIT_FAILED:
+        print(f"{run}: no finished results", file=sys.stderr)
+    return code
+
+
+def _add_diff(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "diff",
+        help="two runs' tables side by side, with paired differences where seeds match",
+        description=(
+            "Compare two run folders (or two sweep folders, cell by cell): the settings that "
+            "differ, then for every method and model both runs have, each run's final and "
+            "best-epoch metric and the difference B - A, paired by seed with a 95%% t-interval "
+            "where the seeds match. Example: switchema diff runs/before runs/after"
+        ),
+        epilog=EXIT_STATUS,
+    )
+    p.add_argument("run_a", type=Path, metavar="RUN_A", help="the reference run (A)")
+    p.add_argument("run_b", type=Path, metavar="RUN_B", help="the run compared with it (B)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="also write the comparison to this file (.md)"
+    )
+    p.set_defaults(func=_diff)
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from .lab.checkpoint import atomic_write_text
+    from .lab.report import diff_runs
+
+    text = diff_runs(args.run_a, args.run_b)
+    if args.out is not None:
+        atomic_write_text(args.out, text)
+    print(text)
     return 0
 
 
@@ -232,6 +383,8 @@ def _tasks(args: argparse.Namespace) -> int:
 
 
 def _add_nqm(sub: argparse._SubParsersAction) -> None:
+    from .lab.flags import add_output_flags
+
     p = sub.add_parser(
         "nqm",
         help="noisy quadratic model: simulate SGD / EMA / Switch EMA and check the closed forms",
@@ -241,41 +394,18 @@ def _add_nqm(sub: argparse._SubParsersAction) -> None:
             "trajectories with the closed forms, and tabulate where V_SEMA <= V_EMA <= V_SGD "
             "holds. Writes nqm.md, nqm.json, nqm_variance.png and nqm_bias.png (a few seconds)."
         ),
+        epilog=EXIT_STATUS,
     )
-    p.add_argument("--eta", type=float, default=0.5, help="SGD learning rate (default: 0.5)")
+    _add_numbers(p, _NQM_FLAGS)
     p.add_argument(
-        "--curvature",
-        type=float,
-        default=1.0,
-        help="curvature h of the quadratic; eta*h must be in (0, 2) (default: 1.0)",
+        "--out", type=Path, default=None, help="output folder (default: runs/nqm-<date>-<time>)"
     )
-    p.add_argument(
-        "--noise", type=float, default=1.0, help="variance s2 of the moving optimum (default: 1.0)"
-    )
-    p.add_argument(
-        "--decay",
-        type=float,
-        default=0.99,
-        help="EMA decay per SGD step, in [0, 1) (default: 0.99)",
-    )
-    p.add_argument(
-        "--switch-every",
-        type=int,
-        default=10,
-        help="Switch EMA interval k, in SGD steps (default: 10)",
-    )
-    p.add_argument("--steps", type=int, default=4000, help="SGD steps per chain (default: 4000)")
-    p.add_argument(
-        "--chains", type=int, default=2000, help="independent chains simulated (default: 2000)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: runs/nqm-<time>)"
-    )
+    add_output_flags(p, tensorboard=False)
     p.set_defaults(func=_nqm)
 
 
 def _nqm(args: argparse.Namespace) -> int:
+    from .lab.flags import figures_from_flags
     from .lab.nqm import run_nqm
     from .lab.runner import default_run_folder
 
@@ -287,8 +417,10 @@ def _nqm(args: argparse.Namespace) -> int:
         decay=args.decay,
         k=args.switch_every,
         steps=args.steps,
+        burn_in=args.burn_in,
         chains=args.chains,
         seed=args.seed,
+        figures=figures_from_flags(args),
     )
     print((run / "nqm.md").read_text())
     print(f"run folder: {run}")
@@ -299,45 +431,64 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="switchema",
         description="Weight averaging (EMA, Switch EMA, SWA): rerun the papers' studies and report what they show.",
+        epilog=EXIT_STATUS,
     )
     parser.add_argument("--version", action="version", version=f"switchema {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_compare(sub)
     _add_sweep(sub)
     _add_analyze(sub)
-    rep = sub.add_parser(
-        "report",
-        help="rebuild summary.md and plots from a saved run folder, or sweep.md from a sweep folder (no training)",
-    )
-    rep.add_argument(
-        "run", type=Path, help="run folder of `switchema compare` or `switchema sweep`"
-    )
-    rep.set_defaults(func=_report)
+    _add_report(sub)
+    _add_diff(sub)
     tasks = sub.add_parser(
         "tasks",
         help="list the registered tasks (built-in and plugins): defaults, data and model options",
     )
     tasks.set_defaults(func=_tasks)
     _add_nqm(sub)
+    parser.set_defaults(subcommands=sub.choices)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .lab.errors import UsageError
+    from .lab.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # fail as the subcommand's own parser would, suggesting the flag meant
+        from .lab.flags import unrecognized
+
+        target = args.subcommands.get(args.command, parser) if args.command else parser
+        target.error(unrecognized(target, extras))
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     try:
         return args.func(args)
     except UsageError as e:
         # The user's input is wrong (a setting, a grid, a file, a folder): one line, no
         # traceback. Anything else is a bug and shows its traceback.
         print(f"switchema {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def entry() -> None:
+    """The console script: ``main()``, then exit. After Ctrl-C it exits at once (without the
+    second or two of tearing torch down): everything a run keeps is already on disk."""
+    import os
+
+    from .lab.errors import EXIT_INTERRUPTED
+
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

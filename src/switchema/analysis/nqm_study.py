@@ -62,12 +62,13 @@ def check_nqm_arguments(
     seed: int = 0,
     m0: float = 1.0,
     grid: Mapping[str, Any] | None = None,
+    burn_in: int | None = None,
 ) -> None:
     """Raise ``ValueError``/``TypeError`` naming the first bad argument of :func:`nqm_study`
     (cheap: no simulation)."""
     axes = _grid_axes(grid)
     nqm.ordering_grid(axes["eta_h"], axes["decay"], axes["k"], rtol=RTOL)
-    nqm.check_simulation(eta, h, s2, decay, k, steps, chains, 1, seed, m0)
+    nqm.check_simulation(eta, h, s2, decay, k, steps, chains, 1, seed, m0, burn_in)
 
 
 def nqm_study(
@@ -82,6 +83,7 @@ def nqm_study(
     seed: int = 0,
     m0: float = 1.0,
     grid: Mapping[str, Any] | None = None,
+    burn_in: int | None = None,
 ) -> dict[str, Any]:
     """Simulate one NQM setting, check it against the closed forms, and tabulate the ordering.
 
@@ -92,6 +94,8 @@ def nqm_study(
         m0: the start, so the bias at step ``t`` is the mean's distance from the optimum 0.
         grid: ``{"eta_h": [...], "decay": [...], "k": [...]}`` for the ordering table
             (default :data:`DEFAULT_GRID`); keys left out take the default.
+        burn_in: steps left out of the stationary averages (default: the steps the variances
+            need to become stationary); rounded up to a multiple of ``k``.
 
     Returns:
         ``settings``, ``stationary`` (simulated vs closed-form variances with z-scores),
@@ -102,7 +106,19 @@ def nqm_study(
     axes = _grid_axes(grid)
     ordering = nqm.ordering_grid(axes["eta_h"], axes["decay"], axes["k"], rtol=RTOL)
     t0 = time.perf_counter()
-    sim = nqm.simulate(eta, h, s2, decay, k, steps=steps, chains=chains, coords=1, seed=seed, m0=m0)
+    sim = nqm.simulate(
+        eta,
+        h,
+        s2,
+        decay,
+        k,
+        steps=steps,
+        chains=chains,
+        coords=1,
+        seed=seed,
+        m0=m0,
+        burn_in=burn_in,
+    )
     sim_seconds = time.perf_counter() - t0
     stat = nqm.stationary_variances(sim, pool=True)
     traj = nqm.compare_trajectories(sim, pool=True)

@@ -3,8 +3,10 @@
 One way through, each step importing only what is below it::
 
     cli -> flags (settings -> StudyConfig) -> resolve (-> Study, once)
-        -> runner (compare: one cell; sweep: a grid of cells) -> jobs / executors
-        -> train.train_run -> methods (EMA, SWA, SwitchRule)
+        -> runner (preflight checks; compare: one cell; sweep: a grid of cells)
+        -> jobs / executors (progress) -> train.train_run -> methods (EMA, SWA, SwitchRule)
 
-and, reading saved folders only, ``report`` (tables and plots), ``analyze`` and ``nqm``.
+and, reading saved folders only, ``state`` (which jobs are done, failed, running or
+interrupted), ``report`` (tables, plots, exports, diff), ``analyze`` and ``nqm``. Usage errors
+and the command line's exit statuses are in ``errors``.
 """

@@ -18,6 +18,7 @@ run, recomputed for averaged models when the run enabled it).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ from ..analysis import landscape as L
 from ..analysis import sharpness as S
 from ..analysis.distance import solution_distance
 from .config import StudyConfig
-from .errors import MissingFileError, UsageError
-from .report import load_run, main_label, write_analysis_report
+from .errors import MissingFileError, NoResultsError, UsageError
+from .preflight import check_writable
+from .report import Figures, load_run, main_label, write_analysis_report
 from .resolve import resolve
 from .tasks import task_loss
 
@@ -58,6 +60,19 @@ def _check_arguments(samples: int, grid: int, probes: int, rho: float) -> None:
         raise UsageError(str(e)) from None
 
 
+def _why(run: Path) -> str:
+    """Why a run folder holds no models: its failed jobs, or that none finished."""
+    failures = []
+    if (run / "failures.json").is_file():
+        failures = json.loads((run / "failures.json").read_text())
+    if failures:
+        return (
+            f"every job failed ({len(failures)}; first error: {failures[0].get('error')}); "
+            f"see {run / 'summary.md'}"
+        )
+    return "no job has finished yet"
+
+
 class _Subject:
     """What the measures need of a run: its final weights, model, data subsets and loss."""
 
@@ -68,6 +83,8 @@ class _Subject:
                 f"{run / 'models.pt'} not found: rerun `switchema compare` with this version to save final weights"
             )
         self.states = torch.load(run / "models.pt", weights_only=True)
+        if not rows or not self.states:
+            raise NoResultsError(f"{run} holds no finished models to analyze: {_why(run)}")
         study = resolve(StudyConfig.from_dict(config["config"]))
         self.config, cfg = study.config, study.config
         data = study.task.build_data(cfg.data_seed, **cfg.data_options)
@@ -112,17 +129,24 @@ def analyze_run(
     seed: int = 0,
     landscapes: bool = True,
     progress: bool = True,
+    out: str | Path | None = None,
+    state: str | None = None,
+    figures: Figures | None = None,
 ) -> Path:
-    """Measure the run's final models and write the analysis files; returns ``analysis.md``."""
+    """Measure the run's final models and write the analysis files into ``out`` (default: the
+    run folder); returns ``analysis.md``. ``state``: a note on an unfinished run, for the
+    report. The output folder is checked writable before anything is computed."""
     run = Path(run_dir)
+    out = Path(out) if out is not None else run
     _check_arguments(samples, grid, probes, rho)
+    check_writable(out, "output folder")
     sub = _Subject(run, samples, batch_size)
     cfg = sub.config
     jobs = [
         (m, s) for m in sub.methods for s in cfg.seeds if f"{m}/{sub.labels[m]}/{s}" in sub.states
     ]
     bar = None
-    if progress:
+    if progress and sys.stderr.isatty():  # no carriage returns in a log file
         from tqdm.auto import tqdm
 
         total = len(jobs) + (len(sub.methods) if landscapes else 0) + 1
@@ -148,15 +172,16 @@ def analyze_run(
     settings = dict(samples=min(samples, sub.n_train), batch_size=batch_size, probes=probes)
     settings.update(rho=rho, rise=rise, directions=directions, grid=grid, span=span, seed=seed)
     settings.update(torch_threads=torch.get_num_threads(), wall_s=time.perf_counter() - t0)
-    out = {
+    saved = {
         "settings": settings,
         "models": results,
         "distances_to_baseline": distances,
         "interpolation": interp,
         "landscapes": surfaces,
     }
-    (run / "analysis.json").write_text(json.dumps(out, indent=1))
-    return write_analysis_report(run)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "analysis.json").write_text(json.dumps(saved, indent=1))
+    return write_analysis_report(run, out, status=state, figures=figures)
 
 
 def _measure(sub: _Subject, m, s, probes, rho, rise, directions, seed) -> dict[str, Any]:

@@ -1,24 +1,53 @@
-"""The lab's usage errors: input the user can fix (a setting, a grid, a file, a folder).
+"""The lab's usage errors (input the user can fix) and the command line's exit statuses.
 
 The command line catches :class:`UsageError` (and only it), prints its one-line message and
-exits with status 2; anything else is a bug and shows its traceback. Each subclass is also the
-built-in exception a Python caller would expect (``ConfigError`` is a ``ValueError``,
-``MissingFileError`` a ``FileNotFoundError``, ...).
+exits with the error's ``exit_code``; anything else is a bug and shows its traceback. Each
+subclass is also the built-in exception a Python caller would expect (``ConfigError`` is a
+``ValueError``, ``MissingFileError`` a ``FileNotFoundError``, ...).
+
+Exit statuses of ``switchema`` (:data:`EXIT_CODES`):
+
+* 0: done; for ``compare`` and ``sweep``, every job finished;
+* 2: a usage error: a bad flag, setting, grid, file or folder; nothing was run;
+* 3: jobs failed: some or all jobs of a ``compare``/``sweep`` run failed (the others' results
+  are written), or the run asked about (``report``, ``analyze``, ``diff``) has failed jobs or
+  holds no finished results;
+* 130: interrupted (Ctrl-C); the run folder can be continued with ``--resume``.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_CODES",
     "UsageError",
     "ConfigError",
     "MissingFileError",
     "RunExistsError",
     "MissingDependencyError",
+    "NoResultsError",
 ]
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_FAILED = 3
+EXIT_INTERRUPTED = 130
+#: exit status -> what it means (the command line's ``--help`` lists these).
+EXIT_CODES = {
+    EXIT_OK: "done (compare, sweep: every job finished)",
+    EXIT_USAGE: "usage error (bad flag, setting, file or folder); nothing was run",
+    EXIT_FAILED: "some or all jobs failed, or the run holds no finished results",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); continue with --resume",
+}
 
 
 class UsageError(ValueError):
     """Input the user can fix; the message says what is wrong and how to fix it."""
+
+    exit_code = EXIT_USAGE
 
 
 class ConfigError(UsageError):
@@ -39,3 +68,9 @@ class RunExistsError(UsageError, FileExistsError):
 
 class MissingDependencyError(UsageError, ImportError):
     """An optional dependency is needed for what was asked (the message names the extra)."""
+
+
+class NoResultsError(UsageError):
+    """The run holds no finished results to work on (every job failed, or none finished yet)."""
+
+    exit_code = EXIT_FAILED

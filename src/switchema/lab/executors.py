@@ -8,7 +8,8 @@ jobs run at once, so a run folder is the same whichever executor filled it.
 * ``local`` with ``workers=1``: one job after the other in this process.
 * ``local`` with ``workers=N``: N spawned worker processes, each running whole jobs. Each
   worker uses the job's torch thread count (1 on CPU by default), so N workers use N cores;
-  on Linux a worker dies with its parent, so a killed sweep leaves no job running.
+  on Linux a worker dies with its parent, so a killed sweep leaves no job running. Ctrl-C
+  stops the workers within about a second, each running job recorded as ``interrupted``.
 * ``ray``: one Ray task per job, spread over the nodes of the cluster at ``address``
   (``ray.init(address=...)``; a cluster with token authentication needs ``RAY_AUTH_MODE=token``
   and its token, see the README), or, when no address is given, on a new local Ray instance
@@ -24,15 +25,21 @@ import importlib
 import json
 import multiprocessing as mp
 import os
+import signal
 import socket
 import threading
+import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from multiprocessing.connection import wait
 from typing import Any
 
 from .checkpoint import atomic_write_text
 from .errors import MissingDependencyError, UsageError
-from .jobs import Job, job_dir, run_job
+from .jobs import Job, close_status, job_dir, run_job
 from .lock import FolderLock
 from .options import RunOptions
 
@@ -46,13 +53,18 @@ def run_jobs(
     jobs: Sequence[Job],
     options: RunOptions,
     *,
-    on_epoch: Callable[[int], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
     on_done: Done | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Run ``jobs``; returns ``{job id: final status}``. ``on_done`` is called as each ends."""
+    """Run ``jobs``; returns ``{job id: final status}``. ``on_done`` is called as each ends,
+    ``on_epoch(event)`` after each epoch of a job (see :func:`~switchema.lab.jobs.run_job`).
+
+    Locally, a ``KeyboardInterrupt`` (Ctrl-C) stops every job within about a second: each
+    running job records itself as ``interrupted`` (resumable) and the interrupt is raised.
+    """
     checkpoints = options.checkpoints
     if options.executor == "ray":
-        return _ray(run_dir, jobs, options, on_epoch, on_done)
+        return _ray(run_dir, jobs, options, None, _whole_jobs(on_epoch, on_done))
     if options.workers == 1 or len(jobs) <= 1:
         out = {}
         for job in jobs:
@@ -61,6 +73,20 @@ def run_jobs(
                 on_done(job, out[job.id])
         return out
     return _pool(run_dir, jobs, options.workers, on_epoch, on_done, checkpoints)
+
+
+def _whole_jobs(on_epoch, on_done: Done | None) -> Done:
+    """``on_done`` that first reports all the job's epochs at once (executors that report
+    nothing while a job runs)."""
+
+    def done(job: Job, status: dict[str, Any]) -> None:
+        if on_epoch is not None and status.get("state") == "done":
+            event = {"job": job.id, "epoch": job.epochs, "epochs": job.epochs}
+            on_epoch({**event, "model": None, "metric": None, "value": None})
+        if on_done is not None:
+            on_done(job, status)
+
+    return done
 
 
 def _threads(job: Job) -> int:
@@ -80,21 +106,21 @@ def _warn_oversubscribed(jobs: Sequence[Job], workers: int) -> None:
 
 
 # -- local worker processes -------------------------------------------------------------
+#
+# The parent hands each worker one job at a time through a pipe (the next when it reports the
+# last done) and reads ("epoch" | "done", payload) back; pipes, not queues, so a run stopped
+# at once leaves no semaphore behind. Workers ignore SIGINT: on Ctrl-C the parent alone
+# decides, and stops them with SIGTERM, which a worker turns into a KeyboardInterrupt inside
+# its job (the job records itself as interrupted) or into a quiet exit between jobs.
 
-_queue = None
-
-
-def _init_worker(queue) -> None:
-    global _queue
-    _queue = queue
-    _die_with_parent()
+_in_job = False
+_STOP_GRACE_S = 2.0  # how long stopped workers get to record their jobs before SIGKILL
 
 
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this worker when the sweep process dies (no orphaned writers)."""
     try:
         import ctypes
-        import signal
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -102,57 +128,142 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker(run_dir, job: Job, checkpoints: bool) -> dict[str, Any]:
-    report = _queue.put if _queue is not None else None
-    return run_job(run_dir, job, on_epoch=report, checkpoints=checkpoints)
+def _on_sigterm(signum, frame) -> None:
+    if _in_job:
+        raise KeyboardInterrupt  # run_job records the job as interrupted
+    os._exit(130)
+
+
+def _worker_loop(run_dir, conn, checkpoints: bool) -> None:
+    global _in_job
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        while (job := conn.recv()) is not None:
+            _in_job = True
+            try:
+                report = partial(_send, conn, "epoch")
+                status = run_job(run_dir, job, on_epoch=report, checkpoints=checkpoints)
+            finally:
+                _in_job = False
+            conn.send(("done", status))
+    except (KeyboardInterrupt, EOFError, OSError):  # stopped, or the parent is gone
+        os._exit(130)
+
+
+def _send(conn, kind: str, payload: Any) -> None:
+    conn.send((kind, payload))
+
+
+class _Ignore:
+    """Ignore SIGINT in this block (in the main thread only, where handlers live): workers
+    started here inherit it, so a Ctrl-C never hits a worker while it imports torch."""
+
+    def __enter__(self) -> None:
+        main = threading.current_thread() is threading.main_thread()
+        self.old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+
+
+@dataclass(eq=False)
+class _Worker:
+    proc: Any  # multiprocessing.Process
+    conn: Any  # the parent's end of the pipe
+    job: Job | None = None  # the job it runs
 
 
 def _pool(run_dir, jobs, workers, on_epoch, on_done, checkpoints):
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
     _warn_oversubscribed(jobs, workers)
     ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
-    queue = ctx.SimpleQueue()
-
-    def pump() -> None:
-        while True:
-            item = queue.get()
-            if item is None:
-                return
-            if on_epoch is not None:
-                on_epoch(item)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
+    todo = deque(jobs)
+    live: list[_Worker] = []
     out: dict[str, dict[str, Any]] = {}
-    pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)),
-        mp_context=ctx,
-        initializer=_init_worker,
-        initargs=(queue,),
-    )
+
+    def give(w: _Worker) -> None:  # the next job, or None: the worker exits
+        w.job = todo.popleft() if todo else None
+        w.conn.send(w.job)
+
+    def spawn() -> None:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker_loop, args=(run_dir, child, checkpoints), daemon=True)
+        with _Ignore():
+            proc.start()
+        child.close()
+        live.append(_Worker(proc, parent))
+        give(live[-1])
+
+    def finish(job: Job, status: dict[str, Any]) -> None:
+        out[job.id] = status
+        if on_done is not None:
+            on_done(job, status)
+
     try:
-        with pool:
-            futures = {pool.submit(_worker, run_dir, job, checkpoints): job for job in jobs}
-            for fut in as_completed(futures):
-                job = futures[fut]
-                try:
-                    out[job.id] = fut.result()
-                except Exception as e:  # the worker itself died (e.g. killed by the OOM killer)
-                    out[job.id] = {
-                        "state": "failed",
-                        "job": job.id,
-                        "error": f"{type(e).__name__}: {e}",
-                    }
-                if on_done is not None:
-                    on_done(job, out[job.id])
-    except BaseException:  # Ctrl-C or an error here: do not start the queued jobs
-        pool.shutdown(wait=False, cancel_futures=True)
+        for _ in range(min(workers, len(jobs))):
+            spawn()
+        while len(out) < len(jobs):
+            ready = set(wait([x for w in live for x in (w.conn, w.proc.sentinel)], timeout=1.0))
+            for w in [w for w in live if ready & {w.conn, w.proc.sentinel}]:
+                for kind, payload in _messages(w):
+                    if kind == "epoch" and on_epoch is not None:
+                        on_epoch(payload)
+                    elif kind == "done":
+                        finish(w.job, payload)
+                        give(w)
+                if not w.proc.is_alive() and w in live:
+                    live.remove(w)
+                    if w.job is not None:  # died during a job (e.g. the OOM killer)
+                        finish(w.job, _died(run_dir, w))
+                        if todo:
+                            spawn()
+    except BaseException:  # Ctrl-C or an error here: stop the workers, mark their jobs
+        with _Ignore():
+            _stop([w.proc for w in live])
+            for w in live:
+                if w.job is not None:
+                    close_status(run_dir, w.job, "interrupted")
         raise
     finally:
-        queue.put(None)
-        reader.join(timeout=5)
+        for w in live:
+            w.proc.join(timeout=5)
+            w.conn.close()
     return out
+
+
+def _messages(w: _Worker) -> list[tuple[str, Any]]:
+    """Everything the worker has sent so far (also after it died: the pipe keeps it)."""
+    found = []
+    try:
+        while w.conn.poll():
+            found.append(w.conn.recv())
+    except (EOFError, OSError):
+        pass
+    return found
+
+
+def _died(run_dir, w: _Worker) -> dict[str, Any]:
+    code = w.proc.exitcode
+    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    error = f"WorkerDied: the worker process running this job died ({how})"
+    close_status(run_dir, w.job, "failed", error)
+    return {"state": "failed", "job": w.job.id, "error": error}
+
+
+def _stop(procs: list) -> None:
+    """SIGTERM every worker, give them a moment to record their jobs, then SIGKILL."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + _STOP_GRACE_S
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)
 
 
 # -- Ray ----------------------------------------------------------------------------------

@@ -5,21 +5,34 @@
 ``EMA(decay=...)`` does); ``switchema sweep`` takes several values of any setting, each value
 a cell of the grid (``methods`` and ``seeds`` are compared and repeated inside every cell).
 A flag left out is not passed on, so the setting keeps its default (or the grid file's value).
+
+Both also take ``--set KEY=VALUE ...``: any setting by name, and the task's nested options as
+``data.KEY`` / ``model.KEY`` (``--set epochs=20 data.n_total=1000 model.channels=32``), one
+convention for both commands and for grid files' keys.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import difflib
+import re
 from typing import Any
 
-from .config import SETTINGS, Setting, StudyConfig, settings
+from .config import SETTINGS, Setting, StudyConfig, canonical_keys, settings
+from .errors import ConfigError
 from .methods import METHODS
-from .options import EXECUTORS, RunOptions
+from .options import EXECUTORS, FIGURE_FORMATS, RunOptions
 from .tasks import TASKS
 
 __all__ = [
+    "SET_HELP",
+    "add_set_flag",
+    "add_output_flags",
+    "figures_from_flags",
+    "unrecognized",
     "add_setting_flags",
+    "apply_set",
     "add_run_option_flags",
     "config_from_flags",
     "grid_from_flags",
@@ -109,16 +122,55 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+_SECTIONS = {"data": "data_options", "model": "model_options"}
+
+SET_HELP = (
+    "any setting as KEY=VALUE, and the task's nested options as data.KEY=VALUE / "
+    "model.KEY=VALUE, e.g. --set epochs=20 data.n_total=1000 model.channels=32 (values are "
+    "read as Python literals; given last, so it wins over the flags)"
+)
+
+
+def add_set_flag(parser: argparse.ArgumentParser, extra: str = "") -> None:
+    """``--set KEY=VALUE ...``: any setting, nested options as ``data.KEY`` / ``model.KEY``."""
+    parser.add_argument(
+        "--set",
+        type=key_value,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help=(SET_HELP + extra).replace("%", "%%"),
+    )
+
+
+def apply_set(mapping: dict[str, Any], pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``mapping`` with the ``--set`` pairs applied: ``data.KEY`` and ``model.KEY`` go into
+    ``data_options`` and ``model_options`` (added to those already given)."""
+    out = dict(mapping)
+    for key, value in pairs:
+        section, dot, sub = key.partition(".")
+        if not dot:
+            out[key] = value
+            continue
+        if section not in _SECTIONS or not sub:
+            raise ConfigError(
+                f"--set {key}={value!r}: a nested option is data.KEY or model.KEY (e.g. "
+                f"data.n_total=1000, model.channels=32)"
+            )
+        name = _SECTIONS[section]
+        out[name] = {**dict(out.get(name) or {}), sub: value}
+    return out
+
+
 def config_from_flags(args: argparse.Namespace) -> StudyConfig:
     """The settings of ``switchema compare``: every flag given, defaults for the rest."""
-    return StudyConfig(**_given(args))
+    return StudyConfig(**canonical_keys(grid_from_flags(args), "--set"))
 
 
 def grid_from_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The grid mapping of ``switchema sweep``: the settings given, by name (``--set`` last)."""
-    given = _given(args)
-    given.update(dict(getattr(args, "set", None) or []))
-    return given
+    """The settings given by flags, by name (``--set`` last, so it wins); a sweep's grid."""
+    return apply_set(_given(args), list(getattr(args, "set", None) or []))
 
 
 def add_run_option_flags(parser: argparse.ArgumentParser) -> None:
@@ -131,7 +183,8 @@ def add_run_option_flags(parser: argparse.ArgumentParser) -> None:
         default=RunOptions.workers,
         metavar="N",
         help="run N jobs (a seed and the methods that share its trajectory) at once, in N "
-        "worker processes of 1 torch thread each (or --threads); results do not depend on N",
+        "worker processes of 1 torch thread each (or --threads); results do not depend on N "
+        "(default: 1)",
     )
     p.add_argument(
         "--executor",
@@ -153,7 +206,11 @@ def add_run_option_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the per-epoch checkpoints (a killed job then restarts from epoch 1)",
     )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bar (without a terminal it prints a line per finished job)",
+    )
     p.add_argument(
         "--retry-failed",
         action="store_true",
@@ -169,4 +226,53 @@ def run_options_from_flags(args: argparse.Namespace) -> RunOptions:
         progress=not args.no_progress,
         checkpoints=not args.no_checkpoint,
         retry_failed=args.retry_failed,
+        figure_format=args.format,
+        dpi=args.dpi,
+        tensorboard=args.tensorboard,
     )
+
+
+def add_output_flags(parser: argparse.ArgumentParser, *, tensorboard: bool = True) -> None:
+    """``--format``, ``--dpi`` (and ``--tensorboard``): how results are written."""
+    p = parser.add_argument_group("outputs (never change a number)")
+    p.add_argument(
+        "--format",
+        choices=FIGURE_FORMATS,
+        default="png",
+        help="file format of the plots (default: png)",
+    )
+    p.add_argument(
+        "--dpi",
+        type=int,
+        default=150,
+        help="resolution of raster plots, in dots per inch (default: 150)",
+    )
+    if tensorboard:
+        p.add_argument(
+            "--tensorboard",
+            action="store_true",
+            help="also write TensorBoard event files of the metrics under RUN/tensorboard/ "
+            "(pip install 'switchema[tensorboard]')",
+        )
+
+
+def figures_from_flags(args: argparse.Namespace):
+    """The plots' format and resolution (``--format``, ``--dpi``), checked."""
+    from .report import Figures
+
+    RunOptions(figure_format=args.format, dpi=args.dpi)  # a bad dpi is a usage error
+    return Figures(args.format, args.dpi)
+
+
+def unrecognized(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """The message for arguments ``parser`` does not know, with the flag each may have meant
+    (``--epocs: did you mean --epochs?``)."""
+    flags = sorted(set(re.findall(r"--[a-z][a-z0-9-]*", parser.format_help())))
+    hints = []
+    for extra in extras:
+        flag = extra.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, flags, n=1, cutoff=0.6)
+        if extra.startswith("-") and close:
+            hints.append(f"{flag}: did you mean {close[0]}?")
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    return message + (" (" + "; ".join(hints) + ")" if hints else "")

@@ -8,7 +8,9 @@ A study or sweep is cut into jobs; each job lives in ``RUN/jobs/<id>/``:
   the last epoch it holds the results;
 * ``metrics.jsonl``: the metric rows so far, for people watching the run (rebuilt from the
   checkpoint on resume);
-* ``status.json``: ``running``, ``done`` or ``failed`` (with the error and traceback).
+* ``status.json``: ``running``, ``done``, ``failed`` (with the error and traceback) or
+  ``interrupted`` (Ctrl-C, or the run stopped its workers); a job never started has none
+  (``pending``).
 
 The job id is a hash of every setting that can change the job's numbers, so two cells of a
 sweep that need the same trajectory (e.g. the baseline for two switch intervals) share one
@@ -37,6 +39,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import SETTINGS, Study
+from .errors import UsageError
 from .lock import FolderLock
 from .methods import share_trajectories
 from .tasks import apply_label_noise
@@ -46,10 +49,13 @@ __all__ = [
     "Job",
     "job_key",
     "make_job",
+    "job_dir",
     "study_jobs",
     "run_job",
     "job_status",
     "job_results",
+    "epochs_done",
+    "close_status",
     "prepare_data",
 ]
 
@@ -160,6 +166,41 @@ def job_status(run_dir: str | Path, job: Job) -> dict[str, Any]:
         return {"state": "unknown", "error": f"{path} is corrupted"}
 
 
+def epochs_done(run_dir: str | Path, job: Job) -> int:
+    """Epochs a resumed ``job`` will not train again: those its metrics record, if it has a
+    checkpoint to continue from (without one it starts again from epoch 1)."""
+    folder = job_dir(run_dir, job)
+    if not (folder / "checkpoint.pt").exists() and not (folder / "checkpoint.pt.prev").exists():
+        return 0
+    try:
+        rows = read_jsonl(folder / "metrics.jsonl")
+    except (OSError, CheckpointError):
+        return 0
+    return min(job.epochs, len({r.get("epoch") for r in rows}))
+
+
+def close_status(run_dir: str | Path, job: Job, state: str, error: str | None = None) -> None:
+    """Record ``state`` for a job whose process stopped while it was ``running`` (a worker
+    killed or stopped by the run); a job that recorded its own end is left alone."""
+    folder = job_dir(run_dir, job)
+    if not (folder / "status.json").exists():
+        return
+    try:
+        lock = FolderLock(folder, what="job folder").acquire()
+    except UsageError:  # another live process holds the job: it records its own state
+        return
+    try:
+        status = job_status(run_dir, job)
+        if status.get("state") != "running":
+            return
+        status["state"] = state
+        if error is not None:
+            status["error"] = error
+        atomic_write_text(folder / "status.json", json.dumps(status, indent=2))
+    finally:
+        lock.release()
+
+
 def job_results(run_dir: str | Path, job: Job) -> tuple[list[dict], dict, dict]:
     """Rows, arrays and final weights of a finished job, from its last checkpoint."""
     folder = job_dir(run_dir, job)
@@ -191,7 +232,7 @@ def run_job(
     run_dir: str | Path,
     job: Job,
     *,
-    on_epoch: Callable[[int], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
     checkpoints: bool = True,
 ) -> dict[str, Any]:
     """Run (or continue) ``job`` inside ``run_dir``; returns its final status.
@@ -199,7 +240,12 @@ def run_job(
     The job resumes from its newest readable checkpoint; a damaged checkpoint is reported in
     the status (``recovered``) and the previous one used. Any exception during training (a
     divergence, an out-of-memory error) is recorded as ``failed`` with its message and
-    traceback instead of being raised, so the other jobs of a sweep go on.
+    traceback instead of being raised, so the other jobs of a sweep go on. A
+    ``KeyboardInterrupt`` (Ctrl-C) is recorded as ``interrupted`` and raised.
+
+    ``on_epoch(event)`` is called after every epoch with ``{"job", "epoch", "epochs",
+    "model", "metric", "value"}``: the job, the epoch just done, and the latest test metric
+    of its first averaged model (or of the online model), for progress displays.
     """
     folder = job_dir(run_dir, job)
     with FolderLock(folder, what="job folder"):
@@ -218,12 +264,10 @@ def run_job(
             "resumed_from_epoch": int(state["epoch"]) if state is not None else 0,
             "recovered": problems,
         }
+        t0 = time.perf_counter()
         atomic_write_text(folder / "status.json", json.dumps(status, indent=2))
         metrics = folder / "metrics.jsonl"
-        _rebuild_metrics(metrics, state, status)
-        _set_threads(job.study)
-        t0 = time.perf_counter()
-        written = [0]
+        written = [len(state["rows"]) if state is not None else 0]
 
         def save(st: dict[str, Any]) -> None:
             if checkpoints or st["done"]:
@@ -233,8 +277,9 @@ def run_job(
             with open(metrics, "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in new)
 
-        written[0] = len(state["rows"]) if state is not None else 0
-        try:
+        try:  # from here on, every way out records the job's state
+            _rebuild_metrics(metrics, state, status)
+            _set_threads(job.study)
             data, y_train, flipped = prepare_data(job.study)
             train_run(
                 job.study,
@@ -245,8 +290,12 @@ def run_job(
                 flipped=flipped,
                 resume=state,
                 checkpoint=save,
-                on_epoch=on_epoch,
+                on_epoch=None if on_epoch is None else (lambda rows: on_epoch(_event(job, rows))),
             )
+        except KeyboardInterrupt:  # Ctrl-C, or the run stopping its workers: resumable
+            status["state"] = "interrupted"
+            _write_status(folder, status, t0)
+            raise
         except Exception as e:  # recorded, not raised: the rest of the sweep goes on
             status.update(
                 state="failed",
@@ -255,9 +304,27 @@ def run_job(
             )
         else:
             status["state"] = "done"
-        status["wall_s"] = time.perf_counter() - t0
-        atomic_write_text(folder / "status.json", json.dumps(status, indent=2))
+        _write_status(folder, status, t0)
         return status
+
+
+def _write_status(folder: Path, status: dict[str, Any], t0: float) -> None:
+    status["wall_s"] = time.perf_counter() - t0
+    atomic_write_text(folder / "status.json", json.dumps(status, indent=2))
+
+
+def _event(job: Job, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A progress event: the epoch just done and the latest test metric of the job."""
+    main = next((r for r in rows if r["model"] != "online"), rows[0])
+    metric = next((k for k in ("test_acc", "test_mse", "test_bpc") if k in main), None)
+    return {
+        "job": job.id,
+        "epoch": int(main["epoch"]),
+        "epochs": job.epochs,
+        "model": f"{main['method']} {main['model']}",
+        "metric": metric,
+        "value": main.get(metric) if metric else None,
+    }
 
 
 def _rebuild_metrics(path: Path, state: dict[str, Any] | None, status: dict[str, Any]) -> None:

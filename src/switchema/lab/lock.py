@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .errors import UsageError
 
-__all__ = ["FolderLock", "FolderLockedError"]
+__all__ = ["FolderLock", "FolderLockedError", "is_locked"]
 
 
 class FolderLockedError(UsageError, RuntimeError):
@@ -95,6 +95,23 @@ class FolderLock:
         self.release()
 
 
+def is_locked(folder: str | Path) -> bool:
+    """Whether a live process holds the folder's lock (read-only: works on folders this
+    process cannot write, and takes no lock that lasts)."""
+    path = Path(folder) / ".lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        _probe(fd)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 if sys.platform == "win32":  # pragma: no cover - CI runs on Linux
     import msvcrt
 
@@ -105,6 +122,9 @@ if sys.platform == "win32":  # pragma: no cover - CI runs on Linux
         os.lseek(fd, 0, os.SEEK_SET)
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
+    def _probe(fd: int) -> None:
+        pass  # no read-only probe: a folder is reported as not locked
+
 else:
     import fcntl
 
@@ -112,4 +132,8 @@ else:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _probe(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # fails while anyone holds LOCK_EX
         fcntl.flock(fd, fcntl.LOCK_UN)

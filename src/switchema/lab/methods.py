@@ -92,7 +92,15 @@ def check_methods(methods: Iterable[str]) -> list[str]:
         raise ConfigError(f"unknown method(s) {bad}; allowed: {', '.join(METHODS)}")
     if not methods:
         raise ConfigError(f"no method given; allowed: {', '.join(METHODS)}")
+    twice = _repeated(methods)
+    if twice:
+        raise ConfigError(f"methods must be distinct; given more than once: {', '.join(twice)}")
     return methods
+
+
+def _repeated(values: list[Any]) -> list[str]:
+    seen: set[Any] = set()
+    return list(dict.fromkeys(str(v) for v in values if v in seen or seen.add(v)))
 
 
 def decay_problems(methods: Iterable[str], decay: tuple[float, ...]) -> list[str]:

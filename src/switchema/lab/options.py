@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from .._checks import is_int
 from .errors import UsageError
 
-__all__ = ["EXECUTORS", "RunOptions"]
+__all__ = ["EXECUTORS", "FIGURE_FORMATS", "RunOptions"]
 
 EXECUTORS = ("local", "ray")
+FIGURE_FORMATS = ("png", "pdf", "svg")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class RunOptions:
         progress: show a progress bar.
         checkpoints: write a checkpoint at every epoch end (a killed job continues from it).
         retry_failed: when resuming, run failed jobs again.
+        figure_format: ``"png"``, ``"pdf"`` or ``"svg"``: the plots' file format.
+        dpi: the plots' resolution (raster formats), dots per inch.
+        tensorboard: also write TensorBoard event files of the metric rows.
     """
 
     executor: str = "local"
@@ -37,6 +41,9 @@ class RunOptions:
     progress: bool = True
     checkpoints: bool = True
     retry_failed: bool = False
+    figure_format: str = "png"
+    dpi: int = 150
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -45,3 +52,10 @@ class RunOptions:
             raise UsageError(
                 f"jobs (worker processes) must be a positive int, got {self.workers!r}"
             )
+        if self.figure_format not in FIGURE_FORMATS:
+            raise UsageError(
+                f"figure format must be one of {', '.join(FIGURE_FORMATS)}, got "
+                f"{self.figure_format!r}"
+            )
+        if not is_int(self.dpi) or not 10 <= self.dpi <= 2400:
+            raise UsageError(f"dpi must be an int in [10, 2400], got {self.dpi!r}")

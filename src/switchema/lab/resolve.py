@@ -67,7 +67,13 @@ def _value_problems(name: str, s: Setting, value: Any) -> list[str]:
         return [] if ok else [f"seeds must be distinct integers, got {list(value)!r}"]
     if not value:
         return [f"give at least one EMA {name}"]
-    return [p for p in (s.problem(name, v) for v in value) if p]
+    problems = [p for p in (s.problem(name, v) for v in value) if p]
+    if not problems and len(set(value)) != len(value):
+        twice = sorted({v for v in value if value.count(v) > 1})
+        problems.append(
+            f"{name} values must be distinct; given more than once: {', '.join(map(str, twice))}"
+        )
+    return problems
 
 
 def _rules(cfg: StudyConfig, task: Task | None) -> list[str]:

@@ -22,6 +22,7 @@ import os
 import platform
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,15 @@ import torch
 
 from .. import __version__
 from .checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, read_jsonl
-from .config import Study, StudyConfig
+from .config import SETTINGS, Study, StudyConfig, canonical_keys
 from .errors import MissingFileError, RunExistsError, UsageError
 from .executors import run_jobs
-from .jobs import Job, job_results, job_status, study_jobs
+from .jobs import Job, epochs_done, job_results, job_status, study_jobs
 from .lock import FolderLock
 from .options import RunOptions
-from .report import write_report, write_sweep_report
+from .preflight import check_studies, check_writable
+from .progress import Progress
+from .report import Figures, tensorboard_writer, write_report, write_sweep_report
 from .resolve import resolve
 from .sweep import Grid, expand_grid
 
@@ -44,6 +47,7 @@ __all__ = [
     "default_run_folder",
     "run_compare",
     "run_sweep",
+    "resume_study",
     "run_cells",
     "assemble_cell",
     "versions",
@@ -80,7 +84,12 @@ def run_header(study: Study) -> dict[str, Any]:
     task, device = study.task, study.device
     return {
         "config": study.config.to_dict(),
-        "task": {"name": task.name, "kind": task.kind, "description": task.description},
+        "task": {
+            "name": task.name,
+            "kind": task.kind,
+            "description": task.description,
+            "has_batchnorm": task.has_batchnorm,
+        },
         "versions": versions(),
         "device": str(device),
         "torch_threads": study.config.threads
@@ -98,36 +107,106 @@ def run_compare(
     """Run every (seed, method) of ``study`` and write the run folder ``out``; returns it.
 
     Writes ``config.json`` (resolved settings and package versions), ``metrics.jsonl`` (one
-    row per seed, method, model and epoch), ``predictions.npz`` (final test probabilities;
-    decision-boundary grids for 2-D tasks), ``models.pt`` (final weights of every evaluated
-    model, for ``switchema analyze``), ``summary.md`` and the plots. With ``resume=True``
-    (and ``study=None``: the folder's own ``config.json`` is used) a killed run continues.
+    row per seed, method, model and epoch), ``metrics.csv`` (the same rows as a table),
+    ``predictions.npz`` (final test probabilities; decision-boundary grids for 2-D tasks),
+    ``models.pt`` (final weights of every evaluated model, for ``switchema analyze``),
+    ``summary.md`` and the plots. With ``resume=True`` a killed run continues: with
+    ``study=None`` under the folder's own settings, or under ``study`` if it only adds seeds
+    or methods (see :func:`resume_study`). The device, the task's data and the folder are checked
+    before the folder is created (:mod:`switchema.lab.preflight`).
     """
     out = Path(out)
+    extended = False
+    if resume:
+        saved = _saved_study(out)
+        if study is not None and study.config != saved.config:
+            _check_extension(out, saved, study)
+            extended = True
+        study = study or saved
+    elif study is None:
+        raise UsageError("give a study, or resume=True to continue a run folder")
+    check_writable(out)
+    check_studies([study], device=options.executor == "local")
+    if options.tensorboard:
+        tensorboard_writer()  # missing TensorBoard is said now, not after training
     with FolderLock(out):
-        if resume:
-            if not (out / "config.json").is_file():
-                raise MissingFileError(
-                    f"{out / 'config.json'} not found: nothing to resume in {out}"
-                )
-            saved = StudyConfig.from_dict(json.loads((out / "config.json").read_text())["config"])
-            if study is not None and study.config != saved:
-                raise UsageError(
-                    f"{out} was started with other settings; resume it without changing them"
-                )
-            if study is None:
-                study = resolve(saved)
-        elif study is None:
-            raise UsageError("give a study, or resume=True to continue a run folder")
-        elif (out / "config.json").exists():
+        if not resume and (out / "config.json").exists():
             raise RunExistsError(
                 f"{out} already holds a run; continue it with --resume {out}, or choose another "
                 f"--out (results in a run folder are never overwritten)"
             )
-        if not resume:
+        if not resume or extended:
             atomic_write_text(out / "config.json", json.dumps(run_header(study), indent=2))
         run_cells(out, [(out, study)], options, desc=study.task.name)
     return out
+
+
+def resume_study(
+    folder: str | Path, changes: Mapping[str, Any] | None = None
+) -> tuple[Study, dict[str, list[Any]]]:
+    """The study ``compare --resume`` continues, and what ``changes`` add to the saved one.
+
+    With no ``changes`` the saved settings are continued. ``changes`` (settings by name, as
+    flags give them) may add seeds or methods, if every job already in the folder stays one
+    of the run's jobs (adding ``swa`` to ``baseline`` + ``ema`` changes their shared job);
+    anything else raises :class:`UsageError` naming every changed setting. Returns the study
+    and ``{"seeds": [added], "methods": [added]}`` (only what is added).
+    """
+    saved = _saved_study(Path(folder))
+    if not changes:
+        return saved, {}
+    study = resolve(saved.config.replace(**canonical_keys(dict(changes), "--resume flags")))
+    _check_extension(Path(folder), saved, study)
+    added = {
+        name: [v for v in getattr(study.config, name) if v not in getattr(saved.config, name)]
+        for name in ("seeds", "methods")
+    }
+    return study, {k: v for k, v in added.items() if v}
+
+
+def _saved_study(folder: Path) -> Study:
+    if not (folder / "config.json").is_file():
+        raise MissingFileError(f"{folder / 'config.json'} not found: nothing to resume in {folder}")
+    header = json.loads((folder / "config.json").read_text())
+    return resolve(StudyConfig.from_dict(header["config"], str(folder / "config.json")))
+
+
+def _check_extension(folder: Path, saved: Study, study: Study) -> None:
+    """``study`` continues ``saved``: the same settings, seeds and methods only added."""
+    old, new = saved.config, study.config
+    changed = [
+        f"{name} (saved {_show(getattr(old, name))}, given {_show(getattr(new, name))})"
+        for name in SETTINGS
+        if getattr(old, name) != getattr(new, name) and name not in ("seeds", "methods")
+    ]
+    for name in ("seeds", "methods"):
+        before, after = getattr(old, name), getattr(new, name)
+        if before != after and not set(before) <= set(after):
+            changed.append(
+                f"{name} (saved {_show(before)}, given {_show(after)}: {name} can be added, "
+                f"not removed)"
+            )
+    if changed:
+        raise UsageError(
+            f"--resume {folder} continues the settings saved there; these differ: "
+            f"{'; '.join(changed)}. Drop them, or start a new run with --out (only more "
+            f"--seeds or --methods can be added to a run)"
+        )
+    lost = {j.id for j in study_jobs(saved)} - {j.id for j in study_jobs(study)}
+    if lost:
+        added = [m for m in new.methods if m not in old.methods]
+        raise UsageError(
+            f"--resume {folder}: cannot add {_show(tuple(added))}: methods that never change "
+            f"the weights being trained (baseline, ema, swa) share one training run per seed, "
+            f"so adding one changes jobs already run ({', '.join(sorted(lost))}). Start a new "
+            f"run with --out (switching methods, sema and sema-openmixup, can be added)"
+        )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return " ".join(str(v) for v in value)
+    return repr(value)
 
 
 def run_sweep(
@@ -157,6 +236,10 @@ def run_sweep(
     elif grid is None:
         raise UsageError("give a grid (or resume=True)")
     cells = expand_grid(grid, source)  # a bad grid fails before the folder is even created
+    check_writable(out, "sweep folder")
+    check_studies([c.study for c in cells], device=options.executor == "local")
+    if options.tensorboard:
+        tensorboard_writer()
     with FolderLock(out):
         if not resume:
             if (out / "sweep.json").exists():
@@ -180,8 +263,12 @@ def run_sweep(
             "ran": result["ran"],
         }
         atomic_write_text(out / "sweep_timing.json", json.dumps(timing, indent=2))
-        write_sweep_report(out)
+        write_sweep_report(out, figures=_figures(options))
     return out
+
+
+def _figures(options: RunOptions) -> Figures:
+    return Figures(options.figure_format, options.dpi)
 
 
 def _pending(run_dir: Path, jobs: list[Job], retry_failed: bool) -> list[Job]:
@@ -200,17 +287,6 @@ def _pending(run_dir: Path, jobs: list[Job], retry_failed: bool) -> list[Job]:
     return todo
 
 
-def _progress_bar(todo: list[Job], total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=sum(j.epochs * len(j.methods) for j in todo),
-        unit="epoch",
-        desc=f"{desc}: {len(todo)}/{total} jobs",
-        dynamic_ncols=True,
-    )
-
-
 def run_cells(
     run_dir: Path,
     cells: list[tuple[Path, Study]],
@@ -225,7 +301,10 @@ def run_cells(
         for job in js:
             jobs.setdefault(job.id, job)
     todo = _pending(run_dir, list(jobs.values()), options.retry_failed)
-    bar = _progress_bar(todo, len(jobs), desc) if options.progress and todo else None
+    progress = None
+    if options.progress and todo:
+        done = {j.id: epochs_done(run_dir, j) for j in todo}
+        progress = Progress(todo, done, total_jobs=len(jobs), desc=desc)
     t0 = time.perf_counter()
     unfinished = {j.id for j in todo}
     infos: dict[str, Any] = {}
@@ -233,10 +312,12 @@ def run_cells(
     def assemble_ready() -> None:
         for cell_dir, study, js in cell_jobs:
             if str(cell_dir) not in infos and not {j.id for j in js} & unfinished:
-                infos[str(cell_dir)] = assemble_cell(run_dir, cell_dir, study, js)
+                infos[str(cell_dir)] = assemble_cell(run_dir, cell_dir, study, js, options)
 
     def finished(job: Job, status: dict[str, Any]) -> None:
         unfinished.discard(job.id)
+        if progress is not None:
+            progress.job_done(job, status)
         for problem in status.get("recovered", []):
             warnings.warn(f"job {job.id}: {problem}", RuntimeWarning, stacklevel=2)
         # A cell is written as soon as its last job ends, while the workers train the rest.
@@ -244,11 +325,11 @@ def run_cells(
 
     assemble_ready()  # cells with nothing left to run
     try:
-        on_epoch = bar.update if bar is not None else None
+        on_epoch = progress.epoch if progress is not None else None
         run_jobs(run_dir, todo, options, on_epoch=on_epoch, on_done=finished)
     finally:
-        if bar is not None:
-            bar.close()
+        if progress is not None:
+            progress.close()
     assemble_ready()
     states = {j: job_status(run_dir, jobs[j]).get("state") for j in jobs}
     return {
@@ -261,8 +342,9 @@ def run_cells(
     }
 
 
-def _complete_cell(cell_dir: Path) -> dict[str, Any] | None:
-    """The cell's ``cell.json`` if the cell was written complete and its metrics are intact."""
+def _complete_cell(cell_dir: Path, jobs: list[Job]) -> dict[str, Any] | None:
+    """The cell's ``cell.json`` if the cell was written complete, from these ``jobs``, and its
+    metrics are intact."""
     marker = cell_dir / "cell.json"
     if not marker.exists():
         return None
@@ -270,7 +352,8 @@ def _complete_cell(cell_dir: Path) -> dict[str, Any] | None:
         previous = json.loads(marker.read_text())
     except ValueError:
         return None
-    if previous.get("complete") and (cell_dir / "metrics.jsonl").exists():
+    same = previous.get("jobs") == [j.id for j in jobs]  # a resumed run may add seeds
+    if same and previous.get("complete") and (cell_dir / "metrics.jsonl").exists():
         try:
             read_jsonl(cell_dir / "metrics.jsonl")
             return previous
@@ -290,14 +373,20 @@ def _save(path: Path, obj: Any, npz: bool = False) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def assemble_cell(run_dir: Path, cell_dir: Path, study: Study, jobs: list[Job]) -> dict[str, Any]:
+def assemble_cell(
+    run_dir: Path,
+    cell_dir: Path,
+    study: Study,
+    jobs: list[Job],
+    options: RunOptions = DEFAULT_OPTIONS,
+) -> dict[str, Any]:
     """Write a cell's run folder from its jobs' results; returns what went in (``cell.json``).
 
     A cell whose jobs all finished is written once and then left alone: resuming never
     rewrites complete results. A cell with failed jobs is written from the jobs that
     succeeded, lists the failures, and is rebuilt if a later ``--retry-failed`` fixes them.
     """
-    previous = _complete_cell(cell_dir)
+    previous = _complete_cell(cell_dir, jobs)
     if previous is not None:
         return previous
     rows: list[dict[str, Any]] = []
@@ -327,7 +416,7 @@ def assemble_cell(run_dir: Path, cell_dir: Path, study: Study, jobs: list[Job]) 
     atomic_write_text(cell_dir / "timing.json", json.dumps({"wall_s": wall, "jobs": len(jobs)}))
     atomic_write_text(cell_dir / "failures.json", json.dumps(failures, indent=2))
     if rows:
-        write_report(cell_dir)
+        write_report(cell_dir, figures=_figures(options), tensorboard=options.tensorboard)
     else:
         atomic_write_text(
             cell_dir / "summary.md",

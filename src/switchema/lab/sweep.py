@@ -133,6 +133,13 @@ def parse_grid(mapping: dict[str, Any], source: str = "grid") -> Grid:
             # decay = [0.99, 0.999] sweeps; [[0.99, 0.999]] keeps both in one cell
             values = [list(v) if isinstance(v, list | tuple) else [v] for v in value]
             values = values if s.several else list(value)
+            twice = [v for i, v in enumerate(values) if v in values[:i]]
+            if twice:
+                problems.append(
+                    f"{key}={list(value)!r}: each value once (a repeated value is a repeated "
+                    f"cell); given more than once: "
+                    + ", ".join(", ".join(map(str, v)) if s.several else repr(v) for v in twice)
+                )
             if len(values) == 1:
                 fixed[key] = values[0]
             else:

@@ -70,7 +70,7 @@ def train_run(
     *,
     y_train: torch.Tensor,
     flipped: torch.Tensor | None,
-    on_epoch: Callable[[int], None] | None = None,
+    on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
     resume: dict[str, Any] | None = None,
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> Results:
@@ -86,7 +86,8 @@ def train_run(
     metric rows so far and, after the last epoch, the results (``state["done"]`` is then
     true). Passing such a state back as ``resume`` continues the run; the result is bit for bit
     the one of an uninterrupted run (the loop draws no randomness that the state does not
-    hold). A non-finite mean training loss raises :class:`DivergedError` at the epoch's end.
+    hold). A non-finite mean training loss raises :class:`DivergedError` at the epoch's end;
+    ``on_epoch(rows)`` is then called with the epoch's rows (after its checkpoint).
     """
     check_shared(method_names)
     if resume is not None and resume.get("done"):
@@ -142,8 +143,8 @@ def train_run(
         evaluate_epoch(run, switched, info, running, out)
         if checkpoint is not None:
             checkpoint(checkpoint_state(run, info, out))
-        if on_epoch is not None:
-            on_epoch(len(methods))
+        if on_epoch is not None:  # one row per method and model
+            on_epoch(out.rows[-sum(1 + len(m.labels) for m in methods) :])
     return out.rows, out.arrays, out.states
 
 

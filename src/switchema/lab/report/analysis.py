@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..stats import format_ci, format_mean_std, mean_std, paired_difference
-from .style import STYLE, color
+from .style import STYLE, Figures, color, plain_log_axis
 
 __all__ = ["write_analysis_report", "plot_interpolation", "plot_landscapes"]
 
@@ -25,11 +25,21 @@ _MEASURES = [
 ]
 
 
-def write_analysis_report(run_dir: str | Path) -> Path:
-    """``analysis.md``, ``interpolation.png`` and ``landscapes.png`` from ``analysis.json``."""
+def write_analysis_report(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    status: str | None = None,
+    figures: Figures | None = None,
+) -> Path:
+    """``analysis.md`` and the plots ``interpolation`` and ``landscapes`` in ``out_dir``
+    (default: the run folder) from its ``analysis.json``; ``status`` notes an unfinished run,
+    ``figures`` gives the plots' format and resolution."""
     run = Path(run_dir)
+    figures = figures or Figures()
+    folder = Path(out_dir) if out_dir is not None else run
     config = json.loads((run / "config.json").read_text())
-    out = json.loads((run / "analysis.json").read_text())
+    out = json.loads((folder / "analysis.json").read_text())
     models = out["models"]
     st = out["settings"]
     methods = list(dict.fromkeys(r["method"] for r in models.values()))
@@ -49,28 +59,7 @@ def write_analysis_report(run_dir: str | Path) -> Path:
         "| method | model | " + " | ".join(name for _, name, _ in _MEASURES) + " |",
         "|---|---|" + "---|" * len(_MEASURES),
     ]
-    for m in methods:
-        cells = []
-        for key, _, digits in _MEASURES:
-            mean, std = mean_std([r[key] for r in by[m]])
-            cells.append(format_mean_std(mean, std, digits))
-        lines.append(f"| {m} | {by[m][0]['model']} | " + " | ".join(cells) + " |")
-    if "baseline" in by:
-        lines += ["", "Paired differences to the baseline (same seed):", ""]
-        lines += ["| method | " + " | ".join(f"Δ {name}" for _, name, _ in _MEASURES) + " |"]
-        lines += ["|---|" + "---|" * len(_MEASURES)]
-        base = {r["seed"]: r for r in by["baseline"]}
-        for m in methods:
-            if m == "baseline":
-                continue
-            rs = [r for r in by[m] if r["seed"] in base]
-            cells = [
-                format_ci(
-                    paired_difference([r[k] for r in rs], [base[r["seed"]][k] for r in rs]), d
-                )
-                for k, _, d in _MEASURES
-            ]
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += _measure_rows(by)
     if out["distances_to_baseline"]:
         lines += [
             "",
@@ -87,55 +76,102 @@ def write_analysis_report(run_dir: str | Path) -> Path:
         f"Top-eigenvalue time per model: median {np.median(eig_t):.1f} s (max {max(eig_t):.1f} s); "
         f"all converged: {all(r['eig_converged'] for r in models.values())}.",
         "",
-        "Plots: `interpolation.png` (loss along the straight path through the solutions, first seed), "
-        "`landscapes.png` (2-D loss surfaces around each solution, same random directions).",
+        f"Plots: `{figures.name('interpolation')}` (loss along the straight path through the "
+        f"solutions, first seed), `{figures.name('landscapes')}` (2-D loss surfaces around "
+        "each solution, same random directions).",
         "",
     ]
-    path = run / "analysis.md"
+    if status:
+        lines[1:1] = ["", f"**Run state:** {status}"]
+    path = folder / "analysis.md"
     path.write_text("\n".join(lines))
     if out["interpolation"]:
-        plot_interpolation(config, out["interpolation"], run / "interpolation.png")
+        plot_interpolation(config, out["interpolation"], figures, folder)
     if out["landscapes"]:
-        plot_landscapes(config, out["landscapes"], run / "landscapes.png")
+        plot_landscapes(config, out["landscapes"], st["samples"], figures, folder)
     return path
 
 
-def plot_interpolation(config: dict[str, Any], interp: dict[str, Any], path: Path) -> None:
+def _measure_rows(by: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Mean ± std of every measure per method; paired differences to the baseline."""
+    lines = []
+    for m, rows in by.items():
+        cells = []
+        for key, _, digits in _MEASURES:
+            mean, std = mean_std([r[key] for r in rows])
+            cells.append(format_mean_std(mean, std, digits))
+        lines.append(f"| {m} | {rows[0]['model']} | " + " | ".join(cells) + " |")
+    if "baseline" in by:
+        lines += ["", "Paired differences to the baseline (same seed):", ""]
+        lines += ["| method | " + " | ".join(f"Δ {name}" for _, name, _ in _MEASURES) + " |"]
+        lines += ["|---|" + "---|" * len(_MEASURES)]
+        base = {r["seed"]: r for r in by["baseline"]}
+        for m, rows in by.items():
+            if m == "baseline":
+                continue
+            rs = [r for r in rows if r["seed"] in base]
+            cells = [
+                format_ci(
+                    paired_difference([r[k] for r in rs], [base[r["seed"]][k] for r in rs]), d
+                )
+                for k, _, d in _MEASURES
+            ]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _who(method: str) -> str:
+    return "trained weights" if method == "baseline" else "averaged weights"
+
+
+def plot_interpolation(
+    config: dict[str, Any], interp: dict[str, Any], figures: Figures, folder: Path
+) -> Path:
     """Train and test loss along the straight path through the methods' solutions."""
     alphas = np.asarray(interp["alphas"])
     ends = interp["endpoints"]
+    seed = config["config"]["seeds"][0]
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        fig, ax = plt.subplots(figsize=(6.8, 3.8))
         ax.plot(alphas, interp["train_loss"], "-", color="#444444", label="train loss (subset)")
         ax.plot(alphas, interp["test_loss"], "--", color="#1f77b4", label="test loss")
+        ax.set_yscale("log")
+        ax.margins(y=0.15)
+        plain_log_axis(ax, "y")
+        top = ax.get_ylim()[1]
         for i, m in zip(ends, interp["methods"]):
             ax.axvline(alphas[i], color=color(m), lw=0.8, alpha=0.6)
-            ax.annotate(
-                m,
-                (alphas[i], ax.get_ylim()[1]),
-                color=color(m),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
-        ax.set_yscale("log")
-        ax.set_xlabel("position along the path (solutions marked)")
-        ax.set_ylabel("loss")
-        ax.set_title(f"{config['task']['name']}: loss between solutions (first seed)", pad=14)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
+            ax.annotate(m, (alphas[i], top), color=color(m), ha="center", va="bottom")
+        ax.set_xlabel("position along the path (the solutions, in method order, at 0, 1, 2, ...)")
+        ax.set_ylabel("loss (nats, log scale)")
+        ax.set_title(
+            f"{config['task']['name']}: loss on the straight path through the solutions, seed "
+            f"{seed}\n(the baseline's trained weights, the other methods' averaged weights)",
+            pad=16,
+        )
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+        return figures.save(fig, folder, "interpolation")
 
 
-def plot_landscapes(config: dict[str, Any], surfaces: dict[str, Any], path: Path) -> None:
+def plot_landscapes(
+    config: dict[str, Any], surfaces: dict[str, Any], samples: int, figures: Figures, folder: Path
+) -> Path:
     """2-D loss contours around each method's solution, shared log-spaced levels."""
     names = list(surfaces)
     all_losses = np.concatenate([np.asarray(s["losses"]).ravel() for s in surfaces.values()])
     lo, hi = max(all_losses.min(), 1e-6), all_losses.max()
     levels = np.geomspace(lo, hi, 16)
+    seed = config["config"]["seeds"][0]
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.0), squeeze=False)
+        fig, axes = plt.subplots(
+            1,
+            len(names),
+            figsize=(2.9 * len(names) + 1.0, 3.2),
+            squeeze=False,
+            sharex=True,
+            sharey=True,
+            layout="constrained",
+        )
         for ax, m in zip(axes[0], names):
             s = surfaces[m]
             a, b = np.asarray(s["alphas"]), np.asarray(s["betas"])
@@ -144,11 +180,20 @@ def plot_landscapes(config: dict[str, Any], surfaces: dict[str, Any], path: Path
                 a, b, z.T, levels=levels, cmap="viridis", norm=matplotlib.colors.LogNorm(lo, hi)
             )
             ax.plot(0, 0, "r+", ms=8)
-            ax.set_title(f"{m}\ncentre loss {z[len(a) // 2, len(b) // 2]:.2e}", fontsize=8)
+            span = float(a.max())
+            ax.set_xticks([-span, 0, span])
+            ax.set_yticks([-span, 0, span])
+            ax.set_title(f"{m} ({_who(m)})\nloss at the centre {z[len(a) // 2, len(b) // 2]:.3g}")
             ax.set_xlabel("direction 1")
         axes[0][0].set_ylabel("direction 2")
-        bar = fig.colorbar(cs, ax=axes[0].tolist(), shrink=0.9, label="train loss (log scale)")
+        bar = fig.colorbar(
+            cs, ax=axes[0].tolist(), shrink=0.9, label="train loss (nats, log scale)"
+        )
         bar.set_ticks(levels[::3])
         bar.set_ticklabels([f"{v:.2g}" for v in levels[::3]])
-        fig.savefig(path, bbox_inches="tight")
-        plt.close(fig)
+        bar.minorticks_off()
+        fig.suptitle(
+            f"{config['task']['name']}: training loss on {samples} examples around each solution "
+            f"(seed {seed})\nthe same two random filter-normalised directions in every panel"
+        )
+        return figures.save(fig, folder, "landscapes")

@@ -1,4 +1,4 @@
-"""The report of ``switchema nqm``: ``nqm.md``, ``nqm_variance.png`` and ``nqm_bias.png``,
+"""The report of ``switchema nqm``: ``nqm.md`` and the plots ``nqm_variance`` and ``nqm_bias``,
 drawn from the numbers saved in ``nqm.json`` (computed by :mod:`switchema.analysis.nqm_study`).
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .style import COLORS, STYLE
+from .style import COLORS, STYLE, Figures, plain_log_axis
 
 __all__ = ["write_nqm_report"]
 
@@ -192,17 +192,17 @@ def _bias_lines(data: dict[str, Any]) -> list[str]:
     return md
 
 
-def _plot(data: dict[str, Any], out: Path) -> None:
+def _plot(data: dict[str, Any], out: Path, figures: Figures) -> None:
     """Variance and |bias| against steps (log-log), simulated solid and closed form dashed."""
     p, traj = data["settings"], data["trajectories"]
     t = np.arange(1, data["steps"] + 1)  # t = 0 is deterministic: nothing to draw on a log scale
-    title = (
-        f"NQM: eta*h = {data['eta_h']:g}, s2 = {p['s2']:g}, b = {p['decay']:g}, k = {p['k']}, "
-        f"{p['chains']} chains"
+    setting = (
+        f"eta*h = {data['eta_h']:g}, s2 = {p['s2']:g}, b = {p['decay']:g}, k = {p['k']}; "
+        f"over {p['chains']} chains"
     )
-    for kind, fname, ylabel in (
-        ("var", "nqm_variance.png", "variance across chains"),
-        ("mean", "nqm_bias.png", "|mean| = bias (optimum at 0)"),
+    for kind, stem, ylabel, what in (
+        ("var", "nqm_variance", "variance across chains", "variance of the iterate"),
+        ("mean", "nqm_bias", "|mean| = bias (optimum at 0)", "bias: |mean over chains|"),
     ):
         with plt.rc_context(STYLE):
             fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -214,7 +214,7 @@ def _plot(data: dict[str, Any], out: Path) -> None:
                 if kind == "mean":
                     # below ~2 s.e. the simulated mean is Monte-Carlo noise: not drawn
                     se = np.asarray(d["mean_se"], dtype=float)[1:]
-                    sim = np.where(closed >= 2 * se, sim, np.nan)
+                    sim = np.where((closed >= 2 * se) & (sim >= se), sim, np.nan)
                     floor = min(floor, float(se[-1]))
                 color = COLORS[_COLOR_KEY[m]]
                 ax.plot(t, np.where(sim > 0, sim, np.nan), "-", color=color, lw=1.2,
@@ -227,19 +227,20 @@ def _plot(data: dict[str, Any], out: Path) -> None:
                 ax.set_ylim(floor / 10, 2 * abs(p["m0"]))
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_xlabel("SGD step")
-            ax.set_ylabel(ylabel)
-            ax.set_title(title)
-            ax.legend(ncol=2, loc="upper right" if kind == "mean" else "lower right")
-            fig.tight_layout()
-            fig.savefig(out / fname)
-            plt.close(fig)
+            plain_log_axis(ax, "x")
+            plain_log_axis(ax, "y")
+            ax.set_xlabel("SGD step (log scale)")
+            ax.set_ylabel(ylabel + " (log scale)")
+            ax.set_title(f"NQM {what}: SGD, its EMA and Switch EMA\n{setting}")
+            ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+            figures.save(fig, out, stem)
 
 
-def write_nqm_report(folder: str | Path) -> Path:
+def write_nqm_report(folder: str | Path, figures: Figures | None = None) -> Path:
     """Write ``nqm.md`` and the two plots into ``folder`` from its ``nqm.json``; returns ``nqm.md``."""
     out = Path(folder)
+    figures = figures or Figures()
     data = json.loads((out / "nqm.json").read_text())
-    (out / "nqm.md").write_text(_markdown(data))
-    _plot(data, out)
+    (out / "nqm.md").write_text(_markdown(data).replace(".png", f".{figures.format}"))
+    _plot(data, out, figures)
     return out / "nqm.md"

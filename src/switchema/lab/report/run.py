@@ -23,9 +23,20 @@ from .. import metrics as M
 from ..config import StudyConfig
 from ..errors import MissingFileError, UsageError
 from ..stats import format_ci, format_mean_std, mean_std, paired_difference, pairwise_mean
+from . import notes as N
 from . import run_plots
+from .export import write_csv, write_tensorboard
+from .style import Figures
 
-__all__ = ["load_run", "summarise", "render_summary", "write_report", "main_label", "PRIMARY"]
+__all__ = [
+    "PRIMARY",
+    "has_results",
+    "load_run",
+    "main_label",
+    "render_summary",
+    "summarise",
+    "write_report",
+]
 
 # kind -> (primary metric, higher is better, scale for display, unit)
 PRIMARY = {
@@ -61,6 +72,16 @@ def load_run(
         with np.load(run / "predictions.npz") as z:
             arrays = {k: z[k] for k in z.files}
     return config, rows, arrays
+
+
+def has_results(run_dir: str | Path) -> bool:
+    """Whether the run folder holds metric rows to report (its cell has been written with at
+    least one finished job)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return False
+    with open(path) as f:
+        return any(line.strip() for line in f)
 
 
 def main_label(method: str, labels: list[str]) -> str:
@@ -178,33 +199,31 @@ def _verdict(d: dict[str, Any], higher: bool) -> str:
 
 
 def render_summary(
-    config: dict[str, Any], summary: dict[str, Any], timing: dict | None = None
+    config: dict[str, Any],
+    summary: dict[str, Any],
+    timing: dict | None = None,
+    rows: list[dict[str, Any]] | None = None,
+    arrays: dict[str, np.ndarray] | None = None,
+    figures: Figures | None = None,
 ) -> str:
-    """``summary.md``: the settings, the final-epoch and early-stopping tables, a reading."""
+    """``summary.md``: the settings and data used, warnings, the final-epoch and
+    early-stopping tables, a reading, and what the columns mean."""
     cfg = config["config"]
+    rows, arrays, f = rows or [], arrays or {}, figures or Figures()
     # The online model of baseline / ema / swa is one shared trajectory: list it once.
-    entries = [
-        e
-        for e in summary["entries"]
-        if not (e["model"] == "online" and e["method"] in ("ema", "swa"))
-    ]
+    entries = run_plots.shown_entries(summary)
     kind = summary["kind"]
+    warnings = N.warnings_for(config, summary, rows)
     lines = [
         f"# {config['task']['name']}: {', '.join(cfg['methods'])}",
         "",
-        f"{config['task']['description']}. Seeds {cfg['seeds']}, {cfg['epochs']} epochs, "
-        f"{cfg['optimizer']} lr {cfg['lr']} ({cfg['lr_schedule']}), batch {cfg['batch_size']}, "
-        f"EMA decay(s) {cfg['decay']} (warm-up {cfg['ema_warmup']}), switch every {cfg['switch_every']} "
-        f"from epoch {cfg['switch_start']}, SWA from {cfg['swa_start']:.0%} of training, "
-        f"label noise {cfg['label_noise']:.0%}, BatchNorm recompute {cfg['bn_recompute']}, "
-        f"data seed {cfg.get('data_seed', 0)}. "
-        f"torch {config['versions']['torch']} on {config['device']}"
-        + (f", wall time {timing['wall_s']:.0f} s." if timing else "."),
+        f"{N.description(config)}. {N.data_sentence(config, arrays)}".strip(),
+        N.settings_sentence(config, rows, timing),
         "",
-        "Mean ± sample std over seeds. Δ is the paired difference to the baseline's online model "
-        "with a 95% t-interval over seeds. `online` is the model being trained; `avg` the averaged "
-        "weights (for SWA and models with BatchNorm: statistics recomputed when enabled). The "
-        "online models of ema and swa are the baseline's own trajectory and are not repeated.",
+        *(["## Warnings", "", *(f"- {w}" for w in warnings), ""] if warnings else []),
+        "Mean ± sample std over seeds; Δ is the paired difference to the baseline's online "
+        "model. The online models of ema and swa are the baseline's own trajectory and are "
+        "not repeated. Columns are explained at the end.",
         "",
         "## Final epoch",
         "",
@@ -212,11 +231,18 @@ def render_summary(
         *_early_stopping_table(summary, entries),
         *_label_noise_table(entries),
         *_reading(summary, entries),
+        *N.sema_lines(config, rows),
         "",
-        "Plots: `curves.png` (test metric per epoch, mean over seeds with min–max band), "
-        + ("`reliability.png`, " if kind == "classification" else "")
-        + ("`boundaries.png`, " if "grid/x" in summary.get("_arrays", {}) else "")
-        + "`train_loss.png`.",
+        "## Columns",
+        "",
+        *N.legend(kind),
+        "",
+        f"Plots: `{f.name('curves')}` (test metric per epoch, mean over seeds with min–max "
+        "band), "
+        + (f"`{f.name('reliability')}`, " if kind == "classification" else "")
+        + (f"`{f.name('boundaries')}`, " if "grid/x" in arrays else "")
+        + f"`{f.name('train_loss')}`. Every number: `metrics.jsonl`, or `metrics.csv` as a "
+        "table (one row per seed, method, model and epoch; fractions, not %).",
         "",
     ]
     return "\n".join(lines)
@@ -266,7 +292,7 @@ def _early_stopping_table(summary: dict[str, Any], entries: list[dict[str, Any]]
         "## Early-stopping points (oracle: chosen on the test set, so optimistic for every method alike)",
         "",
         f"| method | model | best {name}{f' ({unit.strip()})' if unit else ''} | epoch of best | Δ best [95% CI] "
-        f"| {name} at lowest test loss | epoch of lowest loss |"
+        f"| {name} at lowest test loss{f' ({unit.strip()})' if unit else ''} | epoch of lowest loss |"
         + (" noisy labels memorised at best (%) |" if memorised else ""),
         "|---|---|---|---|---|---|---|" + ("---|" if memorised else ""),
     ]
@@ -335,18 +361,30 @@ def _fmt_pairs(value, scale, digits=2):
     return format_mean_std(mean * scale, std * scale, digits)
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``summary.md`` and plots into ``run_dir`` from its saved results; returns the summary path."""
+def write_report(
+    run_dir: str | Path,
+    *,
+    status: str | None = None,
+    figures: Figures | None = None,
+    tensorboard: bool = False,
+) -> Path:
+    """Write ``summary.md``, ``metrics.csv`` and the plots into ``run_dir`` from its saved
+    results (and TensorBoard event files under ``tensorboard/`` if asked); returns the
+    summary's path. ``status``: a note on a run that is not finished (in progress, stopped);
+    ``figures``: the plots' format and resolution."""
     run = Path(run_dir)
+    figures = figures or Figures()
     config, rows, arrays = load_run(run)
     if not rows:
         raise UsageError(f"{run / 'metrics.jsonl'} has no rows: the run recorded no epoch")
     summary = summarise(config, rows, arrays)
-    summary["_arrays"] = arrays
     timing = (
         json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else None
     )
-    text = render_summary(config, summary, timing)
+    text = render_summary(config, summary, timing, rows, arrays, figures)
+    if status:
+        head, rest = text.split("\n", 1)
+        text = f"{head}\n\n**Run state:** {status}\n{rest}"
     failures = (
         json.loads((run / "failures.json").read_text()) if (run / "failures.json").is_file() else []
     )
@@ -356,10 +394,13 @@ def write_report(run_dir: str | Path) -> Path:
             f"- seed {f['seed']}, {'+'.join(f['methods'])}: {f['error']}\n" for f in failures
         )
     (run / "summary.md").write_text(text)
-    run_plots.plot_curves(config, rows, run / "curves.png", key=summary["key"])
-    run_plots.plot_curves(config, rows, run / "train_loss.png", key="train_loss")
+    write_csv(rows, run / "metrics.csv")
+    if tensorboard:
+        write_tensorboard(rows, run / "tensorboard")
+    run_plots.plot_curves(config, rows, figures, run, "curves", key=summary["key"])
+    run_plots.plot_curves(config, rows, figures, run, "train_loss", key="train_loss")
     if summary["kind"] == "classification":
-        run_plots.plot_reliability(config, summary, arrays, run / "reliability.png")
+        run_plots.plot_reliability(config, summary, arrays, figures, run, "reliability")
     if "grid/x" in arrays:
-        run_plots.plot_boundaries(config, summary, arrays, run / "boundaries.png")
+        run_plots.plot_boundaries(config, summary, arrays, figures, run, "boundaries")
     return run / "summary.md"

@@ -1,21 +1,52 @@
-"""One plot style for every figure the lab draws, and one colour per method."""
+"""One style for every figure the lab draws: fonts and sizes, a colour per method (a shade
+per decay), line styles that keep overlapping curves visible, log axes labelled with plain
+numbers, and the file format and resolution (:class:`Figures`)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: runs headless on clusters and in CI
 
-__all__ = ["STYLE", "COLORS", "color"]
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+
+from ..options import FIGURE_FORMATS  # noqa: E402
+
+__all__ = [
+    "STYLE",
+    "COLORS",
+    "Figures",
+    "color",
+    "line_style",
+    "model_label",
+    "plain_log_axis",
+    "FIGURE_FORMATS",
+]
 
 STYLE = {
-    "figure.dpi": 110,
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+    "figure.titlesize": 10,
+    "figure.dpi": 100,
     "axes.grid": True,
     "grid.alpha": 0.3,
     "axes.spines.top": False,
     "axes.spines.right": False,
-    "font.size": 9,
-    "legend.fontsize": 8,
+    "lines.linewidth": 1.5,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.05,
+    "pdf.fonttype": 42,  # text stays text in PDF and SVG, editable and searchable
+    "svg.fonttype": "none",
 }
 COLORS = {
     "baseline": "#444444",
@@ -24,7 +55,80 @@ COLORS = {
     "sema-openmixup": "#ff7f0e",
     "swa": "#2ca02c",
 }
+_SHADES = {"ema": "Blues", "sema": "Reds", "sema-openmixup": "Oranges", "swa": "Greens"}
+_MARKERS = {"ema": "o", "sema": "s", "sema-openmixup": "D", "swa": "^"}
 
 
-def color(method: str) -> str:
-    return COLORS.get(method, "#9467bd")
+@dataclass(frozen=True)
+class Figures:
+    """How figures are written: ``format`` (png, pdf or svg) and ``dpi`` (raster formats)."""
+
+    format: str = "png"
+    dpi: int = 150
+
+    def __post_init__(self) -> None:
+        if self.format not in FIGURE_FORMATS:
+            raise ValueError(f"figure format must be one of {FIGURE_FORMATS}, got {self.format!r}")
+
+    def name(self, stem: str) -> str:
+        return f"{stem}.{self.format}"
+
+    def save(self, fig, folder: str | Path, stem: str) -> Path:
+        """Save ``fig`` as ``folder/stem.<format>`` and close it; returns the path."""
+        path = Path(folder) / self.name(stem)
+        fig.savefig(path, dpi=self.dpi, format=self.format)
+        plt.close(fig)
+        return path
+
+
+def color(method: str, index: int = 0, count: int = 1) -> str | tuple:
+    """The method's colour; with ``count`` averages (several decays), shade ``index`` of it,
+    light to dark as the decay grows."""
+    if count <= 1 or method not in _SHADES:
+        return COLORS.get(method, "#9467bd")
+    return matplotlib.colormaps[_SHADES[method]](0.45 + 0.5 * index / (count - 1))
+
+
+def line_style(method: str, model: str, index: int = 0, count: int = 1) -> dict:
+    """Keyword arguments of ``ax.plot`` for a (method, model) curve.
+
+    The baseline is a thick grey line underneath; everything else is thinner and on top, with
+    markers at staggered epochs, so a curve lying exactly on the baseline (SWA at the end of a
+    cosine schedule) leaves the grey line showing around it. Online models of switching
+    methods are wide, light and dashed, so they show around their average after a switch.
+    """
+    if method == "baseline":
+        return dict(color=COLORS["baseline"], lw=3.0, alpha=0.55, zorder=2, ls="-")
+    if model == "online":  # after a switch it equals the average: a wide dashed halo under it
+        return dict(color=color(method), lw=3.0, alpha=0.4, zorder=2, ls="--")
+    return dict(
+        color=color(method, index, count),
+        lw=1.4,
+        zorder=3 + index,
+        ls="-",
+        marker=_MARKERS.get(method, "v"),
+        ms=3.5,
+    )
+
+
+def model_label(method: str, model: str) -> str:
+    """``baseline``, ``ema avg@0.99``, ``sema online``: how legends name a curve."""
+    return method if method == "baseline" and model == "online" else f"{method} {model}"
+
+
+def _plain(value: float, _pos: int | None = None) -> str:
+    return f"{value:g}"
+
+
+def plain_log_axis(ax, which: str = "y") -> None:
+    """Label a log axis with plain numbers (0.2, 0.5, 1, 2), not powers of ten; minor ticks
+    at 2 and 5 are labelled when the axis spans less than two decades."""
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    lo, hi = ax.get_ylim() if which == "y" else ax.get_xlim()
+    axis.set_major_formatter(ticker.FuncFormatter(_plain))
+    if lo > 0 and hi / lo < 100:
+        axis.set_minor_formatter(
+            ticker.FuncFormatter(lambda v, _p: f"{v:g}" if f"{v:.0e}"[0] in "25" else "")
+        )
+    else:
+        axis.set_minor_formatter(ticker.NullFormatter())

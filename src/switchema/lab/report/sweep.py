@@ -10,14 +10,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from ..checkpoint import atomic_write_text
-from ..config import SETTINGS, canonical_keys
+from ..config import canonical_keys
 from ..stats import format_ci, format_mean_std, mean_std
+from .export import write_csv
 from .run import PRIMARY, load_run, summarise
-from .style import COLORS, STYLE
+from .style import Figures
+from .sweep_plots import fmt_value, plot_axes
 
 __all__ = ["collect", "write_sweep_report"]
 
@@ -70,6 +71,7 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
         out.append(
             {
                 "cell": cell["name"],
+                "written": (cdir / "cell.json").is_file(),
                 "point": canonical_keys(cell["point"], "sweep.json"),
                 "kind": kind,
                 "metric": PRIMARY[kind][0] if kind else None,
@@ -80,40 +82,82 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
     return {"axes": axes, "fixed": fixed, "cells": out}
 
 
-def write_sweep_report(run_dir: str | Path) -> Path:
-    """Write ``sweep.md``, ``sweep_results.json`` and ``sweep_<axis>.png``; returns the table's path."""
+def write_sweep_report(
+    run_dir: str | Path, *, status: str | None = None, figures: Figures | None = None
+) -> Path:
+    """Write ``sweep.md``, ``sweep_results.json``, ``sweep_metrics.csv`` and a figure per swept
+    axis; returns the table's path. ``status``: a note on a sweep that is not finished (in
+    progress, interrupted); ``figures``: the plots' format and resolution."""
     run = Path(run_dir)
+    figures = figures or Figures()
     res = collect(run)
     atomic_write_text(run / "sweep_results.json", json.dumps(res, indent=2, default=float))
     metrics = {c["metric"] for c in res["cells"] if c["metric"]}
     one = metrics.pop() if len(metrics) == 1 else None
-    head = [
-        *res["axes"],
-        "method",
-        f"final {one}" if one else "final",
-        "best",
-        "Δ vs baseline [95% CI]",
-        "Δ vs EMA [95% CI]",
-        "ECE (15 bins)",
-        "failed jobs",
-    ]
-    lines = _header(res) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    best = _best(res)
+    lines = _header(res, status) + _table_head(res, one)
     for c in res["cells"]:
-        lines += _cell_lines(c, res["axes"], one)
+        lines += _cell_lines(res, c, one, best)
+    lines += _best_lines(res, best)
     lines += _failure_lines(res)
-    plots = _plot_axes(run, res)
+    _write_rows(run, res)
+    plots = plot_axes(run, res, figures)
     if plots:
         lines += ["", "Plots: " + ", ".join(f"`{p.name}`" for p in plots) + "."]
-    lines += ["", "Per-cell tables and plots: `cells/<cell>/summary.md`."]
+    lines += [
+        "",
+        "Per-cell tables and plots: `cells/<cell>/summary.md`. Every number of every cell, as "
+        "one table: `sweep_metrics.csv` (one row per cell, seed, method, model and epoch; "
+        "fractions, not %).",
+    ]
     atomic_write_text(run / "sweep.md", "\n".join(lines) + "\n")
     return run / "sweep.md"
 
 
-def _header(res: dict[str, Any]) -> list[str]:
+def _unit(metric: str) -> tuple[str, bool]:
+    """(unit text, higher is better) of a primary metric."""
+    kind = next(k for k, v in PRIMARY.items() if v[0] == metric)
+    _, higher, _, unit = PRIMARY[kind]
+    return unit.strip(), higher
+
+
+def _direction(metric: str) -> str:
+    unit, higher = _unit(metric)
+    return (f"{unit}, " if unit else "") + ("higher" if higher else "lower") + " is better"
+
+
+def _table_head(res: dict[str, Any], one: str | None) -> list[str]:
+    name = one.replace("_", " ") if one else "metric"
+    pp = " (pp)" if one and one.endswith("acc") else ""
+    head = [
+        *res["axes"],
+        "method",
+        f"final {name} ({_direction(one)})" if one else "final (unit in each cell)",
+        "at the best epoch (oracle)",
+        f"Δ vs baseline{pp} [95% CI]",
+        f"Δ vs EMA{pp} [95% CI]",
+        "ECE-15 (%, lower is better)",
+        "failed jobs",
+    ]
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+
+def _header(res: dict[str, Any], status: str | None) -> list[str]:
     axes = res["axes"]
+    waiting = sum(not c["written"] for c in res["cells"])
     return [
         f"# Sweep: {len(res['cells'])} cell(s)",
         "",
+        *([f"**Run state:** {status}", ""] if status else []),
+        *(
+            [
+                f"{waiting} of {len(res['cells'])} cells are not written yet (their jobs have not "
+                "all ended): their rows say so.",
+                "",
+            ]
+            if waiting
+            else []
+        ),
         "Swept: "
         + ("; ".join(f"`{a}` = {_res_axis(res, a)}" for a in axes) or "nothing (one cell)")
         + ".",
@@ -121,17 +165,57 @@ def _header(res: dict[str, Any]) -> list[str]:
         "",
         "Each row is one cell and method, judged by its main model (online for the baseline, the "
         "average otherwise), at the final epoch: mean ± sample std over seeds (n = seeds that "
-        "finished). Δ: paired difference over seeds with a 95% t-interval. Best: the best epoch "
-        "per seed (an optimistic, test-set-selected number).",
+        "finished); accuracies and ECE in %, their differences in percentage points (pp). Δ: "
+        "paired difference over seeds with a 95% t-interval. At the best epoch: each seed's "
+        "best epoch, chosen on the test set (optimistic). The best final value of each metric "
+        "is in bold.",
         "",
     ]
 
 
-def _cell_lines(c: dict[str, Any], axes: list[str], one: str | None) -> list[str]:
+def _task(res: dict[str, Any], c: dict[str, Any]) -> str:
+    return str(c["point"].get("task", res["fixed"].get("task", "")))
+
+
+def _best(res: dict[str, Any]) -> dict[tuple[str, str], tuple[float, str, str]]:
+    """(task, metric) -> (best mean final value, cell, method), by the metric's direction;
+    one best per task, since values of different tasks are not comparable."""
+    out: dict[tuple[str, str], tuple[float, str, str]] = {}
+    for c in res["cells"]:
+        if not c["metric"]:
+            continue
+        _, higher = _unit(c["metric"])
+        key = (_task(res, c), c["metric"])
+        for e in c["entries"]:
+            mean = float(np.mean(e["final"]))
+            old = out.get(key)
+            if old is None or (mean > old[0] if higher else mean < old[0]):
+                out[key] = (mean, c["cell"], e["method"])
+    return out
+
+
+def _best_lines(res: dict[str, Any], best: dict[tuple[str, str], tuple]) -> list[str]:
+    lines = [""]
+    several = len({task for task, _ in best}) > 1
+    for (task, metric), (mean, cell, method) in best.items():
+        kind = next(k for k, v in PRIMARY.items() if v[0] == metric)
+        scale, unit = PRIMARY[kind][2], PRIMARY[kind][3]
+        lines.append(
+            f"Best final {metric.replace('_', ' ')}{f' on {task}' if several else ''} "
+            f"({_direction(metric)}): **{scale * mean:.4g}{unit}**, {method} in cell `{cell}`."
+        )
+    return lines if len(lines) > 1 else []
+
+
+def _cell_lines(
+    res: dict[str, Any], c: dict[str, Any], one: str | None, best: dict[tuple[str, str], tuple]
+) -> list[str]:
     """The table rows of one cell: one per method (failed methods included)."""
     kind = c["kind"]
     scale = PRIMARY[kind][2] if kind else 1.0
-    point = [_fmt_value(a, c["point"][a]) for a in axes]
+    unit = PRIMARY[kind][3] if kind else ""
+    point = [fmt_value(a, c["point"][a]) for a in res["axes"]]
+    task = _task(res, c)
     failed_by_method: dict[str, int] = {}
     for f in c["failures"]:
         for m in f["methods"]:
@@ -142,10 +226,15 @@ def _cell_lines(c: dict[str, Any], axes: list[str], one: str | None) -> list[str
             k: (format_ci(_scale_ci(e[k], scale)) if e.get(k) else "—")
             for k in ("diff_vs_baseline", "diff_vs_ema")
         }
+        final = _pp(e["final"], scale)
+        if best.get((task, c["metric"]), (None, None, None))[1:] == (c["cell"], e["method"]):
+            final = f"**{final}**"
+        if not one:
+            final = f"{c['metric'].replace('_', ' ')}{f' ({unit.strip()})' if unit else ''} {final}"
         cells = [
             *point,
             e["method"],
-            (f"{c['metric']} " if not one else "") + _pp(e["final"], scale),
+            final,
             _pp(e["best"], scale),
             ci["diff_vs_baseline"],
             ci["diff_vs_ema"],
@@ -159,6 +248,8 @@ def _cell_lines(c: dict[str, Any], axes: list[str], one: str | None) -> list[str
             lines.append(
                 "| " + " | ".join([*point, m, "all failed", "—", "—", "—", "—", str(n)]) + " |"
             )
+    if not c["written"]:
+        lines.append("| " + " | ".join([*point, "—", "not finished yet", *["—"] * 5]) + " |")
     return lines
 
 
@@ -174,74 +265,24 @@ def _failure_lines(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _write_rows(run: Path, res: dict[str, Any]) -> None:
+    """``sweep_metrics.csv``: every written cell's rows, with the cell and its axis values."""
+    rows = []
+    for c in res["cells"]:
+        path = run / "cells" / c["cell"] / "metrics.jsonl"
+        if not c["written"] or not path.is_file():
+            continue
+        point = {a: fmt_value(a, c["point"][a]) for a in res["axes"]}
+        with open(path) as f:
+            rows += [{"cell": c["cell"], **point, **json.loads(x)} for x in f if x.strip()]
+    if rows:
+        write_csv(rows, run / "sweep_metrics.csv")
+
+
 def _res_axis(res: dict[str, Any], axis: str) -> str:
-    values = list(dict.fromkeys(_fmt_value(axis, c["point"][axis]) for c in res["cells"]))
+    values = list(dict.fromkeys(fmt_value(axis, c["point"][axis]) for c in res["cells"]))
     return ", ".join(values)
-
-
-def _fmt_value(axis: str, value: Any) -> str:
-    if SETTINGS[axis].several and isinstance(value, list):
-        return ", ".join(f"{v:g}" for v in value)
-    return str(value)
 
 
 def _scale_ci(d: dict[str, Any], scale: float) -> dict[str, Any]:
     return {k: scale * v if isinstance(v, float) else v for k, v in d.items()}
-
-
-def _plot_axes(run: Path, res: dict[str, Any]) -> list[Path]:
-    """One figure per swept axis: metric vs the axis, one panel per setting of the others."""
-    axes = res["axes"]
-    if not axes or not any(c["entries"] for c in res["cells"]):
-        return []
-    paths = []
-    for axis in axes:
-        others = [a for a in axes if a != axis]
-        xs = list(dict.fromkeys(_fmt_value(axis, c["point"][axis]) for c in res["cells"]))
-        panels: dict[tuple, dict[str, dict[str, list[float]]]] = {}
-        for c in res["cells"]:
-            if not c["kind"]:
-                continue
-            key = (c["kind"], *(_fmt_value(a, c["point"][a]) for a in others))
-            for e in c["entries"]:
-                panels.setdefault(key, {}).setdefault(e["method"], {})[
-                    _fmt_value(axis, c["point"][axis])
-                ] = e["final"]
-        keys = list(panels)[:16]
-        if not keys:
-            continue
-        ncol = min(4, len(keys))
-        nrow = -(-len(keys) // ncol)
-        with plt.rc_context(STYLE):
-            fig, axs = plt.subplots(
-                nrow, ncol, figsize=(3.6 * ncol, 2.9 * nrow), squeeze=False, sharey=False
-            )
-            for ax, key in zip(axs.flat, keys):
-                kind = key[0]
-                metric, _, scale, unit = PRIMARY[kind]
-                for method, by_x in panels[key].items():
-                    pos = [i for i, x in enumerate(xs) if x in by_x]
-                    vals = [np.asarray(by_x[xs[i]], float) * scale for i in pos]
-                    mean = np.array([v.mean() for v in vals])
-                    std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in vals])
-                    color = COLORS.get(method)
-                    ax.plot(pos, mean, "o-", color=color, label=method, lw=1.5, ms=4)
-                    ax.fill_between(pos, mean - std, mean + std, color=color, alpha=0.18, lw=0)
-                ax.set_xticks(range(len(xs)), xs, rotation=30 if len(xs) > 4 else 0)
-                ax.set_xlabel(axis)
-                ax.set_ylabel(
-                    f"final {metric.replace('_', ' ')}"
-                    + (f" ({unit.strip()})" if unit.strip() else "")
-                )
-                title = ", ".join(f"{a}={v}" for a, v in zip(others, key[1:]))
-                ax.set_title(title or f"{metric} vs {axis}", fontsize=8)
-            for ax in list(axs.flat)[len(keys) :]:
-                ax.set_visible(False)
-            axs.flat[0].legend(loc="best")
-            fig.suptitle(f"final metric vs {axis}: mean over seeds, band ± 1 std", fontsize=9)
-            fig.tight_layout()
-            path = run / f"sweep_{axis}.png"
-            fig.savefig(path)
-            plt.close(fig)
-        paths.append(path)
-    return paths

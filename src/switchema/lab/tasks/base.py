@@ -134,6 +134,9 @@ class Task:
             the task again (see :mod:`switchema.lab.tasks.registry`).
         units: what each data or model option counts (``{"n_train": "examples"}``), for
             listings.
+        check_data: ``check_data(**data_options)``, or None: raises ``FileNotFoundError`` or
+            ``ValueError`` when data the options name cannot be read (files only, cheap);
+            called before a run folder is created.
     """
 
     name: str
@@ -145,6 +148,7 @@ class Task:
     has_batchnorm: bool
     module: str = ""
     units: Mapping[str, str] = field(default_factory=dict)
+    check_data: Callable[..., None] | None = None
 
     def describe(self) -> str:
         """A few lines for listings: kind, description, defaults, options with units."""

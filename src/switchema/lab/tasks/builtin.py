@@ -12,6 +12,7 @@ from ..._checks import check_int
 from .base import TaskData, expect_kind, keyword_options, task_defaults
 from .data import (
     charlm_data,
+    cifar_check,
     cifar_data,
     circles_data,
     digits_data,
@@ -53,7 +54,7 @@ _CIFAR_UNITS = {
 @register_task(
     "circles",
     kind="classification",
-    description="Switch EMA toy: two noisy concentric circles, 50 train / 500 test, 2-32-32-2 MLP",
+    description="Switch EMA toy: two noisy concentric circles, 2-32-32-2 MLP",
     data=circles_data,
     defaults=task_defaults(epochs=200, batch_size=10, optimizer="adamw", lr=1e-2),
     units={
@@ -76,7 +77,7 @@ def circles_model(data: TaskData, *, hidden: int = 32, activation: str = "relu")
 @register_task(
     "mnist1d-mlp",
     kind="classification",
-    description="MNIST-1D (4000/1000), the paper's 40-100-100-10 MLP baseline",
+    description="MNIST-1D, the paper's 40-100-100-10 MLP baseline",
     data=mnist1d_data,
     defaults=_ADAMW_MNIST1D,
     units=_MNIST1D_UNITS,
@@ -92,7 +93,7 @@ def mnist1d_mlp_model(data: TaskData, *, hidden: int = 100) -> nn.Module:
 @register_task(
     "mnist1d-cnn",
     kind="classification",
-    description="MNIST-1D (4000/1000), the paper's 3-layer Conv1d baseline",
+    description="MNIST-1D, the paper's 3-layer Conv1d baseline",
     data=mnist1d_data,
     defaults=_ADAMW_MNIST1D,
     units=_MNIST1D_UNITS,
@@ -108,7 +109,7 @@ def mnist1d_cnn_model(data: TaskData, *, channels: int = 25) -> nn.Module:
 @register_task(
     "mnist1d-cnnbn",
     kind="classification",
-    description="MNIST-1D (4000/1000), 3-layer Conv1d with BatchNorm1d after each conv",
+    description="MNIST-1D, 3-layer Conv1d with BatchNorm1d after each conv",
     data=mnist1d_data,
     defaults=_ADAMW_MNIST1D,
     has_batchnorm=True,
@@ -128,7 +129,7 @@ def mnist1d_cnnbn_model(data: TaskData, *, channels: int = 25) -> nn.Module:
 @register_task(
     "digits-cnn",
     kind="classification",
-    description="scikit-learn 8x8 digits (1347/450 stratified), small CNN with BatchNorm2d",
+    description="scikit-learn 8x8 digits (stratified split), small CNN with BatchNorm2d",
     data=digits_data,
     defaults=task_defaults(
         epochs=30,
@@ -151,7 +152,7 @@ def digits_model(data: TaskData, *, width: int = 16) -> nn.Module:
 @register_task(
     "friedman-mlp",
     kind="regression",
-    description="Friedman #1 regression (2000/1000, noise 1.0), standardised, 10-64-64-1 MLP",
+    description="Friedman #1 regression, standardised, 10-64-64-1 MLP",
     data=friedman_data,
     defaults=task_defaults(epochs=60, batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=1e-2),
     units={
@@ -171,7 +172,7 @@ def friedman_model(data: TaskData, *, hidden: int = 64) -> nn.Module:
 @register_task(
     "charlm",
     kind="lm",
-    description="character LM on standard-library source (~450 KB), embedding-GRU(128)",
+    description="character LM on standard-library source, embedding-GRU",
     data=charlm_data,
     defaults=task_defaults(epochs=8, batch_size=64, optimizer="adamw", lr=3e-3),
     units={
@@ -208,4 +209,5 @@ for _variant in (10, 100):
         model=cifar_model,
         has_batchnorm=True,
         units=_CIFAR_UNITS,
+        check_data=cifar_check(_variant),
     )

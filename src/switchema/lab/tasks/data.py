@@ -25,6 +25,7 @@ __all__ = [
     "CHARLM_SOURCES",
     "charlm_data",
     "cifar_data",
+    "cifar_check",
     "circles_data",
     "digits_data",
     "friedman_data",
@@ -342,6 +343,47 @@ def _read_cifar_files(
     return np.concatenate(xs), np.concatenate(ys)
 
 
+def _cifar_folder(root: str | Path, variant: int) -> Path:
+    """The folder under ``root`` that holds the CIFAR files (FileNotFoundError naming them)."""
+    if isinstance(variant, bool) or variant not in _CIFAR_LAYOUT:
+        raise ValueError(f"variant must be 10 or 100, got {variant!r}")
+    if not isinstance(root, str | Path):
+        raise TypeError(f"root must be a str or Path, got {type(root).__name__}")
+    folder_name, train_names, test_names, _ = _CIFAR_LAYOUT[variant]
+    root = Path(root).expanduser()
+    expected = train_names + test_names
+    candidates = [root / folder_name, root] if root.name != folder_name else [root]
+    folder = next((c for c in candidates if all((c / name).is_file() for name in expected)), None)
+    if folder is None:
+        where = "does not exist" if not root.exists() else "lacks them"
+        raise FileNotFoundError(
+            f"CIFAR-{variant} not found: expected the files {list(expected)} in "
+            f"{' or '.join(str(c) for c in candidates)} ({root} {where}; the extracted "
+            f"'python version' archive, folder {folder_name!r}); nothing is downloaded"
+        )
+    return folder
+
+
+def _cifar_missing(variant: int) -> FileNotFoundError:
+    folder_name, train_names, test_names, _ = _CIFAR_LAYOUT[variant]
+    return FileNotFoundError(
+        f"cifar{variant}-resnet needs the option data_dir (--data-opt data_dir=PATH): a local "
+        f"folder holding {folder_name}/ with the files {list(train_names + test_names)} (the "
+        f"CIFAR 'python version'); nothing is downloaded"
+    )
+
+
+def cifar_check(variant: int) -> Callable[..., None]:
+    """The CIFAR tasks' ``check_data``: ``data_dir`` is given and holds the expected files."""
+
+    def check(*, data_dir: str | Path | None = None, **_: object) -> None:
+        if data_dir is None:
+            raise _cifar_missing(variant)
+        _cifar_folder(data_dir, variant)
+
+    return check
+
+
 def load_cifar(
     root: str | Path, variant: int = 10
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -359,21 +401,8 @@ def load_cifar(
         FileNotFoundError: the expected files are not under ``root``.
         ValueError: ``variant`` is not 10 or 100, or a file is malformed.
     """
-    if isinstance(variant, bool) or variant not in _CIFAR_LAYOUT:
-        raise ValueError(f"variant must be 10 or 100, got {variant!r}")
-    if not isinstance(root, str | Path):
-        raise TypeError(f"root must be a str or Path, got {type(root).__name__}")
-    folder_name, train_names, test_names, label_key = _CIFAR_LAYOUT[variant]
-    root = Path(root).expanduser()
-    expected = train_names + test_names
-    candidates = [root / folder_name, root] if root.name != folder_name else [root]
-    folder = next((c for c in candidates if all((c / name).is_file() for name in expected)), None)
-    if folder is None:
-        raise FileNotFoundError(
-            f"CIFAR-{variant} not found: expected the files {list(expected)} in "
-            f"{' or '.join(str(c) for c in candidates)} (the extracted 'python version' "
-            f"archive, folder {folder_name!r}); nothing is downloaded"
-        )
+    folder = _cifar_folder(root, variant)
+    _, train_names, test_names, label_key = _CIFAR_LAYOUT[variant]
     x_train, y_train = _read_cifar_files(folder, train_names, label_key)
     x_test, y_test = _read_cifar_files(folder, test_names, label_key)
     return x_train, y_train, x_test, y_test
@@ -405,12 +434,7 @@ def cifar_data(variant: int) -> Callable[..., TaskData]:
         """
         seed = _check_seed(seed)
         if data_dir is None:
-            folder_name, train_names, test_names, _ = _CIFAR_LAYOUT[variant]
-            raise FileNotFoundError(
-                f"cifar{variant}-resnet needs the option data_dir: a local folder holding "
-                f"{folder_name}/ with the files {list(train_names + test_names)} "
-                f"(the CIFAR 'python version'); nothing is downloaded"
-            )
+            raise _cifar_missing(variant)
         x_tr, y_tr, x_te, y_te = load_cifar(data_dir, variant)
         gen = torch.Generator().manual_seed(seed)
         idx_tr = _subset(len(y_tr), n_train, "n_train", gen)

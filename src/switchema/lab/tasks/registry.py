@@ -85,6 +85,7 @@ def register_task(
     model: Callable[..., nn.Module] | None = None,
     has_batchnorm: bool = False,
     units: Mapping[str, str] | None = None,
+    check_data: Callable[..., None] | None = None,
     replace: bool = False,
 ) -> Any:
     """Register a task; with ``model=None``, a decorator for the model builder.
@@ -100,6 +101,9 @@ def register_task(
         model: ``model(data, **options) -> nn.Module``, initialised from the global torch RNG.
         has_batchnorm: the model has BatchNorm layers (statistics recomputed for averages).
         units: what each data or model option counts, for ``switchema tasks``.
+        check_data: ``check_data(**data_options)`` raises ``FileNotFoundError`` or
+            ``ValueError`` when data on disk that the options name is missing; the lab calls
+            it before creating a run folder (files only: keep it cheap).
         replace: replace a task of the same name registered elsewhere.
 
     Returns:
@@ -117,6 +121,7 @@ def register_task(
                 model=fn,
                 has_batchnorm=has_batchnorm,
                 units=units,
+                check_data=check_data,
                 replace=replace,
             )
             return fn
@@ -148,6 +153,7 @@ def register_task(
         has_batchnorm=bool(has_batchnorm),
         module=getattr(model, "__module__", "") or "",
         units=dict(units or {}),
+        check_data=check_data,
     )
     return _register(task, replace=replace)
 

@@ -1,0 +1,94 @@
+"""The metric rows in the formats people load: a tidy CSV (pandas, R, a spreadsheet) and,
+optionally, TensorBoard event files. Both are written from the saved rows, so ``switchema
+report`` rebuilds them for any run folder.
+
+``metrics.csv`` has one row per seed, method, model and epoch, and the columns of
+:data:`CSV_COLUMNS` that the run has (in that order; an empty cell where a row has no value,
+e.g. ``switched`` for averaged models). Accuracies, calibration errors and memorisation rates
+are fractions in [0, 1] (the tables of ``summary.md`` show them in %); losses are in nats.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import atomic_write_text
+from ..errors import MissingDependencyError
+
+__all__ = ["CSV_COLUMNS", "write_csv", "write_tensorboard", "tensorboard_writer"]
+
+#: column -> what it holds (README.md lists the same)
+CSV_COLUMNS: dict[str, str] = {
+    "seed": "training seed (initial weights, batch order)",
+    "method": "baseline, ema, sema, sema-openmixup or swa",
+    "model": "online (the weights trained), avg, or avg@<decay> with several decays",
+    "epoch": "epochs completed, 1-based",
+    "step": "optimizer steps completed",
+    "switched": "online rows of switching methods: a switch happened at this epoch's end",
+    "train_loss": "loss on the whole training set (the labels trained on), nats",
+    "train_loss_running": "online rows: mean training-batch loss during the epoch, nats",
+    "test_loss": "loss on the test set, nats",
+    "train_acc": "accuracy on the training set (labels trained on), fraction",
+    "test_acc": "test accuracy, fraction",
+    "test_nll": "test negative log-likelihood, nats",
+    "ece15": "expected calibration error, 15 equal-width bins, fraction",
+    "ece100_mass": "expected calibration error, 100 equal-mass bins, fraction",
+    "noisy_memorised": "flipped training labels the model predicts, fraction",
+    "noisy_true_recovered": "flipped training labels whose true class it predicts, fraction",
+    "test_mse": "regression: test mean squared error (standardised target)",
+    "test_mae": "regression: test mean absolute error (standardised target)",
+    "test_bpc": "language model: test bits per character",
+    "train_time_s": "seconds of training in this epoch (not evaluation)",
+}
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    present = {k for r in rows for k in r}
+    known = [c for c in CSV_COLUMNS if c in present]
+    return known + sorted(present - set(known))  # a plugin's extra metric goes last
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write ``rows`` as a tidy CSV (columns :data:`CSV_COLUMNS`); returns the path."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=_columns(rows), restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+    return Path(path)
+
+
+def tensorboard_writer():
+    """TensorBoard's ``SummaryWriter`` (via torch), or :class:`MissingDependencyError`."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise MissingDependencyError(
+            "--tensorboard needs TensorBoard: pip install 'switchema[tensorboard]' (or pip "
+            "install tensorboard)"
+        ) from None
+    return SummaryWriter
+
+
+def write_tensorboard(rows: list[dict[str, Any]], folder: str | Path) -> Path:
+    """Event files under ``folder``: one TensorBoard run per ``method/model/seed``, one scalar
+    per metric column, the epoch as the step. Returns ``folder``."""
+    writer_cls = tensorboard_writer()
+    folder = Path(folder)
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_run.setdefault(f"{r['method']}/{r['model']}/seed{r['seed']}", []).append(r)
+    skip = {"seed", "method", "model", "epoch", "step", "switched"}
+    for name, run_rows in by_run.items():
+        writer = writer_cls(log_dir=str(folder / name))
+        try:
+            for r in run_rows:
+                for key, value in r.items():
+                    if key not in skip and isinstance(value, int | float):
+                        writer.add_scalar(key, value, global_step=int(r["epoch"]))
+        finally:
+            writer.close()
+    return folder

@@ -1,0 +1,292 @@
+"""What ``summary.md`` says around its tables: the settings and data actually used, warnings
+when a run cannot show what it is meant to, what a switch keeps, and a legend of the columns.
+
+Everything is built from the saved run folder (``config.json``, the metric rows, the saved
+labels), so a run with ``--data-opt n_total=1000`` says 800 / 200 examples, not the task's
+default, and a regression or language-model run says nothing of labels or BatchNorm.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ...switching import Interval, SwitchRule, parse_interval
+from ..tasks import TASKS
+
+__all__ = [
+    "MIN_SWA_MODELS",
+    "data_sentence",
+    "description",
+    "legend",
+    "run_facts",
+    "sema_keep_fraction",
+    "sema_lines",
+    "settings_sentence",
+    "swa_models",
+    "switches",
+    "warnings_for",
+]
+
+MIN_SWA_MODELS = 5  # fewer averaged models than this and SWA is hardly an average
+
+
+def sema_keep_fraction(decay: float, k: int) -> float:
+    """The fraction of a period's progress a Switch EMA switch keeps, for steady drift.
+
+    If the model moves at a constant velocity ``v`` per step and starts a period of ``k``
+    averaging updates at the average (as it does after a switch), the model ends the period
+    ``k v`` away and the EMA ``v (k - d (1 - d^k) / (1 - d))`` away; the switch copies the
+    EMA into the model, keeping ``f = 1 - d (1 - d^k) / (k (1 - d))`` of the progress
+    (``experiments/RESULTS.md``). ``f -> 1`` for short windows (``k (1 - d) >> 1``),
+    ``f ~ k (1 - d) / 2`` for long ones.
+
+    Example (decay 0.99, a switch every 40 steps)::
+
+        >>> round(sema_keep_fraction(0.99, 40), 2)
+        0.18
+    """
+    if decay == 0.0:
+        return 1.0
+    return 1.0 - decay * (1.0 - decay**k) / (k * (1.0 - decay))
+
+
+def run_facts(config: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Steps per epoch and in all, from the rows (``step`` after each epoch)."""
+    cfg = config["config"]
+    first = [r["step"] for r in rows if r.get("epoch") == 1 and "step" in r]
+    per_epoch = int(first[0]) if first else 0
+    return {"steps_per_epoch": per_epoch, "total_steps": per_epoch * int(cfg["epochs"])}
+
+
+def swa_models(cfg: dict[str, Any]) -> int:
+    """Epoch-end models in SWA's average at the end (0: the average is the last model)."""
+    return int(cfg["epochs"]) - int(round(cfg["swa_start"] * cfg["epochs"]))
+
+
+def _rule(cfg: dict[str, Any], method: str) -> tuple[SwitchRule, bool]:
+    every = parse_interval(cfg["switch_every"])
+    if method == "sema-openmixup":  # the official hook: an interval in epochs, inverted
+        return SwitchRule(Interval(every.n, "epochs"), start_epoch=cfg["switch_start"]), True
+    return SwitchRule(every, start_epoch=cfg["switch_start"]), False
+
+
+def switches(cfg: dict[str, Any], method: str, steps_per_epoch: int) -> int:
+    """How many times a switching method switched during the run."""
+    rule, inverted = _rule(cfg, method)
+    n = 0
+    for epoch in range(1, int(cfg["epochs"]) + 1):
+        if rule.every.unit == "steps":
+            first = (epoch - 1) * steps_per_epoch + 1
+            n += sum(rule.due(epoch=epoch, step=s) for s in range(first, first + steps_per_epoch))
+        elif inverted:
+            n += rule.started(epoch) and not rule.due(epoch=epoch)
+        else:
+            n += rule.due(epoch=epoch)
+    return n
+
+
+def _period_steps(cfg: dict[str, Any], steps_per_epoch: int) -> int:
+    every = parse_interval(cfg["switch_every"])
+    return every.n * (steps_per_epoch if every.unit == "epochs" else 1)
+
+
+def data_sentence(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
+    """``Data: 800 training / 200 test examples (data options n_total=1000).``"""
+    cfg, kind = config["config"], config["task"]["kind"]
+    y_train, y_test = arrays.get("data/y_train"), arrays.get("data/y_test")
+    if y_train is None or y_test is None:
+        return ""
+    if kind == "lm" and y_train.ndim == 2:
+        what = f"sequences of {y_train.shape[1]} characters"
+    else:
+        what = "examples"
+    text = f"Data: {len(y_train)} training / {len(y_test)} test {what}"
+    options = cfg.get("data_options") or {}
+    if options:
+        text += " (data options " + ", ".join(f"{k}={v}" for k, v in options.items()) + ")"
+    return text + f", data seed {cfg.get('data_seed', 0)}."
+
+
+def description(config: dict[str, Any]) -> str:
+    """The task's description as registered now (older run folders saved one that named the
+    default data sizes), else as saved."""
+    known = TASKS.get(config["task"]["name"])
+    return known.description if known is not None else config["task"]["description"]
+
+
+def _has_batchnorm(config: dict[str, Any]) -> bool | None:
+    task = config["task"]
+    if "has_batchnorm" in task:
+        return bool(task["has_batchnorm"])
+    known = TASKS.get(task["name"])
+    return known.has_batchnorm if known is not None else None
+
+
+def settings_sentence(
+    config: dict[str, Any], rows: list[dict[str, Any]], timing: dict[str, Any] | None
+) -> str:
+    """The training and averaging settings that apply to this run's methods, in words."""
+    cfg, kind = config["config"], config["task"]["kind"]
+    methods = set(cfg["methods"])
+    facts = run_facts(config, rows)
+    per_epoch = f" of {facts['steps_per_epoch']} steps" if facts["steps_per_epoch"] else ""
+    parts = [
+        f"Seeds {cfg['seeds']}, {cfg['epochs']} epochs{per_epoch}, {cfg['optimizer']} lr "
+        f"{cfg['lr']} ({cfg['lr_schedule']}"
+        + (f", {cfg['warmup_epochs']} warm-up epochs" if cfg.get("warmup_epochs") else "")
+        + f"), batch {cfg['batch_size']}, weight decay {cfg['weight_decay']}"
+    ]
+    if methods & {"ema", "sema", "sema-openmixup"}:
+        parts.append(f"EMA decay(s) {cfg['decay']} per step (warm-up {cfg['ema_warmup']})")
+    if methods & {"sema", "sema-openmixup"}:
+        parts.append(f"switch every {cfg['switch_every']} from epoch {cfg['switch_start']}")
+    if "swa" in methods:
+        parts.append(
+            f"SWA from {cfg['swa_start']:.0%} of training ({max(1, swa_models(cfg))} epoch-end "
+            f"model{'s' * (swa_models(cfg) > 1)})"
+        )
+    if kind == "classification":
+        parts.append(f"label noise {cfg['label_noise']:.0%}")
+    if _has_batchnorm(config) and methods & {"ema", "sema", "sema-openmixup", "swa"}:
+        recompute = "yes" if cfg["bn_recompute"] else "no (always for SWA)"
+        parts.append(f"BatchNorm statistics recomputed for averages: {recompute}")
+    wall = f", wall time {timing['wall_s']:.0f} s" if timing else ""
+    parts.append(f"torch {config['versions']['torch']} on {config['device']}{wall}")
+    return ", ".join(parts) + "."
+
+
+def warnings_for(
+    config: dict[str, Any], summary: dict[str, Any], rows: list[dict[str, Any]]
+) -> list[str]:
+    """Plain-words warnings: what this run cannot show, and why."""
+    cfg = config["config"]
+    methods = list(cfg["methods"])
+    facts = run_facts(config, rows)
+    spe, total = facts["steps_per_epoch"], facts["total_steps"]
+    out = []
+    if spe and set(methods) & {"ema", "sema", "sema-openmixup"}:
+        for d in cfg["decay"]:
+            window = 1.0 / (1.0 - d)
+            if window > total:
+                out.append(
+                    f"The EMA with decay {d:g} averages over about {window:.0f} optimizer steps "
+                    f"(1/(1-decay)), longer than the whole run ({total} steps): at the end the "
+                    f"starting weights still make up about {d**total:.0%} of it (without "
+                    f"warm-up), so it mostly shows where training began."
+                )
+    for m in ("sema", "sema-openmixup"):
+        if m not in methods or not spe:
+            continue
+        period = _period_steps(cfg, spe)
+        window = 1.0 / (1.0 - cfg["decay"][0])
+        n = switches(cfg, m, spe)
+        if n == 0:
+            why = (
+                f"--switch-start {cfg['switch_start']} is at or after the last epoch "
+                f"({cfg['epochs']})"
+                if cfg["switch_start"] >= cfg["epochs"]
+                else "its interval never came due in this run"
+            )
+            out.append(
+                f"{m} never switched ({why}): its online model follows the baseline and its "
+                f"average is plain EMA, so it cannot show what switching does."
+            )
+        elif window > period:
+            out.append(
+                f"{m}: the EMA's window (about {window:.0f} steps) is longer than the switch "
+                f"period ({period} steps): each switch pulls the model back towards weights "
+                f"from several periods ago."
+            )
+    if "swa" in methods and swa_models(cfg) < MIN_SWA_MODELS:
+        n = swa_models(cfg)
+        what = (
+            f"only {n} epoch-end models"
+            if n > 1
+            else "only the last epoch-end model, so it is the final model itself"
+        )
+        out.append(
+            f"SWA averaged {what} (from {cfg['swa_start']:.0%} of {cfg['epochs']} epochs); "
+            f"an average of fewer than {MIN_SWA_MODELS} models shows little of what SWA does. "
+            f"Train longer or lower --swa-start."
+        )
+    out += _equal_to_baseline(cfg, summary)
+    return out
+
+
+def _equal_to_baseline(cfg: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    entries, key = summary["entries"], summary["key"]
+    base = next((e for e in entries if e["method"] == "baseline" and e["model"] == "online"), None)
+    if base is None or cfg["lr_schedule"] != "cosine":
+        return []
+    out = []
+    for e in entries:
+        if not e["main"] or e is base or e["seeds"] != base["seeds"]:
+            continue
+        if e["method"] == "swa" and swa_models(cfg) <= 1:  # said above, for another reason
+            continue
+        a, b = e["final"].get(key, []), base["final"].get(key, [])
+        same = len(a) == len(b) and all(
+            math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12) for x, y in zip(a, b)
+        )
+        if same and a:
+            out.append(
+                f"{e['method']} ({e['model']}) ends with exactly the baseline's final "
+                f"{key.replace('_', ' ')} on every seed: the cosine schedule takes the learning "
+                f"rate to zero, the weights stop moving and the average catches up with them. "
+                f"Compare at the best epoch (below), or rerun with --lr-schedule constant."
+            )
+    return out
+
+
+def sema_lines(config: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """For each Switch EMA run: the fraction of a period's progress a switch keeps."""
+    cfg = config["config"]
+    spe = run_facts(config, rows)["steps_per_epoch"]
+    if "sema" not in cfg["methods"] or not spe:
+        return []
+    d, k = cfg["decay"][0], _period_steps(cfg, spe)
+    f = sema_keep_fraction(d, k)
+    slower = f"about {1 / f:.1f} times slower" if f > 0 else "not at all"
+    return [
+        f"- **What a switch keeps** (sema, decay {d:g}, a switch every {k} steps): if the "
+        f"model drifts at a steady velocity, the average ends a period f = 1 - d(1 - d^k) / "
+        f"(k(1 - d)) = {f:.2f} of the way the model went, and the switch moves the model back "
+        f"there: while drifting, Switch EMA trains {slower} (experiments/RESULTS.md, §3)."
+    ]
+
+
+def legend(kind: str) -> list[str]:
+    """What the columns mean, once."""
+    common = [
+        "- **online**: the weights being trained; **avg** (**avg@d**): the averaged weights "
+        "(of decay d). Values are mean ± sample std over seeds.",
+        "- **Δ [95% CI]**: the paired difference to the baseline's online model, seed by seed, "
+        "with a 95% t-interval over seeds"
+        + (" (percentage points, pp)." if kind == "classification" else "."),
+        "- **train loss**: the mean loss on the whole training set (the labels trained on), "
+        "in nats.",
+    ]
+    if kind == "classification":
+        return common + [
+            "- **test acc (%)**: test examples classified correctly. **test NLL**: mean negative "
+            "log-likelihood of the test labels, in nats.",
+            "- **ECE-15 (%)**: expected calibration error, the mean gap between confidence and "
+            "accuracy over 15 equal-width confidence bins; **ECE-100 mass (%)**: the same over "
+            "100 equal-mass bins (each holds 1% of the test examples).",
+            "- **churn (%)**: test examples on which two seeds' models predict different "
+            "classes, mean over pairs of seeds; **JS (×1e-3)**: the Jensen–Shannon divergence "
+            "between two seeds' predicted distributions, in nats ×1000, mean over examples and "
+            "pairs of seeds. Both measure how much the result depends on the seed.",
+        ]
+    if kind == "regression":
+        return common + [
+            "- **test MSE**, **test MAE**: mean squared and mean absolute error on the test "
+            "set, in units of the standardised target (lower is better).",
+        ]
+    return common + [
+        "- **test bpc**: bits per character on the test text (lower is better); **test loss**: "
+        "the same in nats per character.",
+    ]

@@ -1,0 +1,110 @@
+"""What summary.md says: the data actually used, only the settings that apply, warnings when a
+run cannot show what it is meant to, what a switch keeps, and a legend of the columns."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from switchema.cli import main
+from switchema.lab.config import StudyConfig
+from switchema.lab.options import RunOptions
+from switchema.lab.report.notes import sema_keep_fraction, switches
+from switchema.lab.resolve import resolve
+from switchema.lab.runner import run_compare
+
+QUIET = RunOptions(progress=False)
+
+
+def run(tmp_path, name, **settings):
+    cfg = StudyConfig(**{"task": "circles", "seeds": [0, 1], "epochs": 2, **settings})
+    return run_compare(resolve(cfg), tmp_path / name, QUIET)
+
+
+def summary(folder) -> str:
+    return (folder / "summary.md").read_text()
+
+
+def test_the_header_describes_the_data_actually_used(tmp_path):
+    small = run(tmp_path, "small", task="mnist1d-cnnbn", seeds=[0], data_options={"n_total": 1000})
+    text = summary(small)
+    assert "Data: 800 training / 200 test examples (data options n_total=1000)" in text
+    assert "4000/1000" not in text and "(4000" not in text
+    assert "BatchNorm statistics recomputed for averages: yes" in text
+    assert "label noise 0%" in text
+    regression = run(
+        tmp_path, "reg", task="friedman-mlp", data_options={"n_train": 100, "n_test": 50}
+    )
+    text = summary(regression)
+    assert "Data: 100 training / 50 test examples" in text
+    assert "label noise" not in text.lower() and "batchnorm" not in text.lower()
+    lm = run(
+        tmp_path,
+        "lm",
+        task="charlm",
+        methods=["baseline", "ema"],
+        seeds=[0],
+        data_options={"n_chars": 3000, "seq_len": 16},
+        model_options={"hidden": 8, "embed_dim": 4},
+    )
+    text = summary(lm)
+    assert "test sequences of 16 characters" in text
+    assert "label noise" not in text.lower() and "batchnorm" not in text.lower()
+    assert "switch every" not in text and "SWA from" not in text  # methods not in the run
+
+
+def test_warnings_say_what_a_run_cannot_show(tmp_path):
+    folder = run(tmp_path, "short", epochs=3, switch_start=5, decay=0.99)
+    text = summary(folder)
+    warnings = text.split("## Warnings", 1)[1].split("\n\n", 2)[1]
+    assert "The EMA with decay 0.99 averages over about 100 optimizer steps" in warnings
+    assert "longer than the whole run (15 steps)" in warnings and "86%" in warnings
+    assert "sema never switched (--switch-start 5 is at or after the last epoch (3))" in warnings
+    assert "SWA averaged only the last epoch-end model" in warnings
+    assert not any(r.get("switched") for r in map(json.loads, open(folder / "metrics.jsonl")))
+    # decay 0: the average is the last iterate, equal to the baseline on every seed
+    folder = run(tmp_path, "equal", methods=["baseline", "ema", "swa"], decay=0.0, epochs=8)
+    text = summary(folder)
+    assert "ema (avg) ends with exactly the baseline's final test acc on every seed" in text
+    assert "SWA averaged only 2 epoch-end models" in text
+    assert "The EMA with decay" not in text
+
+
+def test_each_sema_run_states_what_a_switch_keeps(tmp_path):
+    folder = run(tmp_path, "sema", methods=["baseline", "sema"], switch_every="40s", epochs=9)
+    text = summary(folder)
+    assert "a switch every 40 steps" in text and "= 0.18 of the way the model went" in text
+    assert "about 5.5 times slower" in text
+
+
+@pytest.mark.parametrize("d, k", [(0.9, 40), (0.99, 40), (0.999, 200), (0.5, 1), (0.99, 1)])
+def test_the_closed_form_of_what_a_switch_keeps(d, k):
+    # the model drifts at velocity 1 from 0; the EMA starts at the model (as after a switch)
+    avg = 0.0
+    for t in range(1, k + 1):
+        avg = d * avg + (1 - d) * t
+    assert sema_keep_fraction(d, k) == pytest.approx(avg / k, rel=1e-12)
+
+
+def test_switch_counts_follow_the_rules_the_training_loop_runs(tmp_path):
+    folder = run(
+        tmp_path, "om", methods=["sema", "sema-openmixup"], epochs=5, switch_every="2", seeds=[0]
+    )
+    rows = [json.loads(x) for x in open(folder / "metrics.jsonl")]
+    cfg = json.loads((folder / "config.json").read_text())["config"]
+    for m in ("sema", "sema-openmixup"):
+        seen = sum(r["switched"] for r in rows if r["method"] == m and r["model"] == "online")
+        assert switches(cfg, m, 5) == seen
+    assert switches({**cfg, "switch_every": "3s"}, "sema", 5) == 8  # steps 3, 6, ..., 24
+
+
+def test_the_columns_are_explained_once(tmp_path):
+    text = summary(run(tmp_path, "cols", methods=["baseline", "ema"]))
+    legend = text.split("## Columns", 1)[1]
+    for needle in ("**churn (%)**", "**JS (×1e-3)**", "**ECE-15 (%)**", "**ECE-100 mass (%)**"):
+        assert text.count(needle) == 1 and needle in legend
+    assert "| test acc at lowest test loss (%) |" in text
+    assert main(["report", str(tmp_path / "cols")]) == 0
+    assert np.isfinite(len(text))
