@@ -84,6 +84,8 @@ UPDATE_FLAT = "switchema EMA(flat_params=True).update()"
 SWITCH_FLAT = "switchema EMA(flat_params=True).switch()"
 SWAP_FLAT = "switchema EMA(flat_params=True): enter + leave swapped()"
 SWAP = "switchema EMA: enter + leave swapped()"
+FLAT_FLOOR = "floor (flat_params): bare lerp_ on the averager's own flat buffers"
+FLAT_FLOOR_COPY = "floor (flat_params): bare copy_ on the averager's own flat buffers"
 LIMIT_SWAP = "limit for swapped(): three flat copy_"
 
 
@@ -400,6 +402,17 @@ def run_shape(shape: str, repeats: int, agree_steps: int, seed: int) -> dict:
         with torch.no_grad():
             torch._foreach_copy_(sources, views)
 
+    flat_group = ema_flat._groups[0]  # the averager's own buffers (private: a floor)
+    flat_avg, flat_src = flat_group.flat[0], flat_group.src_flat
+
+    def flat_floor() -> None:
+        with torch.no_grad():
+            flat_avg.lerp_(flat_src, 1.0 - DECAY)
+
+    def flat_floor_copy() -> None:
+        with torch.no_grad():
+            flat_src.copy_(flat_avg)
+
     def separate_updates() -> None:
         for e in separate:
             e.update()
@@ -428,7 +441,9 @@ def run_shape(shape: str, repeats: int, agree_steps: int, seed: int) -> dict:
         Contender(UPDATE, ema.update, LIMIT, "reference"),
         Contender(FOREACH_COPY, foreach_copy, LIMIT_COPY),
         Contender(SWITCH, ema.switch, LIMIT_COPY, verdicts[SWITCH]),
+        Contender(FLAT_FLOOR, flat_floor, LIMIT),
         Contender(UPDATE_FLAT, ema_flat.update, LIMIT, verdicts[UPDATE_FLAT]),
+        Contender(FLAT_FLOOR_COPY, flat_floor_copy, LIMIT_COPY),
         Contender(SWITCH_FLAT, ema_flat.switch, LIMIT_COPY, verdicts[SWITCH_FLAT]),
         Contender(LIMIT_SWAP, swap_limit, LIMIT_SWAP),
         Contender(SWAP, swap(ema), LIMIT_SWAP),
@@ -489,7 +504,8 @@ def run_shape(shape: str, repeats: int, agree_steps: int, seed: int) -> dict:
         print(
             f"  {row['contender']:<56} {row['median_ms']:9.2f} ms  x{row['ratio']:.2f}", flush=True
         )
-    order = [LIMIT, FOREACH, UPDATE, UPDATE_FLAT, LIMIT_COPY, FOREACH_COPY, SWITCH, SWITCH_FLAT]
+    order = [LIMIT, FOREACH, UPDATE, FLAT_FLOOR, UPDATE_FLAT, LIMIT_COPY, FOREACH_COPY, SWITCH]
+    order += [FLAT_FLOOR_COPY, SWITCH_FLAT]
     order += [LIMIT_SWAP, SWAP, SWAP_FLAT, K5_ROWS, K5_CHUNKED, K5]
     order.append(SEPARATE)
     rows.sort(key=lambda row: order.index(row["contender"]) if row["contender"] in order else 99)
@@ -502,6 +518,8 @@ def run_shape(shape: str, repeats: int, agree_steps: int, seed: int) -> dict:
         "switch / copy limit": _paired(series[SWITCH], series[LIMIT_COPY]),
         "flat update / limit": _paired(series[UPDATE_FLAT], series[LIMIT]),
         "flat switch / copy limit": _paired(series[SWITCH_FLAT], series[LIMIT_COPY]),
+        "flat update / its bare lerp_": _paired(series[UPDATE_FLAT], series[FLAT_FLOOR]),
+        "flat switch / its bare copy_": _paired(series[SWITCH_FLAT], series[FLAT_FLOOR_COPY]),
         "swapped / 3 copies": _paired(series[SWAP], series[LIMIT_SWAP]),
         "flat swapped / 3 copies": _paired(series[SWAP_FLAT], series[LIMIT_SWAP]),
         "update / bare foreach": _paired(series[UPDATE], series[FOREACH]),
@@ -645,10 +663,12 @@ def render(results: list[dict], args: argparse.Namespace, tied: str) -> str:
         "",
         "| shape | update / limit (target <= 1.1) | switch / copy limit (target <= 1.1) | "
         "flat_params update / limit (target <= 1.03) | flat_params switch / copy limit "
-        "(target <= 1.03) | swapped() / 3 copies | flat_params swapped() / 3 copies | "
+        "(target <= 1.03) | flat_params update / its bare lerp_ | flat_params switch / its bare "
+        "copy_ | swapped() / 3 copies | flat_params swapped() / 3 copies | "
         "update / bare foreach | switch / bare foreach copy | "
         "K=5 / one update (target <= 4) | 5 separate / one update | K=5 / chunked K=5 lerp_ |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
     for res in results:
         cells = [f"{m:.2f} ({_fmt_range(v)})" for m, v in res["summary"].values()]

@@ -185,7 +185,10 @@ def lerp_(averages: list[Tensor], sources: list[Tensor], weight: float) -> None:
     if not averages:
         return
     if averages[0].dtype == sources[0].dtype:
-        torch._foreach_lerp_(averages, sources, weight)
+        if len(averages) == 1:  # one flat pair (flat_params): the plain kernel, no list plumbing
+            averages[0].lerp_(sources[0], weight)
+        else:
+            torch._foreach_lerp_(averages, sources, weight)
     else:
         torch._foreach_mul_(averages, 1.0 - weight)
         torch._foreach_add_(averages, sources, alpha=weight)
@@ -218,7 +221,9 @@ def multi_lerp_(
 @torch.no_grad()
 def copy_(dst: list[Tensor], src: list[Tensor]) -> None:
     """``dst[i] <- src[i]`` for every pair, casting dtype where needed; one fused call."""
-    if dst:
+    if len(dst) == 1:
+        dst[0].copy_(src[0])
+    elif dst:
         torch._foreach_copy_(dst, src)
 
 
