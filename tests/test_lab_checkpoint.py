@@ -119,6 +119,11 @@ def _strip(rows):
     "task, methods, extra",
     [
         ("mnist1d-cnnbn", ["baseline", "ema", "swa"], {"data_options": {"n_total": 500}}),
+        (  # post-hoc EMA: its snapshots travel in the checkpoint
+            "mnist1d-cnnbn",
+            ["baseline", "posthoc"],
+            {"data_options": {"n_total": 500}, "posthoc_snapshots": 6},
+        ),
         (
             "circles",
             ["sema"],

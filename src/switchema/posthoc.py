@@ -125,6 +125,13 @@ class MemoryStore:
     def metas(self) -> list[dict[str, Any]]:
         return [m for m, _ in self._items]
 
+    def state_dict(self) -> list[tuple[dict[str, Any], list[Tensor]]]:
+        """The snapshots, for a checkpoint (metadata and tensors, no copies)."""
+        return [(m, list(t)) for m, t in self._items]
+
+    def load_state_dict(self, state: Sequence[tuple[dict[str, Any], Sequence[Tensor]]]) -> None:
+        self._items = [(dict(m), [t.to(self.device) for t in ts]) for m, ts in state]
+
     def profiles(self) -> list[tuple[tuple[float, float], ...]]:
         """Per snapshot, the ``(gamma, t)`` of each of its K averages."""
         return [tuple((g, m["time"]) for g in m["gamma"]) for m in self.metas()]

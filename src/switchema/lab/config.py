@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from .._checks import is_int, is_real
+from .._profiles import SIGMA_REL_MAX
 from ..schedules import DecaySchedule
 from ..switching import SwitchRule, parse_interval
 from .errors import ConfigError
@@ -130,6 +131,8 @@ def setting(default: Any, **meta: Any) -> Any:
 
 
 _AVERAGING = ("ema", "sema", "sema-openmixup")
+#: Post-hoc EMA widths evaluated by default: from very short to the widest (uniform) profile.
+POSTHOC_GRID = (0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1, 0.13, 0.17, 0.22, 0.28)
 _SWITCHING = ("sema", "sema-openmixup")
 
 
@@ -255,8 +258,53 @@ class StudyConfig:
     bn_recompute: bool = setting(
         True,
         kind="bool",
-        methods=_AVERAGING,
+        methods=(*_AVERAGING, "posthoc"),
         help="recompute BatchNorm statistics for averaged models before evaluating (always for SWA)",
+    )
+    posthoc_sigma_rel: tuple[float, ...] = setting(
+        (0.05, 0.10),
+        kind="float",
+        several=True,
+        minimum=0.0,
+        maximum=SIGMA_REL_MAX,
+        unit="relative width",
+        methods=("posthoc",),
+        label="posthoc sigma_rel",
+        requirement=f"a relative width in (0, {SIGMA_REL_MAX:.4f}]",
+        help="widths of the power EMAs tracked and snapshotted for post-hoc synthesis (EDM2: "
+        "0.05 0.10)",
+    )
+    posthoc_snapshots: int = setting(
+        32,
+        kind="int",
+        minimum=2,
+        unit="snapshots per run",
+        methods=("posthoc",),
+        help="snapshots of the tracked power EMAs, evenly spaced in optimizer steps",
+    )
+    posthoc_grid: tuple[float, ...] = setting(
+        POSTHOC_GRID,
+        kind="float",
+        several=True,
+        minimum=0.0,
+        maximum=SIGMA_REL_MAX,
+        unit="relative width",
+        methods=("posthoc",),
+        label="posthoc grid",
+        requirement=f"relative widths in (0, {SIGMA_REL_MAX:.4f}]",
+        help="EMA widths synthesised from the snapshots after training and evaluated",
+    )
+    posthoc_check: tuple[float, ...] = setting(
+        (0.03, 0.07, 0.15),
+        kind="float",
+        several=True,
+        minimum=0.0,
+        maximum=SIGMA_REL_MAX,
+        unit="relative width",
+        methods=("posthoc",),
+        label="posthoc check",
+        requirement=f"relative widths in (0, {SIGMA_REL_MAX:.4f}]",
+        help="widths also tracked directly during training, to check the synthesis against",
     )
     label_noise: float = setting(
         0.0,

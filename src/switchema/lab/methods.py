@@ -16,6 +16,11 @@ there is no second implementation of EMA here. The training loop
   official linear decay warm-up from ``0.9 * decay`` over the first 5 epochs.
 * ``swa``: uniform average of the weights at epoch ends from a fraction of training on;
   BatchNorm statistics recomputed for the averaged model.
+* ``posthoc``: post-hoc EMA (Karras et al., EDM2): two power-function EMAs are tracked and
+  snapshotted during training; after the last epoch, the EMA of every width of
+  ``posthoc_grid`` is synthesised from the snapshots and evaluated (``posthoc@<width>``). The
+  widths of ``posthoc_check`` are also tracked directly (``tracked@<width>``), to check the
+  synthesis against.
 
 :data:`SPECS` holds the facts: whether a method changes the weights being trained (methods
 that do not share one training run per seed, :func:`share_trajectories`), whether it keeps a
@@ -25,14 +30,17 @@ of its methods uses it, as each setting's metadata in :mod:`switchema.lab.config
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..averaging import EMA, SWA, WeightAverager
+from ..posthoc import MemoryStore, synthesize
+from ..power import PowerEMA
 from ..schedules import DecaySchedule, LinearWarmup
 from ..switching import Interval, SwitchRule
 from .config import SETTINGS, Study
@@ -41,8 +49,10 @@ from .errors import ConfigError
 __all__ = [
     "METHODS",
     "SPECS",
+    "Evaluated",
     "Method",
     "MethodSpec",
+    "PosthocMethod",
     "build_method",
     "check_methods",
     "decay_problems",
@@ -74,6 +84,12 @@ SPECS: dict[str, MethodSpec] = {
             single_average=True,
         ),
         MethodSpec("swa", "the uniform average of epoch ends", passive=True, single_average=False),
+        MethodSpec(
+            "posthoc",
+            "post-hoc EMA: any width synthesised after training",
+            passive=True,
+            single_average=False,
+        ),
     )
 }
 METHODS = tuple(SPECS)
@@ -166,6 +182,101 @@ class Method:
         rule = self.switch
         self.averager.switch(rule.index, optimizer=optimizer if rule.reset_optimizer else None)
 
+    def evaluated(self, last: bool) -> Iterator[Evaluated]:
+        """The averaged models to evaluate after an epoch (``last``: after the final one)."""
+        for k, label in enumerate(self.labels):
+            yield Evaluated(label, self.averager.averaged_state_dict(k), self.name == "swa")
+
+    def state_dict(self) -> Any:
+        """What a checkpoint keeps of this method (its averager's state)."""
+        return None if self.averager is None else self.averager.state_dict()
+
+    def load_state_dict(self, state: Any) -> None:
+        if self.averager is not None:
+            self.averager.load_state_dict(state)
+
+
+@dataclass
+class Evaluated:
+    """One averaged model to evaluate: its label, weights and what else goes in its row."""
+
+    label: str
+    state: dict[str, torch.Tensor]
+    always_recompute_bn: bool = False  # recompute BatchNorm statistics whatever the setting
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _width_label(prefix: str, width: float) -> str:
+    return f"{prefix}@{width:g}"
+
+
+@dataclass
+class PosthocMethod(Method):
+    """Post-hoc EMA: tracked power EMAs with snapshots, and widths synthesised at the end."""
+
+    check: PowerEMA | None = None
+    store: MemoryStore = field(default_factory=MemoryStore)
+    grid: tuple[float, ...] = ()
+
+    def after_step(self, step: int, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        super().after_step(step, epoch, optimizer)  # updates and snapshots the tracked EMAs
+        if self.check is not None:
+            self.check.update()
+
+    def evaluated(self, last: bool) -> Iterator[Evaluated]:
+        yield from super().evaluated(last)
+        if not last:
+            return
+        tracked = {}
+        if self.check is not None:
+            for k, width in enumerate(self.check.sigma_rel):
+                tracked[round(width, 12)] = self.check.averaged_state_dict(k)
+                yield Evaluated(_width_label("tracked", width), tracked[round(width, 12)], True)
+        base = self.averager.averaged_state_dict(0)  # the model's other tensors, as tracked
+        widths = sorted({*self.grid, *(w for w in tracked)})
+        with warnings.catch_warnings():  # extrapolated widths are expected: residual recorded
+            warnings.simplefilter("ignore")
+            results = synthesize(self.store, sigma_rel=widths)
+        for width, result in zip(widths, results):
+            synth = {k: v.to(base[k].dtype) for k, v in result.state_dict.items()}
+            extra = {"sigma_rel": width, "fit_residual": result.fit.residual}
+            if round(width, 12) in tracked:  # the synthesis against the directly tracked EMA
+                extra["check_distance"] = _relative_distance(synth, tracked[round(width, 12)])
+            yield Evaluated(_width_label("posthoc", width), {**base, **synth}, True, extra)
+
+    def state_dict(self) -> Any:
+        return {
+            "averager": self.averager.state_dict(),
+            "check": None if self.check is None else self.check.state_dict(),
+            "snapshots": self.store.state_dict(),
+        }
+
+    def load_state_dict(self, state: Any) -> None:
+        self.averager.load_state_dict(state["averager"])
+        if self.check is not None:
+            self.check.load_state_dict(state["check"])
+        self.store.load_state_dict(state["snapshots"])
+
+
+def _relative_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """``||a - b|| / ||b||`` over the tensors of ``a`` (the averaged ones), in float64."""
+    num = sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in a)
+    den = sum(float(b[k].double().pow(2).sum()) for k in a)
+    return (num / den) ** 0.5 if den > 0 else float("nan")
+
+
+def _posthoc(model: nn.Module, study: Study, steps_per_epoch: int) -> PosthocMethod:
+    cfg = study.config
+    tracked = PowerEMA(model, sigma_rel=tuple(cfg.posthoc_sigma_rel))
+    total = cfg.epochs * steps_per_epoch
+    store = MemoryStore()
+    tracked.snapshot_every(store, every=max(1, total // cfg.posthoc_snapshots))
+    check = PowerEMA(model, sigma_rel=tuple(cfg.posthoc_check)) if cfg.posthoc_check else None
+    labels = [_width_label("pow", w) for w in cfg.posthoc_sigma_rel]
+    return PosthocMethod(
+        "posthoc", tracked, labels, check=check, store=store, grid=tuple(cfg.posthoc_grid)
+    )
+
 
 def _ema(model: nn.Module, decay: Any, warmup: DecaySchedule | None) -> EMA:
     return EMA(model, decay=decay, warmup=warmup)
@@ -188,6 +299,8 @@ def build_method(name: str, model: nn.Module, study: Study, steps_per_epoch: int
         return Method(name, _ema(model, tuple(decay), study.ema_warmup), labels)
     if name == "sema":
         return Method(name, _ema(model, decay[0], study.ema_warmup), labels, study.switch)
+    if name == "posthoc":
+        return _posthoc(model, study, steps_per_epoch)
     if name == "sema-openmixup":
         # the official warm-up, linear from 0.9 * decay over the first 5 epochs, and the
         # official hook's interval, always in epochs

@@ -204,12 +204,13 @@ def evaluate_epoch(
         timing = {"train_time_s": info["train_time_s"]}
         out.rows.append({**base, "model": "online", "switched": did_switch, **timing, **online})
         finals = {"online": (probs, online_grid)}
-        for k, label in enumerate(method.labels):
-            eval_model.load_state_dict(method.averager.averaged_state_dict(k))
-            if study.task.has_batchnorm and (cfg.bn_recompute or method.name == "swa"):
+        for ev in method.evaluated(last):
+            label = ev.label
+            eval_model.load_state_dict(ev.state)
+            if study.task.has_batchnorm and (cfg.bn_recompute or ev.always_recompute_bn):
                 recompute_bn(eval_model, bn_batches)
             avg_row, avg_probs = evaluate(eval_model, data, y_train, bs, device, flipped)
-            out.rows.append({**base, "model": label, **avg_row})
+            out.rows.append({**base, "model": label, **avg_row, **ev.extra})
             finals[label] = (avg_probs, _grid_probs(eval_model, grid_pts, bs, device))
             if last:  # the evaluated weights, BatchNorm statistics included
                 out.states[f"{method.name}/{label}/{seed}"] = _cpu_state(eval_model)
@@ -237,9 +238,7 @@ def checkpoint_state(run: Run, info: dict[str, Any], out: Outcome) -> dict[str, 
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
-        "averagers": [
-            m.averager.state_dict() if m.averager is not None else None for m in run.methods
-        ],
+        "averagers": [m.state_dict() for m in run.methods],
         "rng": {
             "torch": torch.get_rng_state(),
             "order": run.order.get_state(),
@@ -262,8 +261,7 @@ def _restore(state, method_names, model, optimizer, scheduler, methods, order, d
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     for method, avg_state in zip(methods, state["averagers"]):
-        if method.averager is not None:
-            method.averager.load_state_dict(avg_state)
+        method.load_state_dict(avg_state)
     torch.set_rng_state(state["rng"]["torch"])
     order.set_state(state["rng"]["order"])
     if state["rng"].get("cuda") is not None and device.type == "cuda":

@@ -26,6 +26,7 @@ from ..stats import format_ci, format_mean_std, mean_std, paired_difference, pai
 from . import notes as N
 from . import run_plots
 from .export import write_csv, write_tensorboard
+from .posthoc import final_only, plot_posthoc, posthoc_data, posthoc_lines
 from .style import Figures
 
 __all__ = [
@@ -109,8 +110,13 @@ def summarise(
     kind = config["task"]["kind"]
     key, higher, _, _ = PRIMARY[kind]
     methods = [m for m in cfg["methods"] if any(r["method"] == m for r in rows)]
-    models_of = {
-        m: list(dict.fromkeys(r["model"] for r in rows if r["method"] == m)) for m in methods
+    models_of = {  # models evaluated every epoch (post-hoc widths have their own section)
+        m: list(
+            dict.fromkeys(
+                r["model"] for r in rows if r["method"] == m and not final_only(r["model"])
+            )
+        )
+        for m in methods
     }
     metric_keys = list(
         dict.fromkeys(k for r in rows for k in r if isinstance(r[k], float) and k != "train_time_s")
@@ -231,6 +237,7 @@ def render_summary(
         *_early_stopping_table(summary, entries),
         *_label_noise_table(entries),
         *_reading(summary, entries),
+        *_posthoc_section(summary, rows),
         *N.sema_lines(config, rows),
         "",
         "## Columns",
@@ -353,6 +360,15 @@ def _reading(summary: dict[str, Any], entries: list[dict[str, Any]]) -> list[str
     return lines
 
 
+def _posthoc_section(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    kind, key = summary["kind"], summary["key"]
+    _, _, scale, unit = PRIMARY[kind]
+    data = posthoc_data(rows, key, summary["higher"])
+    unit = f" ({unit.strip()})" if unit.strip() else ""
+    digits = 2 if kind == "classification" else 4
+    return posthoc_lines(data, scale, unit, key.replace("test_", "test "), digits)
+
+
 def _fmt_pairs(value, scale, digits=2):
     """(mean, std, n_pairs) over pairs of seeds, as 'mean ± std'."""
     if value is None:
@@ -403,4 +419,9 @@ def write_report(
         run_plots.plot_reliability(config, summary, arrays, figures, run, "reliability")
     if "grid/x" in arrays:
         run_plots.plot_boundaries(config, summary, arrays, figures, run, "boundaries")
+    data = posthoc_data(rows, summary["key"], summary["higher"])
+    if data is not None:
+        _, _, scale, unit = PRIMARY[summary["kind"]]
+        ylabel = summary["key"].replace("_", " ") + (f" ({unit.strip()})" if unit.strip() else "")
+        plot_posthoc(data, scale, ylabel, figures, run, "posthoc")
     return run / "summary.md"

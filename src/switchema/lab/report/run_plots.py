@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .. import metrics as M
+from .posthoc import final_only
 from .style import STYLE, Figures, color, line_style, model_label, plain_log_axis
 
 __all__ = ["plot_curves", "plot_reliability", "plot_boundaries", "shown_entries"]
@@ -32,7 +33,7 @@ def _curves(rows, key):
     """{(method, model): array (seeds, epochs)}"""
     by: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if key in r:
+        if key in r and not final_only(r["model"]):
             by[(r["method"], r["model"])][r["seed"]].append(r[key])
     out = {}
     for k, seeds in by.items():

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# (6) Post-hoc EMA (Karras et al., EDM2): one training run per seed tracks two power EMAs
+# (sigma_rel 0.05 and 0.10), snapshots them 32 times, and after training synthesises the EMA of
+# every width on a grid, evaluated on the test set: test accuracy against the EMA length, in one
+# run instead of the SEMA paper's Figure 5 decay sweep or the EMA paper's five parallel EMAs.
+# The widths 0.03, 0.07 and 0.15 are also tracked directly, to check the synthesis against them
+# (weight distance and test accuracy); on the BatchNorm variant every synthesised and checked
+# model gets its statistics recomputed. The classical EMA (decay 0.99 per step) runs alongside.
+set -euo pipefail
+OUT=${OUT:-runs/experiments}
+for task in mnist1d-cnn mnist1d-cnnbn; do
+  switchema compare --task "$task" --methods baseline ema posthoc --decay 0.99 \
+    --seeds 0 1 2 3 4 --posthoc-check 0.03 0.07 0.15 \
+    --out "$OUT/06_posthoc_$task" --no-progress "$@"
+done
