@@ -160,3 +160,23 @@ NEW_SETTING = textwrap.dedent(
 def test_a_new_setting_appears_in_flags_grid_checks_and_job_key():
     done = subprocess.run([sys.executable, "-c", NEW_SETTING], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "OK", done.stderr
+
+
+def test_cosine_can_end_above_zero_and_lr_final_zero_keeps_old_job_ids():
+    import math
+
+    from switchema.lab.jobs import make_job
+    from switchema.lab.resolve import resolve
+    from switchema.lab.train import lr_factor
+
+    for final in (0.0, 0.1, 0.3, 1.0):
+        cfg = resolve(StudyConfig(task="circles", epochs=10, lr_final=final)).config
+        f = lr_factor(cfg, steps_per_epoch=5)
+        assert f(0) == pytest.approx(1.0)
+        assert f(25) == pytest.approx(final + (1 - final) * 0.5 * (1 + math.cos(math.pi * 0.5)))
+        assert f(50) == pytest.approx(final)  # the end of the schedule
+    base = resolve(StudyConfig(task="circles", epochs=10))
+    same = resolve(StudyConfig(task="circles", epochs=10, lr_final=0.0))
+    other = resolve(StudyConfig(task="circles", epochs=10, lr_final=0.3))
+    ids = [make_job(s, ["baseline"], 0).id for s in (base, same, other)]
+    assert ids[0] == ids[1] != ids[2]

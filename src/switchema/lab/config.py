@@ -67,6 +67,9 @@ class Setting:
     flag: str | None = None  # the command-line flag, if not --name-with-dashes
     label: str | None = None  # how messages name it, if not by its name
     requirement: str | None = None  # what messages say is allowed, if not generated
+    # A setting added after run folders existed, whose default reproduces what runs did
+    # before it: left out of job keys at its default, so those runs still resume.
+    in_key_at_default: bool = True
 
     def type_ok(self, value: Any) -> bool:
         """Whether one value has the right type (``None`` where the default is the task's)."""
@@ -197,6 +200,17 @@ class StudyConfig:
         choices=("cosine", "constant", "step"),
         help="learning-rate schedule after warm-up",
         aliases=("schedule",),
+    )
+    lr_final: float = setting(
+        0.0,
+        kind="float",
+        minimum=0.0,
+        maximum=1.0,
+        unit="fraction of the peak rate",
+        label="lr final",
+        requirement="a fraction in [0, 1]",
+        help="where the cosine schedule ends (0: at zero; 1: a constant rate)",
+        in_key_at_default=False,
     )
     warmup_epochs: int = setting(
         0, kind="int", minimum=0, unit="epochs", help="linear learning-rate warm-up"

@@ -38,7 +38,7 @@ from .checkpoint import (
     read_jsonl,
     save_checkpoint,
 )
-from .config import SETTINGS, Study
+from .config import SETTINGS, Study, StudyConfig
 from .errors import UsageError
 from .lock import FolderLock
 from .methods import share_trajectories
@@ -97,10 +97,12 @@ def job_key(study: Study, methods: list[str], seed: int) -> dict[str, Any]:
     """
     full = study.config.to_dict()
     full["methods"], full["seeds"] = list(methods), [seed]
+    defaults = StudyConfig().to_dict()
     return {
         _KEY_NAMES.get(name, name): value
         for name, value in full.items()
-        if SETTINGS[name].methods is None or any(m in SETTINGS[name].methods for m in methods)
+        if (SETTINGS[name].methods is None or any(m in SETTINGS[name].methods for m in methods))
+        and (SETTINGS[name].in_key_at_default or value != defaults[name])
     }
 
 

@@ -161,16 +161,21 @@ def make_optimizer(cfg: StudyConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def lr_factor(cfg: StudyConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    """The learning-rate multiplier per step: linear warm-up, then ``cfg.lr_schedule``."""
+    """The learning-rate multiplier per step: linear warm-up, then ``cfg.lr_schedule``.
+
+    The cosine ends at ``cfg.lr_final`` of the peak: ``f + (1 - f) (1 + cos(pi p)) / 2`` at
+    progress ``p`` (``lr_final=1`` is a constant rate).
+    """
     total = cfg.epochs * steps_per_epoch
     warm = cfg.warmup_epochs * steps_per_epoch
+    final = cfg.lr_final
 
     def factor(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
         progress = (step - warm) / max(1, total - warm)
         if cfg.lr_schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
+            return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
         if cfg.lr_schedule == "step":
             return 0.1 ** (int(progress >= 0.5) + int(progress >= 0.75))
         return 1.0
