@@ -48,7 +48,7 @@ from ..checkpoint import atomic_write_text
 from ..errors import ConfigError, MissingFileError, UsageError
 from ..stats import equivalence_p, format_ci, format_p, holm
 from .measures import MEASURES, Effect
-from .points import RunStore, display
+from .points import NotMeasurable, RunStore, display
 from .provenance import provenance_lines
 
 __all__ = ["ClaimRow", "Spec", "claims_table", "evaluate_claims", "load_spec", "write_claims"]
@@ -83,7 +83,7 @@ class ClaimRow:
     """One row of the table: the claim, what was measured, and the verdict."""
 
     claim: dict[str, Any]
-    status: str  # "tested", "untestable" or "not run"
+    status: str  # "tested", "untestable", "not run" or "not measurable"
     effect: Effect | None = None
     p: float = math.nan  # the p that enters the family (TOST for claims of equality)
     p_holm: float = math.nan
@@ -127,7 +127,7 @@ def _claim_problems(c: Any, i: int) -> list[str]:
         )
     if c.get("direction") == "equal" and not isinstance(c.get("margin"), int | float):
         problems.append(f"{where}: direction 'equal' needs a margin (a number >= 0)")
-    if not problems:
+    if all(k in c for k in measure.required):
         try:  # the measure's own reading of its keys (terms, models, points)
             measure.describe(c)
             measure.runs(c)
@@ -187,7 +187,11 @@ def evaluate_claims(spec: Spec, store: RunStore) -> list[ClaimRow]:
             names = ", ".join(f"`{m}`" for m in missing)
             rows.append(ClaimRow(c, "not run", verdict=f"not run yet ({names})", missing=missing))
             continue
-        e = measure.evaluate(c, store)
+        try:
+            e = measure.evaluate(c, store)
+        except NotMeasurable as why:
+            rows.append(ClaimRow(c, "not measurable", verdict=f"not measurable in this run: {why}"))
+            continue
         p = e.p if c["direction"] != "equal" else equivalence_p(e.mean, e.se, e.df, c["margin"])
         rows.append(ClaimRow(c, "tested", e, p))
     tested = [r for r in rows if r.status == "tested"]
@@ -272,10 +276,12 @@ def _tally(rows: list[ClaimRow]) -> str:
     n_inc = len(tested) - sum(count.values())
     n_un = sum(r.status == "untestable" for r in rows)
     n_miss = sum(r.status == "not run" for r in rows)
+    n_nm = sum(r.status == "not measurable" for r in rows)
     return (
         f"{len(tested)} claims measured: {count['**supported']} supported, "
         f"{count['**contra']} contradicted, {n_inc} inconclusive at their n; "
-        f"{n_un} not testable here; {n_miss} not run yet."
+        f"{n_un} not testable here; {n_miss} not run yet"
+        + (f"; {n_nm} not measurable in the runs made." if n_nm else ".")
     )
 
 

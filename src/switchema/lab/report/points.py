@@ -34,6 +34,7 @@ from ..errors import UsageError
 from .run import has_results, load_run
 
 __all__ = [
+    "NotMeasurable",
     "POINTS",
     "SELECTION",
     "Run",
@@ -53,6 +54,11 @@ SELECTION = {
     "lm": ("val_bpc", False),
 }
 _FINAL_ONLY_NOTE = "no validation split in this run: final epoch"
+
+
+class NotMeasurable(UsageError):
+    """The run cannot give this number (e.g. the epoch of the best validation metric in a run
+    without a validation split); a claims row says so instead of measuring something else."""
 
 
 @dataclass
@@ -173,6 +179,8 @@ def values(run: Run, model: str, metric: str, at: str = "final") -> tuple[dict[i
     if metric.startswith("analysis."):
         return _analysis_values(run, model, metric.split(".", 1)[1]), ""
     note = "" if at == "final" or run.has_validation else _FINAL_ONLY_NOTE
+    if note and metric in ("epoch", "epoch_fraction"):
+        raise NotMeasurable(f"{run.name} has no validation split, so no best epoch to time")
     out: dict[int, float] = {}
     for seed, rows in seed_rows(run, model).items():
         row = rows[_point_index(run, rows, at)]

@@ -43,7 +43,7 @@ from ..checkpoint import atomic_write_text
 from ..errors import MissingFileError, UsageError
 from .claims import Spec, claims_table, evaluate_claims, load_spec
 from .notes import sema_keep_fraction
-from .points import POINTS, RunStore
+from .points import POINTS, NotMeasurable, RunStore
 from .provenance import provenance_lines
 from .tables import run_table, sweep_table, value_text
 
@@ -254,6 +254,8 @@ def _expand(text: str, ctx: _Context, where: str) -> str:
             return m.group(0)
         try:
             return DIRECTIVES[name](args, ctx)
+        except NotMeasurable as e:
+            return f"*n/a: {e}*"
         except UsageError as e:
             line = text.count("\n", 0, m.start()) + 1
             raise UsageError(f"{where}, line {line}, <!-- {name} -->: {e}") from None
