@@ -204,7 +204,10 @@ def test_missing_runs_give_rows_a_warning_and_exit_0(runs, tmp_path, capsys):
     out = tmp_path / "CLAIMS.md"
     assert main(["claims", "--spec", str(spec), "--runs", str(tmp_path), "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "warning: 1 run folder(s) not run yet" in err and "experiments/01_circles" in err
+    assert (
+        "warning: 1 run folder(s) or file(s) not made yet" in err
+        and "experiments/01_circles" in err
+    )
     rows = _rows(out.read_text())
     assert rows[0][-1] == "not run yet (`experiments/01_circles`)" and rows[0][5] == "—"
     assert rows[1][-1] == "not testable here: COCO detection: no detector or data at this scale"

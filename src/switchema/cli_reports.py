@@ -62,8 +62,8 @@ def _command_line(args: argparse.Namespace, flags: list[str]) -> str:
 def _missing_warning(missing: list[str], runs: Path) -> None:
     if missing:
         print(
-            f"warning: {len(missing)} run folder(s) not run yet under {runs}: "
-            + ", ".join(missing),
+            f"warning: {len(missing)} run folder(s) or file(s) not made yet under {runs} "
+            "(their rows and directives say 'not run yet'): " + ", ".join(missing),
             file=sys.stderr,
         )
 

@@ -6,6 +6,9 @@ The spec is a TOML file (``experiments/claims.toml``)::
     title = "..."                      # optional
     alpha = 0.05                       # optional: the family-wise error rate of the verdicts
 
+    [recipes]                          # optional: recipes of run folders no claim names
+    "experiments/02_label_noise_sema" = "experiments/02_label_noise.sh"
+
     [[claim]]
     id = "ema-acc"                     # unique
     paper = "EMA"                      # whose claim
@@ -48,12 +51,12 @@ from ..checkpoint import atomic_write_text
 from ..errors import ConfigError, MissingFileError, UsageError
 from ..stats import equivalence_p, format_ci, format_p, holm
 from .measures import MEASURES, Effect
-from .points import NotMeasurable, RunStore, display
+from .points import MissingOutput, NotMeasurable, RunStore, display
 from .provenance import provenance_lines
 
 __all__ = ["ClaimRow", "Spec", "claims_table", "evaluate_claims", "load_spec", "write_claims"]
 
-_TOP = {"title", "alpha", "claim"}
+_TOP = {"title", "alpha", "recipes", "claim"}
 _COMMON = {"id", "paper", "source", "claim"}
 _TESTED = {"recipe", "measure", "direction", "margin", "scale", "unit", "digits"}
 DIRECTIONS = ("greater", "less", "equal")
@@ -67,10 +70,12 @@ class Spec:
     title: str
     alpha: float
     claims: list[dict[str, Any]]
+    run_recipes: dict[str, str] = field(default_factory=dict)
 
     def recipes(self) -> dict[str, str]:
-        """run folder -> the recipe that writes it, from the claims that name both."""
-        out: dict[str, str] = {}
+        """run folder -> the recipe that writes it: the spec's ``[recipes]`` table, then the
+        claims that name both."""
+        out: dict[str, str] = dict(self.run_recipes)
         for c in self.claims:
             if "measure" in c and "recipe" in c:
                 for run in MEASURES[c["measure"]].runs(c):
@@ -151,13 +156,17 @@ def load_spec(path: str | Path) -> Spec:
     problems += [
         f"claim id {x!r} is used twice" for x in sorted({x for x in ids if ids.count(x) > 1})
     ]
+    recipes = data.get("recipes", {})
+    if not isinstance(recipes, Mapping) or not all(isinstance(v, str) for v in recipes.values()):
+        problems.append("recipes must be a table of run folder = 'recipe file'")
+        recipes = {}
     alpha = data.get("alpha", 0.05)
     if not isinstance(alpha, float) or not 0.0 < alpha < 1.0:
         problems.append(f"alpha must be a number in (0, 1), got {alpha!r}")
     if problems:
         raise ConfigError([f"{path}: {p}" for p in problems])
     title = str(data.get("title", "Claims of the two papers, measured by the lab"))
-    return Spec(path, title, float(alpha), [dict(c) for c in claims])
+    return Spec(path, title, float(alpha), [dict(c) for c in claims], dict(recipes))
 
 
 def _verdict(c: Mapping[str, Any], e: Effect, p_holm: float, alpha: float) -> str:
@@ -191,6 +200,11 @@ def evaluate_claims(spec: Spec, store: RunStore) -> list[ClaimRow]:
             e = measure.evaluate(c, store)
         except NotMeasurable as why:
             rows.append(ClaimRow(c, "not measurable", verdict=f"not measurable in this run: {why}"))
+            continue
+        except MissingOutput as gone:
+            store.missing.append(gone.name)
+            verdict = f"not run yet (`{gone.name}`)"
+            rows.append(ClaimRow(c, "not run", verdict=verdict, missing=[gone.name]))
             continue
         p = e.p if c["direction"] != "equal" else equivalence_p(e.mean, e.se, e.df, c["margin"])
         rows.append(ClaimRow(c, "tested", e, p))
@@ -346,5 +360,6 @@ def write_claims(
     rows = evaluate_claims(spec, store)
     text = render_claims(spec, rows, store, command)
     if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, text)
     return text, rows, list(store.missing)

@@ -34,6 +34,7 @@ from ..errors import UsageError
 from .run import has_results, load_run
 
 __all__ = [
+    "MissingOutput",
     "NotMeasurable",
     "POINTS",
     "SELECTION",
@@ -54,6 +55,16 @@ SELECTION = {
     "lm": ("val_bpc", False),
 }
 _FINAL_ONLY_NOTE = "no validation split in this run: final epoch"
+
+
+class MissingOutput(UsageError):
+    """A file a recipe writes into a run folder later (``analysis.json``) is not there yet;
+    ``name`` is its path relative to the runs root. Reported as "not run yet", like a missing
+    run folder."""
+
+    def __init__(self, name: str, how: str) -> None:
+        self.name = name
+        super().__init__(f"{name} not made yet: {how}")
 
 
 class NotMeasurable(UsageError):
@@ -89,9 +100,8 @@ class Run:
         """``analysis.json`` of ``switchema analyze``; a usage error says how to make it."""
         path = self.path / "analysis.json"
         if not path.is_file():
-            raise UsageError(
-                f"{path} not found: run `switchema analyze {self.path}` (experiments/05_analyze.sh)"
-            )
+            how = f"run `switchema analyze {self.path}` (experiments/05_analyze.sh)"
+            raise MissingOutput(f"{self.name}/analysis.json", how)
         return json.loads(path.read_text())
 
     def models(self) -> list[str]:
@@ -229,7 +239,7 @@ def display(metric: str) -> tuple[float, str, str, int]:
         return 100.0, "%", "pp", 2
     if base in ("epoch", "epochs"):
         return 1.0, "epochs", "epochs", 1
-    if base == "steps":
+    if base in ("step", "steps"):
         return 1.0, "steps", "steps", 0
     if base == "epoch_fraction":
         return 1.0, "of the budget", "of the budget", 3

@@ -41,11 +41,14 @@ def _date(run: Run) -> str:
     return dt.datetime.fromtimestamp(stamp, tz=dt.timezone.utc).date().isoformat()
 
 
-def _wall(run: Run) -> float | None:
-    path = run.path / "timing.json"
-    if not path.is_file():
-        return None
-    return float(json.loads(path.read_text()).get("wall_s", 0.0))
+def _wall(runs: list[Run]) -> str:
+    """Wall time of a run (``timing.json``) or of a whole sweep (``sweep_timing.json``)."""
+    if "/cells/" in runs[0].name:
+        paths = [runs[0].path.parent.parent / "sweep_timing.json"]
+    else:
+        paths = [r.path / "timing.json" for r in runs]
+    walls = [json.loads(p.read_text()).get("wall_s", 0.0) for p in paths if p.is_file()]
+    return f"{sum(walls):.0f}" if walls else "—"
 
 
 def _settings(runs: list[Run]) -> str:
@@ -54,7 +57,12 @@ def _settings(runs: list[Run]) -> str:
     text = (
         f"{cfg['task']}, {len(seeds)} seeds ({', '.join(map(str, seeds))}), {cfg['epochs']} epochs"
     )
-    return text + (f", {len(runs)} cells" if len(runs) > 1 else "")
+    if "/cells/" in runs[0].name:
+        cells = [r.name.split("/cells/", 1)[1] for r in runs]
+        text += (
+            f"; {len(cells)} cells read" if len(cells) > 3 else "; cells read: " + ", ".join(cells)
+        )
+    return text
 
 
 def _one(values: list[str]) -> str:
@@ -81,14 +89,13 @@ def provenance_lines(runs: list[Run], recipes: Mapping[str, str] | None = None) 
     for name, members in sorted(groups.items()):
         recipe = next((recipes[m.name] for m in members if m.name in recipes), None)
         recipe = recipe or recipes.get(name, "—")
-        walls = [w for w in (_wall(m) for m in members) if w is not None]
         dates = sorted({_date(m) for m in members})
         cells: list[Any] = [
             f"`{name}`",
             f"`{recipe}`" if recipe != "—" else recipe,
             _settings(members),
             dates[0] if len(dates) == 1 else f"{dates[0]} – {dates[-1]}",
-            f"{sum(walls):.0f}" if walls else "—",
+            _wall(members),
         ]
         cells += [
             _one([get(m.config) for m in members]) for label, get in _FACTS if label in differ

@@ -17,12 +17,17 @@ for a model of another run), and options ``key=value``:
     a number from a JSON file the lab wrote (``nqm.json``, ``analysis.json``).
 ``<!-- include: RUN FILE ["## heading"] -->``
     a generated markdown file, or its section under that heading.
-``<!-- keep: DECAY STEPS -->``
-    the closed-form fraction of a period's progress a switch keeps (no run needed).
+``<!-- setting: RUN KEY -->``
+    a setting from the run's ``config.json`` (``lr``, ``epochs``; ``task.description``).
+``<!-- closed: keep DECAY STEPS -->`` (also ``moves DECAY STEPS``, ``window DECAY``)
+    closed forms, no run needed: the fraction of a period's progress a Switch EMA switch keeps,
+    how far an EMA moves towards the model in STEPS steps (1 - DECAY^STEPS), its window
+    1 / (1 - DECAY); ``digits=N``, ``scale=S``.
 ``<!-- claims -->``, ``<!-- provenance -->``
     the claims table (needs ``--spec``); machine, software, threads and dates of the runs used.
 
-Any other comment (``<!-- TODO(reading): ... -->``) is kept as it is. A run folder that does
+``<!-- template: ... -->`` is a note for the template's editors, left out of the document; any
+other comment (``<!-- TODO(reading): ... -->``) is kept as it is. A run folder that does
 not exist yet gives "*not run yet*" in place of its directive (and is listed as missing), so a
 template can be filled before every recipe has run. The output depends only on the template,
 the spec and the run folders: filling it twice gives the same bytes.
@@ -43,7 +48,7 @@ from ..checkpoint import atomic_write_text
 from ..errors import MissingFileError, UsageError
 from .claims import Spec, claims_table, evaluate_claims, load_spec
 from .notes import sema_keep_fraction
-from .points import POINTS, NotMeasurable, RunStore
+from .points import POINTS, MissingOutput, NotMeasurable, RunStore
 from .provenance import provenance_lines
 from .tables import run_table, sweep_table, value_text
 
@@ -114,11 +119,17 @@ def _value(args: str, ctx: _Context) -> str:
 def _table(args: str, ctx: _Context) -> str:
     pos, opts = _split(args)
     if len(pos) != 1:
-        raise UsageError("table takes one run folder (and metrics=a,b,...)")
+        raise UsageError("table takes one run folder (and metrics=a,b models=m/a,m/b primary=no)")
     if not ctx.run(pos[0]):
         return _not_run(pos[0])
     extras = opts["metrics"].split(",") if "metrics" in opts else None
-    return "\n".join(run_table(ctx.store, ctx.store.get(pos[0]), extras))
+    models = opts["models"].split(",") if "models" in opts else None
+    if opts.get("primary", "yes") not in ("yes", "no"):
+        raise UsageError(f"primary must be yes or no, got {opts['primary']!r}")
+    run = ctx.store.get(pos[0])
+    return "\n".join(
+        run_table(ctx.store, run, extras, models=models, primary=opts.get("primary") != "no")
+    )
 
 
 def _sweep(args: str, ctx: _Context) -> str:
@@ -212,12 +223,40 @@ def _include(args: str, ctx: _Context) -> str:
     return "\n".join(lines).strip("\n")
 
 
-def _keep(args: str, ctx: _Context) -> str:
+#: closed forms a template may quote: name -> (arguments, fn)
+CLOSED_FORMS: dict[str, tuple[str, Callable[[float, float], float]]] = {
+    "keep": ("DECAY STEPS", lambda d, k: sema_keep_fraction(d, int(k))),
+    "moves": ("DECAY STEPS", lambda d, k: 1.0 - d**k),
+    "window": ("DECAY", lambda d, _: 1.0 / (1.0 - d)),
+}
+
+
+def _closed(args: str, ctx: _Context) -> str:
     pos, opts = _split(args)
+    if not pos or pos[0] not in CLOSED_FORMS or len(pos) not in (2, 3):
+        forms = "; ".join(f"{k} {a}" for k, (a, _) in CLOSED_FORMS.items())
+        raise UsageError(f"closed takes one of: {forms}")
+    name, *numbers = pos
+    numbers = [float(x) for x in numbers] + [0.0]
+    value = CLOSED_FORMS[name][1](numbers[0], numbers[1]) * float(opts.get("scale", 1.0))
+    return f"{value:.{int(opts.get('digits', 2))}f}"
+
+
+def _setting(args: str, ctx: _Context) -> str:
+    pos, _ = _split(args)
     if len(pos) != 2:
-        raise UsageError("keep takes DECAY STEPS (and digits=N)")
-    f = sema_keep_fraction(float(pos[0]), int(pos[1]))
-    return f"{f:.{int(opts.get('digits', 2))}f}"
+        raise UsageError("setting takes RUN KEY (a setting of config.json, e.g. lr or task.name)")
+    if not ctx.run(pos[0]):
+        return _not_run(pos[0])
+    config = ctx.store.get(pos[0]).config
+    value: Any = config["config"] if "." not in pos[1] else config
+    for part in pos[1].split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise UsageError(f"{pos[0]}/config.json has no setting {pos[1]!r}")
+        value = value[part]
+    if isinstance(value, list):
+        return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _claims(args: str, ctx: _Context) -> str:
@@ -237,7 +276,9 @@ DIRECTIVES: dict[str, Callable[[str, _Context], str]] = {
     "figure": _figure,
     "json": _json,
     "include": _include,
-    "keep": _keep,
+    "closed": _closed,
+    "setting": _setting,
+    "template": lambda args, ctx: "",  # a note for the template's editors, left out
     "claims": _claims,
     "provenance": lambda args, ctx: "",  # placeholder, see fill_template
 }
@@ -246,9 +287,11 @@ DIRECTIVES: dict[str, Callable[[str, _Context], str]] = {
 def _expand(text: str, ctx: _Context, where: str) -> str:
     def one(m: re.Match) -> str:
         name, args = m.group(1), m.group(2) or ""
+        line = text.count("\n", 0, m.start()) + 1
         if name not in DIRECTIVES:
             raise UsageError(
-                f"{where}: unknown directive <!-- {name}: -->; known: {', '.join(DIRECTIVES)}"
+                f"{where}, line {line}: unknown directive <!-- {name}: -->; known: "
+                f"{', '.join(DIRECTIVES)}"
             )
         if name == "provenance":
             return m.group(0)
@@ -256,8 +299,11 @@ def _expand(text: str, ctx: _Context, where: str) -> str:
             return DIRECTIVES[name](args, ctx)
         except NotMeasurable as e:
             return f"*n/a: {e}*"
+        except MissingOutput as e:
+            if e.name not in ctx.missing:
+                ctx.missing.append(e.name)
+            return _not_run(e.name)
         except UsageError as e:
-            line = text.count("\n", 0, m.start()) + 1
             raise UsageError(f"{where}, line {line}, <!-- {name} -->: {e}") from None
 
     return _COMMENT.sub(one, text)
@@ -302,5 +348,6 @@ def write_results(
     text, missing = fill_template(
         template.read_text(), RunStore(runs_root), Path(out), command, parsed, str(template)
     )
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, text)
     return missing

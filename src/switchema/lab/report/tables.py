@@ -127,7 +127,7 @@ def _extras(run: Run, asked: list[str] | None) -> list[str]:
 
 def _name(metric: str) -> str:
     scale, unit, _, _ = display(metric)
-    return f"{metric.replace('_', ' ')}" + (f" ({unit})" if unit else "")
+    return metric.split(".", 1)[-1].replace("_", " ") + (f" ({unit})" if unit else "")
 
 
 def _model_cells(
@@ -150,11 +150,21 @@ def _model_cells(
     return cells
 
 
-def run_table(store: RunStore, run: Run, extras: list[str] | None = None) -> list[str]:
-    """The run's main table (see the module docstring); markdown lines."""
+def run_table(
+    store: RunStore,
+    run: Run,
+    extras: list[str] | None = None,
+    *,
+    models: list[str] | None = None,
+    primary: bool = True,
+) -> list[str]:
+    """The run's main table (see the module docstring); markdown lines. ``extras``: further
+    metrics at the final epoch (``analysis.<key>`` included); ``models``: the rows (default:
+    every model, the baseline's shared trajectory once); ``primary=False`` leaves out the
+    primary metric and its differences."""
     key = PRIMARY[run.kind][0]
-    points = ["final", "best"] if run.has_validation else ["final"]
-    models = _shown_models(run, key)
+    points = (["final", "best"] if run.has_validation else ["final"]) if primary else []
+    models = models or _shown_models(run, key)
     base = "baseline/online" if "baseline/online" in models else None
     diffs = {
         (m, at): effect_of(store, run.name, m, base, key, at)
@@ -179,29 +189,30 @@ def run_table(store: RunStore, run: Run, extras: list[str] | None = None) -> lis
             mean, spread = _single(store, run.name, m, k, "final")
             cells.append(format_mean_std(mean * scale, spread * scale, digits))
         lines.append("| " + " | ".join([*split_model(m), *cells]) + " |")
-    return lines + _table_notes(run, key, points, len(diffs), extras)
+    return lines + _table_notes(run, points, len(diffs), extras)
 
 
-def _table_notes(
-    run: Run, key: str, points: list[str], family: int, extras: list[str]
-) -> list[str]:
-    notes = [
-        "",
-        f"Mean ± sample std over {len(run.config['config']['seeds'])} seeds; Δ: paired difference "
-        "to baseline/online (same seed) with a 95% t-interval; p (Holm): two-sided t test, "
-        f"Holm-corrected over this table's {family} comparisons.",
-    ]
-    if "best" in points:
-        notes[-1] += (
-            " val-best: each seed's epoch with the best validation metric (the test set never chooses)."
+def _table_notes(run: Run, points: list[str], family: int, extras: list[str]) -> list[str]:
+    n = len(run.config["config"]["seeds"])
+    text = f"Mean ± sample std over {n} seeds."
+    if points:
+        text += (
+            " Δ: paired difference to baseline/online (same seed) with a 95% t-interval; "
+            f"p (Holm): two-sided t test, Holm-corrected over this table's {family} comparisons."
         )
-    else:
-        notes[-1] += " This run has no validation split: final epoch only."
+    if "best" in points:
+        text += " val-best: each seed's epoch with the best validation metric (the test set never chooses)."
+    elif points:
+        text += " This run has no validation split: final epoch only."
     if extras:
-        notes[-1] += f" {', '.join(extras)}: at the final epoch."
+        text += f" {', '.join(extras)}: " + (
+            "the final weights."
+            if all(k.startswith("analysis.") for k in extras)
+            else "at the final epoch."
+        )
     if "churn" in extras:
-        notes[-1] += " churn: mean over seed pairs ± its jackknife standard error."
-    return notes
+        text += " churn: mean over seed pairs ± its jackknife standard error."
+    return ["", text]
 
 
 # --------------------------------------------------------------------------- a sweep's table
