@@ -271,6 +271,7 @@ def test_epochs_to_a_target_counts_censored_seeds_and_says_so(runs, tmp_path):
         _spec(
             tmp_path,
             _claim("fast", **reach, treatment="ema/avg", direction="less"),
+            _claim("steps", **reach, treatment="ema/avg", direction="less", count="steps"),
             _claim("never", **reach, treatment="sema/avg", direction="less"),
             _claim(
                 "old",
@@ -289,9 +290,10 @@ def test_epochs_to_a_target_counts_censored_seeds_and_says_so(runs, tmp_path):
             ),
         )
     )
-    fast, never, old, early = evaluate_claims(spec, RunStore(runs))
+    fast, steps, never, old, early = evaluate_claims(spec, RunStore(runs))
     # target 0.95 x 1.0: the baseline reaches it at epoch 3, the EMA at epoch 1
     assert (fast.effect.mean, fast.effect.n, fast.verdict) == (-2.0, 3, "**supported**")
+    assert steps.effect.mean == -10.0  # 5 steps per epoch (50 points, batch 10)
     # SEMA never does: censored at the budget + 1 = epoch 4, so +1 (a lower bound)
     assert never.effect.mean == 1.0
     assert any("never reached the target in 3 of 3 seeds" in n for n in never.effect.notes)

@@ -106,6 +106,8 @@ def _value(args: str, ctx: _Context) -> str:
     at = opts.get("at", "final")
     if at not in POINTS:
         raise UsageError(f"at must be one of {', '.join(POINTS)}, got {at!r}")
+    if opts.get("show", "") not in ("", "mean", "full"):
+        raise UsageError(f"show must be mean or full, got {opts['show']!r}")
     missing = [r for r in _runs_of(run, a, *([b] if b else [])) if not ctx.run(r)]
     if missing:
         return _not_run(*missing)
