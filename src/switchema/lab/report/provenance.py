@@ -16,7 +16,7 @@ from typing import Any
 
 from .points import Run
 
-__all__ = ["provenance_lines"]
+__all__ = ["provenance_lines", "provenance_sentence"]
 
 # (label, how to read it from a run's config.json)
 _FACTS = [
@@ -102,3 +102,15 @@ def provenance_lines(runs: list[Run], recipes: Mapping[str, str] | None = None) 
         ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return lines
+
+
+def provenance_sentence(runs: list[Run]) -> str:
+    """One sentence for the top of a generated file: machine, device, threads and versions of
+    the runs (each fact once, or "several" with the details in the provenance table)."""
+    if not runs:
+        return "No run folder was read yet."
+    parts = []
+    for label, get in _FACTS[:5]:
+        values = sorted({get(r.config) for r in runs})
+        parts.append(f"{label} {values[0] if len(values) == 1 else 'several (see below)'}")
+    return f"The {len(runs)} run folder(s) read were made with " + ", ".join(parts) + "."
