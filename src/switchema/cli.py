@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, cli_reports
 
 EXIT_STATUS = (
     "exit status: 0 done (compare, sweep: every job finished); 2 usage error (bad flag, "
@@ -446,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tasks.set_defaults(func=_tasks)
     _add_nqm(sub)
+    cli_reports.add_parsers(sub, EXIT_STATUS)
     parser.set_defaults(subcommands=sub.choices)
     return parser
 

@@ -7,6 +7,7 @@ One way through, each step importing only what is below it::
         -> jobs / executors (progress) -> train.train_run -> methods (EMA, SWA, SwitchRule)
 
 and, reading saved folders only, ``state`` (which jobs are done, failed, running or
-interrupted), ``report`` (tables, plots, exports, diff), ``analyze`` and ``nqm``. Usage errors
+interrupted), ``report`` (tables, plots, exports, diff, the claims table and the results
+document), ``analyze`` and ``nqm``. Usage errors
 and the command line's exit statuses are in ``errors``.
 """

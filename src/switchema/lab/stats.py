@@ -17,15 +17,18 @@ import numpy as np
 from .._checks import is_int, is_real
 
 __all__ = [
+    "equivalence_p",
     "format_ci",
     "format_mean_std",
     "format_p",
     "holm",
     "mean_std",
     "paired_difference",
+    "pairwise_difference",
     "pairwise_interval",
     "pairwise_mean",
     "t_interval",
+    "t_test_p",
 ]
 
 
@@ -122,14 +125,52 @@ def _t_test_p(d: np.ndarray) -> float:
     """
     if d.size < 2:
         return math.nan
+    return t_test_p(float(np.mean(d)), float(np.std(d, ddof=1)) / math.sqrt(d.size), d.size - 1)
+
+
+def t_test_p(mean: float, se: float, df: float) -> float:
+    """Two-sided p-value of ``mean == 0`` from an estimate, its standard error and the t
+    distribution's degrees of freedom: ``2 P(T_df > |mean / se|)``.
+
+    A zero standard error gives p = 0 (mean non-zero) or 1 (mean zero); NaN inputs or
+    ``df < 1`` give NaN.
+
+    >>> round(t_test_p(2.0, 1 / math.sqrt(3), 2), 4)   # d = [1, 2, 3]: t = 3.464
+    0.0742
+    """
+    if math.isnan(mean) or math.isnan(se) or math.isnan(df) or df < 1:
+        return math.nan
+    if se == 0.0:
+        return 1.0 if mean == 0.0 else 0.0
     from scipy import stats as sps
 
-    s = float(np.std(d, ddof=1))
-    mean = float(np.mean(d))
-    if s == 0.0:
-        return 1.0 if mean == 0.0 else 0.0
-    t = mean / (s / math.sqrt(d.size))
-    return float(2.0 * sps.t.sf(abs(t), d.size - 1))
+    return float(2.0 * sps.t.sf(abs(mean / se), df))
+
+
+def equivalence_p(mean: float, se: float, df: float, margin: float) -> float:
+    """p-value of two one-sided t tests (TOST) that a difference lies within ``±margin``.
+
+    The null hypothesis is ``|difference| >= margin``; it is rejected (the two are called
+    equivalent) when both ``(mean + margin) / se`` is large and ``(mean - margin) / se`` is
+    very negative: ``p = max(P(T_df > (mean + margin)/se), P(T_df < (mean - margin)/se))``. A
+    small p supports equivalence; it never supports a difference.
+
+    >>> round(equivalence_p(0.0, 0.1, 4, 0.5), 4)     # t = ±5 with 4 df
+    0.0037
+    >>> round(equivalence_p(0.4, 0.1, 4, 0.5), 4)     # too close to the margin to tell
+    0.187
+    """
+    if not is_real(margin) or margin < 0:
+        raise ValueError(f"margin must be a number >= 0, got {margin!r}")
+    if math.isnan(mean) or math.isnan(se) or math.isnan(df) or df < 1:
+        return math.nan
+    if se == 0.0:
+        return 0.0 if abs(mean) < margin else 1.0
+    from scipy import stats as sps
+
+    lower = float(sps.t.sf((mean + margin) / se, df))
+    upper = float(sps.t.cdf((mean - margin) / se, df))
+    return max(lower, upper)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -230,7 +271,8 @@ def pairwise_interval(
     standard error is estimated by the jackknife over seeds: with ``theta_(i)`` the mean over
     the pairs without seed ``i``, ``se^2 = (k - 1) / k * sum_i (theta_(i) - mean_i theta_(i))^2``,
     and the interval is ``mean -/+ t_{(1+level)/2, k-1} se``. Returns ``{"mean", "lo", "hi",
-    "n_seeds", "n_pairs", "n_independent_pairs"}`` (``k // 2`` disjoint pairs could be formed);
+    "se", "p", "n_seeds", "n_pairs", "n_independent_pairs"}`` (``p``: two-sided t test of
+    ``mean == 0`` with ``k - 1`` degrees of freedom; ``k // 2`` disjoint pairs could be formed);
     fewer than 3 seeds give no interval (NaN).
     """
     level = _check_level(level)
@@ -241,6 +283,8 @@ def pairwise_interval(
             "mean": math.nan,
             "lo": math.nan,
             "hi": math.nan,
+            "se": math.nan,
+            "p": math.nan,
             "n_seeds": k,
             "n_pairs": 0,
             "n_independent_pairs": 0,
@@ -251,6 +295,8 @@ def pairwise_interval(
         "mean": mean,
         "lo": math.nan,
         "hi": math.nan,
+        "se": math.nan,
+        "p": math.nan,
         "n_seeds": k,
         "n_pairs": len(value),
         "n_independent_pairs": k // 2,
@@ -264,5 +310,37 @@ def pairwise_interval(
     from scipy import stats as sps
 
     half = float(sps.t.ppf(0.5 * (1.0 + level), k - 1)) * se
-    out.update(lo=mean - half, hi=mean + half)
+    out.update(lo=mean - half, hi=mean + half, se=se, p=t_test_p(mean, se, k - 1))
     return out
+
+
+def pairwise_difference(
+    fn: Callable[[Any, Any], float],
+    treatment: Sequence[Any],
+    baseline: Sequence[Any],
+    level: float = 0.95,
+) -> dict[str, float]:
+    """The difference of two models' mean pair values (e.g. churn), with a jackknife interval
+    over the seeds they share.
+
+    ``treatment[i]`` and ``baseline[i]`` come from the same seed ``i``, so the two means over
+    seed pairs are correlated and a difference of two separate intervals would be wrong. The
+    difference is itself a mean over pairs, of ``d(i, j) = fn(t_i, t_j) - fn(b_i, b_j)``, so
+    :func:`pairwise_interval` of ``d`` over the seeds (each seed is the pair ``(t_i, b_i)``)
+    gives its jackknife interval and p-value. Same keys as :func:`pairwise_interval`.
+
+    >>> r = pairwise_difference(lambda a, b: abs(a - b), [0, 1, 2, 3], [0, 2, 4, 6])
+    >>> r["mean"], r["n_pairs"]    # pair gaps 1, 2, 3, 1, 2, 1 minus twice as much
+    (-1.6666666666666667, 6)
+    """
+    t, b = list(treatment), list(baseline)
+    if len(t) != len(b):
+        raise ValueError(
+            f"treatment and baseline must be paired by seed, so have the same length; "
+            f"got {len(t)} and {len(b)}"
+        )
+
+    def diff(x: tuple[Any, Any], y: tuple[Any, Any]) -> float:
+        return float(fn(x[0], y[0])) - float(fn(x[1], y[1]))
+
+    return pairwise_interval(diff, list(zip(t, b)), level)

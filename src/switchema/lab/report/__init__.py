@@ -7,7 +7,12 @@
 * :mod:`.diff`: two runs side by side (``switchema diff``);
 * :mod:`.analysis`: ``switchema analyze`` (``analysis.md``, interpolation, landscapes);
 * :mod:`.nqm`: ``switchema nqm`` (``nqm.md``, variance and bias plots);
-* :mod:`.style`: the one plot style, the methods' colours, the figures' format and dpi.
+* :mod:`.style`: the one plot style, the methods' colours, the figures' format and dpi;
+* :mod:`.points`, :mod:`.measures`: per-seed numbers at the final or validation-best epoch, and
+  the registry of measures a claim can use;
+* :mod:`.claims`: the claims table (``switchema claims``), with :mod:`.provenance`;
+* :mod:`.tables`, :mod:`.results`: the results document filled from a template
+  (``switchema results``).
 """
 
 from . import style  # noqa: F401  (first: the Agg backend before any figure)

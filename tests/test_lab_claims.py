@@ -1,0 +1,406 @@
+"""The claims table (``switchema claims``) built from tiny runs made here: verdicts that follow
+from their rows, Holm over the whole table, missing runs, validation-best epochs and the
+fallback for runs without a validation split, censored convergence times, and the jackknife
+interval of a difference of pair statistics (by hand and by Monte Carlo coverage)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from switchema.cli import main
+from switchema.lab.config import StudyConfig
+from switchema.lab.errors import EXIT_OK, EXIT_USAGE
+from switchema.lab.options import RunOptions
+from switchema.lab.report.claims import evaluate_claims, load_spec, write_claims
+from switchema.lab.report.points import RunStore, values
+from switchema.lab.resolve import resolve
+from switchema.lab.runner import run_compare
+from switchema.lab.stats import holm, pairwise_difference, pairwise_interval
+
+QUIET = RunOptions(progress=False)
+SMALL = dict(task="circles", methods=["baseline", "ema", "sema", "swa"], seeds=[0, 1, 2], epochs=3)
+
+
+def _with_validation(src, dst, val_acc):
+    """A copy of run ``src`` whose rows carry ``val_acc = val_acc(row)`` (as a run made with a
+    validation split records it) and, at the final epoch, temperature-scaled metrics."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("jobs", "*.png"))
+    rows = [json.loads(line) for line in (dst / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["val_acc"] = float(val_acc(r))
+        r["val_loss"] = 1.0 - r["val_acc"]
+        if r["epoch"] == SMALL["epochs"]:
+            r["ece15_ts"] = r["ece15"] / 2
+    (dst / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _val(r):
+    # baseline: 0.5, 0.8, 1.0 (best at epoch 3); ema/avg: reaches 0.96 at epoch 1 and peaks
+    # there; sema/avg: never above 0.1; every other model peaks at epoch 2
+    if (r["method"], r["model"]) == ("baseline", "online"):
+        return {1: 0.5, 2: 0.8, 3: 1.0}[r["epoch"]]
+    if (r["method"], r["model"]) == ("ema", "avg"):
+        return {1: 0.96, 2: 0.9, 3: 0.9}[r["epoch"]]
+    if (r["method"], r["model"]) == ("sema", "avg"):
+        return 0.1
+    return {1: 0.2, 2: 0.9, 3: 0.3}[r["epoch"]]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    exp = root / "experiments"
+    run_compare(resolve(StudyConfig(**SMALL)), exp / "00_default", QUIET)
+    constant = StudyConfig(**SMALL, lr_schedule="constant")
+    run_compare(resolve(constant), exp / "00_constant_lr", QUIET)
+    _with_validation(exp / "00_default", exp / "00_val", _val)
+    return root
+
+
+def _claim(id_, **keys):
+    """One [[claim]] table of a spec, in TOML."""
+    base = dict(id=id_, paper="EMA", source="a table", claim=f"claim {id_}", recipe="r.sh")
+    return "[[claim]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in {**base, **keys}.items())
+
+
+def _toml(x):
+    if isinstance(x, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in x.items()) + "}"
+    if isinstance(x, list):
+        return "[" + ", ".join(_toml(v) for v in x) + "]"
+    return json.dumps(x)
+
+
+PAIRED = dict(measure="paired", run="experiments/00_default", metric="test_acc")
+# epoch at the final point is 3 in every seed: 3 - 2 = +1 with no spread, so p = 0
+EPOCH_MINUS_2 = dict(
+    measure="contrast",
+    run="experiments/00_default",
+    metric="epoch",
+    terms=[{"model": "ema/avg"}, {"value": -2}],
+)
+
+
+def _spec(tmp_path, *claims, name="claims.toml"):
+    path = tmp_path / name
+    path.write_text("".join(claims))
+    return path
+
+
+def _rows(text):
+    """The claims table's rows as lists of cells."""
+    table = text.split("## Claims\n\n", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in table]
+
+
+def test_supported_contradicted_and_inconclusive_follow_from_the_rows(runs, tmp_path, capsys):
+    spec = _spec(
+        tmp_path,
+        _claim("up", **EPOCH_MINUS_2, direction="greater"),  # +1, p = 0: supported
+        _claim("down", **EPOCH_MINUS_2, direction="less"),  # +1, p = 0: contradicted
+        # the online model of ema is the baseline's own trajectory: exactly 0, p = 1
+        _claim(
+            "same", **PAIRED, treatment="ema/online", control="baseline/online", direction="greater"
+        ),
+        _claim(
+            "eq",
+            **PAIRED,
+            treatment="ema/online",
+            control="baseline/online",
+            direction="equal",
+            margin=0.01,
+        ),
+        _claim("neq", **EPOCH_MINUS_2, direction="equal", margin=0.5),
+        _claim("real", **PAIRED, treatment="sema/avg", control="ema/avg", direction="greater"),
+    )
+    out = tmp_path / "CLAIMS.md"
+    argv = ["claims", "--spec", str(spec), "--runs", str(runs), "--out", str(out)]
+    assert main(argv) == EXIT_OK
+    assert f"wrote {out}" in capsys.readouterr().out
+    text = out.read_text()
+    assert text.startswith("# Claims") and "Do not edit" in text and "never edited by hand" in text
+    assert f"switchema claims --spec {spec} --runs {runs} --out {out}" in text
+    rows = _rows(text)
+    verdicts = [r[-1] for r in rows]
+    assert verdicts[:5] == [
+        "**supported**",
+        "**contradicted**",
+        "inconclusive at n = 3",
+        "**supported**",  # TOST: an exact 0 lies within ±1 pp
+        "**contradicted**",  # +1 epoch, its whole interval outside ±0.5
+    ]
+    for r in rows:  # every verdict follows from the row: the sign of the effect and p (Holm)
+        effect, p_holm, claim, verdict = r[5], r[8], r[3], r[9]
+        mean = float(effect.split()[0])
+        significant = p_holm == "<0.001" or float(p_holm) < 0.05
+        if "claimed: equal" in claim:
+            continue
+        if not significant:
+            assert verdict.startswith("inconclusive at n = 3")
+        else:
+            claimed_up = "claimed: > 0" in claim
+            assert verdict == ("**supported**" if (mean > 0) == claimed_up else "**contradicted**")
+    assert rows[0][5] == "+1.0 [+1.0, +1.0] epochs" and rows[0][6] == "3"
+    assert "ema/avg − 2: epoch at the final epoch" in rows[0][4]
+    assert "circles, 3 epochs, 3 seeds" in rows[0][4] and "(r.sh)" in rows[0][4]
+    assert "## Provenance" in text and "torch threads per run: 1" in text
+    assert "| `experiments/00_default` | `r.sh` | circles, 3 seeds (0, 1, 2), 3 epochs |" in text
+
+
+def test_holm_runs_over_the_whole_table_and_skips_rows_not_measured(runs, tmp_path):
+    spec = load_spec(
+        _spec(
+            tmp_path,
+            _claim(
+                "a", **PAIRED, treatment="sema/avg", control="baseline/online", direction="greater"
+            ),
+            _claim(
+                "b", **PAIRED, treatment="ema/avg", control="baseline/online", direction="greater"
+            ),
+            _claim(
+                "gone",
+                **{**PAIRED, "run": "experiments/not_yet"},
+                treatment="ema/avg",
+                control="baseline/online",
+                direction="less",
+            ),
+            _claim("big", paper="SEMA", untestable="ImageNet: not at this scale"),
+            _claim(
+                "c",
+                **{**PAIRED, "metric": "test_nll"},
+                treatment="swa/avg",
+                control="ema/avg",
+                direction="less",
+            ),
+        )
+    )
+    rows = evaluate_claims(spec, RunStore(runs))
+    tested = [r for r in rows if r.status == "tested"]
+    assert [r.claim["id"] for r in tested] == ["a", "b", "c"]
+    assert [r.p_holm for r in tested] == holm([r.p for r in tested])
+    assert rows[2].status == "not run" and rows[2].verdict == "not run yet (`experiments/not_yet`)"
+    assert rows[3].status == "untestable" and "ImageNet" in rows[3].verdict
+    assert math.isnan(rows[2].p_holm) and math.isnan(rows[3].p_holm)
+
+
+def test_missing_runs_give_rows_a_warning_and_exit_0(runs, tmp_path, capsys):
+    spec = _spec(
+        tmp_path,
+        _claim(
+            "gone",
+            **{**PAIRED, "run": "experiments/01_circles"},
+            treatment="ema/avg",
+            control="baseline/online",
+            direction="greater",
+        ),
+        _claim("x", paper="SEMA", untestable="COCO detection: no detector or data at this scale"),
+    )
+    out = tmp_path / "CLAIMS.md"
+    assert main(["claims", "--spec", str(spec), "--runs", str(tmp_path), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "warning: 1 run folder(s) or file(s) not made yet" in err
+        and "experiments/01_circles" in err
+    )
+    rows = _rows(out.read_text())
+    assert rows[0][-1] == "not run yet (`experiments/01_circles`)" and rows[0][5] == "—"
+    assert rows[1][-1] == "not testable here: COCO detection: no detector or data at this scale"
+    assert "No run folder was read" in out.read_text()
+
+
+def test_bad_specs_are_usage_errors_that_name_every_problem(runs, tmp_path, capsys):
+    spec = _spec(
+        tmp_path,
+        _claim("a", **PAIRED, treatment="ema/avg", control="baseline/online", direction="up"),
+        _claim("a", measure="nope"),
+        _claim(
+            "b", **PAIRED, treatment="ema", control="baseline/online", direction="less", colour=1
+        ),
+    )
+    argv = ["claims", "--spec", str(spec), "--runs", str(runs)]
+    assert main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1  # one line
+    for text in (
+        "direction must be one of",
+        "measure must be one of",
+        "unknown key 'colour'",
+        "claim id 'a' is used twice",
+        "method/model",
+    ):
+        assert text in err, text
+    spec = _spec(
+        tmp_path,
+        _claim("m", **PAIRED, treatment="ema/avg@0.5", control="baseline/online", direction="less"),
+        name="model.toml",
+    )
+    assert main(["claims", "--spec", str(spec), "--runs", str(runs)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "no rows for 'ema/avg@0.5'; its models are: baseline/online, ema/online, ema/avg" in err
+    assert main(["claims", "--spec", str(tmp_path / "none.toml"), "--runs", str(runs)]) == 2
+
+
+def test_the_best_epoch_is_chosen_on_validation_per_seed_and_model(runs):
+    store = RunStore(runs)
+    run = store.get("experiments/00_val")
+    by_epoch = {(r["method"], r["model"], r["seed"], r["epoch"]): r["test_acc"] for r in run.rows}
+    best, note = values(run, "baseline/online", "test_acc", "best")
+    assert note == "" and best == {s: by_epoch[("baseline", "online", s, 3)] for s in (0, 1, 2)}
+    best, _ = values(run, "ema/avg", "test_acc", "best")
+    assert best == {s: by_epoch[("ema", "avg", s, 1)] for s in (0, 1, 2)}
+    assert values(run, "swa/avg", "epoch", "best")[0] == {0: 2.0, 1: 2.0, 2: 2.0}
+    assert values(run, "ema/avg", "ece15_ts", "final")[0][0] > 0
+    # the old folder has no validation split: best falls back to the final epoch, and says so
+    old = store.get("experiments/00_default")
+    final, _ = values(old, "ema/avg", "test_acc", "final")
+    fallback, note = values(old, "ema/avg", "test_acc", "best")
+    assert fallback == final and note == "no validation split in this run: final epoch"
+
+
+def test_epochs_to_a_target_counts_censored_seeds_and_says_so(runs, tmp_path):
+    reach = dict(
+        measure="epochs_to", run="experiments/00_val", control="baseline/online", fraction=0.95
+    )
+    spec = load_spec(
+        _spec(
+            tmp_path,
+            _claim("fast", **reach, treatment="ema/avg", direction="less"),
+            _claim("steps", **reach, treatment="ema/avg", direction="less", count="steps"),
+            _claim("never", **reach, treatment="sema/avg", direction="less"),
+            _claim(
+                "old",
+                **{**reach, "run": "experiments/00_default"},
+                treatment="ema/avg",
+                direction="less",
+            ),
+            _claim(
+                "early",
+                measure="contrast",
+                run="experiments/00_default",
+                metric="epoch_fraction",
+                at="best",
+                terms=[{"model": "ema/avg"}, {"value": -0.75}],
+                direction="less",
+            ),
+        )
+    )
+    fast, steps, never, old, early = evaluate_claims(spec, RunStore(runs))
+    # target 0.95 x 1.0: the baseline reaches it at epoch 3, the EMA at epoch 1
+    assert (fast.effect.mean, fast.effect.n, fast.verdict) == (-2.0, 3, "**supported**")
+    assert steps.effect.mean == -10.0  # 5 steps per epoch (50 points, batch 10)
+    # SEMA never does: censored at the budget + 1 = epoch 4, so +1 (a lower bound)
+    assert never.effect.mean == 1.0
+    assert any("never reached the target in 3 of 3 seeds" in n for n in never.effect.notes)
+    assert any("on the test set" in n for n in old.effect.notes)
+    # the epoch of the best validation metric cannot be timed without a validation split
+    assert early.status == "not measurable" and "no validation split" in early.verdict
+
+
+def test_pairwise_claims_pair_the_two_models_seeds(runs, tmp_path):
+    spec = load_spec(
+        _spec(
+            tmp_path,
+            _claim(
+                "churn",
+                measure="pairwise",
+                run="experiments/00_constant_lr",
+                metric="churn",
+                treatment="ema/avg",
+                control="baseline/online",
+                direction="less",
+            ),
+            _claim(
+                "across",
+                measure="pairwise",
+                run="experiments/00_constant_lr",
+                metric="js",
+                treatment="ema/avg",
+                control={"run": "experiments/00_default", "model": "ema/avg"},
+                direction="less",
+            ),
+        )
+    )
+    churn, across = evaluate_claims(spec, RunStore(runs))
+    run = RunStore(runs).get("experiments/00_constant_lr")
+    probs = {
+        m: [run.arrays[f"probs/{m}/{s}"] for s in (0, 1, 2)] for m in ("ema/avg", "baseline/online")
+    }
+    from switchema.lab.metrics import churn as churn_fn
+
+    want = pairwise_difference(churn_fn, probs["ema/avg"], probs["baseline/online"])
+    assert churn.effect.mean == pytest.approx(want["mean"]) and churn.effect.n == 3
+    assert churn.effect.lo == pytest.approx(want["lo"]) and churn.effect.p == pytest.approx(
+        want["p"]
+    )
+    assert "3 seed pairs (1 disjoint)" in churn.effect.notes[-1]
+    assert across.status == "tested" and across.effect.n == 3
+
+
+def test_jackknife_of_a_pairwise_difference_by_hand():
+    """k = 3 seeds: leaving one out leaves one pair, so the jackknife values are the pair
+    differences themselves; se^2 = (k - 1)/k * sum (theta_(i) - mean)^2."""
+    a, b = [0.0, 1.0, 3.0], [0.0, 3.0, 4.0]
+
+    def gap(x, y):
+        return abs(x - y)
+
+    d = {(i, j): gap(a[i], a[j]) - gap(b[i], b[j]) for i, j in itertools.combinations(range(3), 2)}
+    assert d == {(0, 1): -2.0, (0, 2): -1.0, (1, 2): 1.0}
+    loo = np.array([d[(1, 2)], d[(0, 2)], d[(0, 1)]])
+    se = math.sqrt(2 / 3 * np.sum((loo - loo.mean()) ** 2))
+    r = pairwise_difference(gap, a, b)
+    assert r["mean"] == pytest.approx(-2 / 3) and r["se"] == pytest.approx(se)
+    half = 4.302652729911275 * se  # t_{0.975, 2}
+    assert (r["lo"], r["hi"]) == (pytest.approx(-2 / 3 - half), pytest.approx(-2 / 3 + half))
+    assert r["mean"] == pytest.approx(
+        pairwise_interval(gap, a)["mean"] - pairwise_interval(gap, b)["mean"]
+    )
+
+
+def test_jackknife_interval_of_a_churn_difference_covers_the_truth():
+    """Monte Carlo: per seed, model A is wrong on each sample with probability q_A = 0.3 + u
+    and model B with q_B = 0.15 + u / 2, where the seed effect u ~ N(0, 0.04) is shared by both
+    (so their churns are correlated). For seeds with error rates q_i, q_j the expected churn
+    (binary task) is q_i + q_j - 2 q_i q_j; seeds are independent, so its mean over seeds is
+    2 m (1 - m) and the true difference is 2 mA (1 - mA) - 2 mB (1 - mB). The interval should
+    cover it about 95% of the time."""
+    from switchema.lab.metrics import churn
+
+    rng = np.random.default_rng(3)
+    n, k, sims, s = 400, 6, 600, 0.04
+    ma, mb = 0.3, 0.15
+    truth = 2 * ma * (1 - ma) - 2 * mb * (1 - mb)
+    covered = 0
+    for _ in range(sims):
+        u = rng.normal(0, s, size=k)
+        pa = [(rng.random(n) < ma + x).astype(int) for x in u]
+        pb = [(rng.random(n) < mb + x / 2).astype(int) for x in u]
+        r = pairwise_difference(churn, pa, pb)
+        covered += r["lo"] <= truth <= r["hi"]
+    assert 0.9 <= covered / sims <= 0.995, covered / sims  # the jackknife errs wide
+
+
+def test_regenerating_gives_the_same_bytes(runs, tmp_path):
+    spec = _spec(
+        tmp_path,
+        _claim("a", **PAIRED, treatment="sema/avg", control="baseline/online", direction="greater"),
+        _claim(
+            "c",
+            measure="pairwise",
+            run="experiments/00_default",
+            metric="churn",
+            treatment="ema/avg",
+            control="baseline/online",
+            direction="less",
+        ),
+    )
+    first, _, _ = write_claims(spec, runs, tmp_path / "one.md", "cmd")
+    second, _, _ = write_claims(spec, runs, tmp_path / "two.md", "cmd")
+    assert (tmp_path / "one.md").read_bytes() == (tmp_path / "two.md").read_bytes()
+    assert first == second
