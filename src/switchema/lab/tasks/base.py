@@ -185,7 +185,7 @@ class Task:
             f"{d['optimizer']} lr {d['lr']}, weight decay {d['weight_decay']}"
             + (f", momentum {d['momentum']}" if d.get("momentum") else "")
             + (", Nesterov" if d.get("nesterov") else ""),
-            f"{pad}data seed: {d.get('data_seed', 0)}"
+            f"{pad}data seed: {d.get('data_seed', 0)} by default"
             + (f" ({self.canonical_data})" if self.canonical_data else ""),
         ]
         for what, fn in (("data", self.build_data), ("model", self.build_model)):

@@ -31,9 +31,7 @@ __all__: list[str] = []
 _ADAMW_MNIST1D = task_defaults(
     epochs=100, batch_size=100, optimizer="adamw", lr=1e-2, data_seed=MNIST1D_CANONICAL_SEED
 )
-_MNIST1D_CANONICAL = (
-    "the mnist1d package's default: the canonical MNIST-1D, with the default data options"
-)
+_MNIST1D_CANONICAL = "the canonical MNIST-1D, the mnist1d package's default data set"
 _SGD_BN = task_defaults(
     epochs=30,
     batch_size=128,
