@@ -183,6 +183,10 @@ _WARMUPS = {
 }
 
 
+def _swa_in_epochs(cfg: dict[str, Any]) -> bool:
+    return parse_interval(cfg.get("swa_every", "1e")).unit == "epochs"
+
+
 def _words(interval: str) -> str:
     """``"1"`` -> ``"1 epoch"``, ``"50s"`` -> ``"50 steps"``."""
     every = parse_interval(interval)
@@ -292,8 +296,11 @@ def warnings_for(
             )
     n = swa_models(cfg, spe)
     if "swa" in methods and n < MIN_SWA_MODELS:
+        each = "epoch-end model" if _swa_in_epochs(cfg) else "model"
         what = (
-            f"only {n} models" if n > 1 else "only the last model, so it is the final model itself"
+            f"only {n} {each}s"
+            if n > 1
+            else f"only the last {each}, so it is the final model itself"
         )
         out.append(
             f"SWA averaged {what} (from {cfg['swa_start']:.0%} of {cfg['epochs']} epochs); "
@@ -340,7 +347,9 @@ def sema_lines(config: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     f = sema_keep_fraction(d, k)
     slower = f"about {1 / f:.1f} times slower" if f > 0 else "not at all"
     return [
-        f"- **What a switch keeps** (sema, decay {d:g}, a switch every {k} averaging updates): if the "
+        f"- **What a switch keeps** (sema, decay {d:g}, a switch every {period} steps"
+        + (f", {k} averaging updates" if k != period else "")
+        + "): if the "
         f"model drifts at a steady velocity, the average ends a period f = 1 - d(1 - d^k) / "
         f"(k(1 - d)) = {f:.2f} of the way the model went, and the switch moves the model back "
         f"there: while drifting, Switch EMA trains {slower} (experiments/RESULTS.md, §3)."
