@@ -15,14 +15,17 @@ import torch
 from switchema.cli import build_parser, main
 from switchema.lab import metrics as M
 from switchema.lab.config import StudyConfig
+from switchema.lab.errors import UsageError
 from switchema.lab.flags import config_from_flags
 from switchema.lab.jobs import build_study_data, make_job
 from switchema.lab.methods import build_method
+from switchema.lab.options import RunOptions
 from switchema.lab.report.run import summarise
 from switchema.lab.report.summary import render_summary
 from switchema.lab.report.sweep import write_sweep_report
 from switchema.lab.resolve import resolve
-from switchema.lab.sweep import expand_grid, load_grid_file, parse_grid
+from switchema.lab.runner import resume_study, run_compare
+from switchema.lab.sweep import Grid, expand_grid, load_grid_file, parse_grid
 from switchema.lab.tasks import TaskData, apply_label_noise, get_task
 from switchema.lab.tasks.split import validation_indices
 from switchema.lab.train import temperature_scaled, train_run
@@ -353,6 +356,20 @@ def test_old_run_folders_read_without_a_validation_split():
     old = StudyConfig.from_dict({"task": "circles", "decays": [0.99]})
     assert old.val_fraction == 0.0 and old.ema_warmup_length == "1000s"
     assert StudyConfig().val_fraction == 0.2 and StudyConfig().seeds == (0, 1, 2, 3, 4)
+    # a sweep saved before: its cells keep no split; one saved now keeps today's defaults
+    saved = {"fixed": {"task": "circles"}, "axes": {"lr": [0.01, 0.02]}}
+    assert Grid.from_dict(saved).fixed["val_fraction"] == 0.0
+    new = Grid.from_dict(Grid(**saved).to_dict())
+    assert "val_fraction" not in new.fixed
+    assert [c.config.val_fraction for c in expand_grid(new)] == [0.2, 0.2]
+
+
+def test_resume_refuses_another_validation_fraction(tmp_path):
+    study = resolve(StudyConfig(task="circles", epochs=1, seeds=(0,), methods=("baseline",)))
+    folder = run_compare(study, tmp_path / "run", RunOptions(progress=False))
+    with pytest.raises(UsageError, match=r"val_fraction \(saved 0.2, given 0.1\)"):
+        resume_study(folder, {"val_fraction": 0.1})
+    assert resume_study(folder)[0].config.val_fraction == 0.2
 
 
 # ---------------------------------------------------------------- the official recipe
