@@ -248,10 +248,13 @@ def _said(d: dict[str, Any], scale: float, digits: int, unit: str, higher: bool,
     text = f"{_fmt_diff(d, scale, digits)}{unit}"
     if d.get("oracle"):
         return f"{text} (oracle: epoch chosen on the test set; no verdict)"
-    return (
-        f"{text}, p = {format_p(d['p'])}, Holm p = {format_p(d['p_holm'])}: "
-        f"{verdict(d, higher, against)}"
-    )
+    return f"{text}, p {_is(d['p'])}, Holm p {_is(d['p_holm'])}: {verdict(d, higher, against)}"
+
+
+def _is(p: float) -> str:
+    """``= 0.012`` or ``< 0.001``."""
+    text = format_p(p)
+    return f"< {text[1:]}" if text.startswith("<") else f"= {text}"
 
 
 def _reading(summary: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:
