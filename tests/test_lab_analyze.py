@@ -7,6 +7,7 @@ import torch
 from switchema.analysis import sharpness as S
 from switchema.cli import main
 from switchema.lab.config import StudyConfig
+from switchema.lab.jobs import build_study_data
 from switchema.lab.options import RunOptions
 from switchema.lab.resolve import resolve
 from switchema.lab.runner import run_compare
@@ -55,10 +56,11 @@ def test_analyze_tiny_run(tmp_path):
     from switchema.lab.tasks import get_task
 
     task = get_task("circles")
-    data = task.build_data(0)
+    config = json.loads((run / "config.json").read_text())["config"]
+    data, y_train, _ = build_study_data(resolve(StudyConfig.from_dict(config)))  # as trained on
     model = task.build_model(data)
     model.load_state_dict(states["ema/avg/1"])
-    batches = [(data.x_train, data.y_train)]
+    batches = [(data.x_train, y_train)]
     eig = S.top_eigenvalues(model, lambda o, y: task_loss("classification", o, y), batches, seed=0)
     assert abs(float(eig.eigenvalues[0]) - first["models"]["ema/1"]["top_eigenvalue"]) < 1e-3 * (
         1 + abs(float(eig.eigenvalues[0]))

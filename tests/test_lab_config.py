@@ -69,9 +69,9 @@ def test_old_names_still_read_and_job_ids_unchanged():
         make_job(study, ["baseline", "ema", "swa"], 0).id
         == "circles-s0-baseline+ema+swa-f50cf95c57e7"
     )
-    study = resolve(
-        StudyConfig(task="circles", epochs=2, switch_every="5e", methods=["sema"], label_noise=0.1)
-    )
+    # (without the validation split they had no setting for: val_fraction=0 leaves the id alone)
+    old = dict(task="circles", epochs=2, switch_every="5e", methods=["sema"], label_noise=0.1)
+    study = resolve(StudyConfig(**old, val_fraction=0.0))
     assert make_job(study, ["sema"], 3).id == "circles-s3-sema-d33e167ab9e1"
 
 

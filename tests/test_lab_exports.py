@@ -119,7 +119,9 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_counts_training_epochs_and_shows_the_job():
-    study = resolve(StudyConfig(task="circles", methods=["baseline", "ema", "sema"], epochs=4))
+    study = resolve(
+        StudyConfig(task="circles", methods=["baseline", "ema", "sema"], epochs=4, seeds=(0, 1, 2))
+    )
     jobs = study_jobs(study)  # 3 seeds x (baseline+ema, sema) = 6 jobs of 4 epochs
     done = {jobs[0].id: 3}
     tty = _Terminal()

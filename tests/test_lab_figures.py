@@ -152,8 +152,15 @@ def test_sweep_figures_treat_categories_as_categories(tmp_path, figures, capsys)
         assert "mean over seeds" in figures[stem]["title"]
     table = (out / "sweep.md").read_text()
     assert "| final (unit in each cell) |" in table and "test acc (%) " in table
-    assert "Best final test acc on circles (%, higher is better): **" in table
-    assert "Best final test mse on friedman-mlp (lower is better): **" in table
+    # the best of each task is chosen on the validation split (and says so)
+    assert (
+        "Best final test acc on circles (%, higher is better; chosen on the validation split): **"
+        in table
+    )
+    assert (
+        "Best final test mse on friedman-mlp (lower is better; chosen on the validation split): **"
+        in table
+    )
     assert table.count("**") >= 8  # the best value in bold in its row and in the line below
     header = json.loads((out / "sweep_results.json").read_text())["axes"]
     assert header == ["task", "decay"] and (out / "sweep_metrics.csv").exists()

@@ -53,7 +53,7 @@ def test_summary_has_the_posthoc_section_and_figure(run):
     out, _ = run
     text = (out / "summary.md").read_text()
     assert "## Post-hoc EMA: the test metric against the EMA width" in text
-    assert "(best)" in text and "oracle: no validation split" in text
+    assert "(best)" in text and "The best width is chosen on the validation." in text
     assert "| 0.08 | " in text and "relative weight distance" in text
     assert (out / "posthoc.png").is_file()
     # the synthesised widths are not repeated in the per-epoch tables

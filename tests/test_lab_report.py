@@ -30,7 +30,11 @@ def summary(folder) -> str:
 def test_the_header_describes_the_data_actually_used(tmp_path):
     small = run(tmp_path, "small", task="mnist1d-cnnbn", seeds=[0], data_options={"n_total": 1000})
     text = summary(small)
-    assert "Data: 800 training / 200 test examples (data options n_total=1000)" in text
+    # 800 training examples, 20% of them (stratified by class) held out for validation
+    assert (
+        "Data: 641 training / 159 validation / 200 test examples (data options n_total=1000)"
+        in text
+    )
     assert "4000/1000" not in text and "(4000" not in text
     assert "BatchNorm statistics recomputed for averages: yes" in text
     assert "label noise 0%" in text
@@ -38,7 +42,7 @@ def test_the_header_describes_the_data_actually_used(tmp_path):
         tmp_path, "reg", task="friedman-mlp", data_options={"n_train": 100, "n_test": 50}
     )
     text = summary(regression)
-    assert "Data: 100 training / 50 test examples" in text
+    assert "Data: 80 training / 20 validation / 50 test examples" in text
     assert "label noise" not in text.lower() and "batchnorm" not in text.lower()
     lm = run(
         tmp_path,
@@ -52,7 +56,7 @@ def test_the_header_describes_the_data_actually_used(tmp_path):
     text = summary(lm)
     assert "test sequences of 16 characters" in text
     assert "label noise" not in text.lower() and "batchnorm" not in text.lower()
-    assert "switch every" not in text and "SWA from" not in text  # methods not in the run
+    assert "Switching:" not in text and "SWA:" not in text  # methods not in the run
 
 
 def test_warnings_say_what_a_run_cannot_show(tmp_path):
@@ -60,7 +64,8 @@ def test_warnings_say_what_a_run_cannot_show(tmp_path):
     text = summary(folder)
     warnings = text.split("## Warnings", 1)[1].split("\n\n", 2)[1]
     assert "The EMA with decay 0.99 averages over about 100 optimizer steps" in warnings
-    assert "longer than the whole run (15 steps)" in warnings and "86%" in warnings
+    # 40 training examples after the validation split: 4 steps per epoch
+    assert "longer than the whole run (12 steps)" in warnings and "89%" in warnings
     assert "sema never switched (--switch-start 5 is at or after the last epoch (3))" in warnings
     assert "SWA averaged only the last epoch-end model" in warnings
     assert not any(r.get("switched") for r in map(json.loads, open(folder / "metrics.jsonl")))
@@ -105,6 +110,6 @@ def test_the_columns_are_explained_once(tmp_path):
     legend = text.split("## Columns", 1)[1]
     for needle in ("**churn (%)**", "**JS (×1e-3)**", "**ECE-15 (%)**", "**ECE-100 mass (%)**"):
         assert text.count(needle) == 1 and needle in legend
-    assert "| test acc at lowest test loss (%) |" in text
+    assert "| test acc (%) at the lowest val loss |" in text
     assert main(["report", str(tmp_path / "cols")]) == 0
     assert np.isfinite(len(text))

@@ -34,7 +34,16 @@ CIFAR_TASKS = ("cifar10-resnet", "cifar100-resnet")
 # Tasks whose data (and so split) changes with the seed; charlm's text split is contiguous.
 SEEDED_SPLIT = [name for name in SMALL_OPTIONS if name != "charlm"]
 
-DEFAULT_KEYS = {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "nesterov"}
+DEFAULT_KEYS = {
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "momentum",
+    "nesterov",
+    "data_seed",
+}
 
 
 def _expected_output_shape(data: TaskData, n: int) -> tuple[int, ...]:

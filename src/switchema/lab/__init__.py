@@ -2,9 +2,10 @@
 
 One way through, each step importing only what is below it::
 
-    cli -> flags (settings -> StudyConfig) -> resolve (-> Study, once)
+    cli -> flags (settings -> StudyConfig, each field a Setting) -> resolve (-> Study, once)
         -> runner (preflight checks; compare: one cell; sweep: a grid of cells)
-        -> jobs / executors (progress) -> train.train_run -> methods (EMA, SWA, SwitchRule)
+        -> jobs / executors (progress; data with its validation split) -> train.train_run
+        -> methods (EMA, SWA, SwitchRule: every averaging setting through averager_options)
 
 and, reading saved folders only, ``state`` (which jobs are done, failed, running or
 interrupted), ``report`` (tables, plots, exports, diff, the claims table and the results

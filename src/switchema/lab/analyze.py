@@ -31,6 +31,7 @@ from ..analysis import sharpness as S
 from ..analysis.distance import solution_distance
 from .config import StudyConfig
 from .errors import MissingFileError, NoResultsError, UsageError
+from .jobs import build_study_data
 from .preflight import check_writable
 from .report import Figures, load_run, main_label, write_analysis_report
 from .resolve import resolve
@@ -87,10 +88,8 @@ class _Subject:
             raise NoResultsError(f"{run} holds no finished models to analyze: {_why(run)}")
         study = resolve(StudyConfig.from_dict(config["config"]))
         self.config, cfg = study.config, study.config
-        data = study.task.build_data(cfg.data_seed, **cfg.data_options)
-        y_train = (
-            torch.as_tensor(arrays["data/y_train"]) if "data/y_train" in arrays else data.y_train
-        )
+        # the training data as the run trained on it (labels flipped, validation held out)
+        data, y_train, _ = build_study_data(study)
         self.kind, self.n_train = data.kind, data.n_train
         self.metric_fn = _accuracy if data.kind == "classification" else None
         self.train_b = _batches(data.x_train, y_train, samples, batch_size)

@@ -20,118 +20,32 @@ names older run folders used).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .._checks import is_int, is_real
 from .._profiles import SIGMA_REL_MAX
-from ..schedules import DecaySchedule
-from ..switching import SwitchRule, parse_interval
+from ..schedules import DecaySchedule, LinearWarmup
+from ..switching import SwitchRule
 from .errors import ConfigError
+from .setting import ALWAYS, Setting, setting
 from .tasks import Task, get_task
+from .units import Duration, parse_duration
 
-__all__ = ["SETTINGS", "ALIASES", "Setting", "StudyConfig", "Study", "resolve_device"]
-
-TASK_DEFAULT = "the task's recommended value (see `switchema tasks`)"
-KINDS = ("str", "int", "float", "bool", "interval", "options")
-_EXPECTED = {
-    "int": "an int",
-    "float": "a number",
-    "bool": "true/false",
-    "str": "a string",
-    "interval": "a string",
-    "options": "a table of option = value",
-}
-
-
-@dataclass(frozen=True)
-class Setting:
-    """What one field of :class:`StudyConfig` is (its metadata)."""
-
-    help: str
-    kind: str  # one value's type: see KINDS ("interval": '1', '5e', '50s'; "options": a dict)
-    unit: str = ""
-    choices: tuple[str, ...] = ()  # allowed values of a "str" setting (empty: checked elsewhere)
-    minimum: float | None = None
-    maximum: float | None = None
-    max_open: bool = False  # the maximum itself is not allowed
-    several: bool = False  # takes one value or several at once (a tuple)
-    per_cell: bool = False  # a sweep compares (methods) or repeats (seeds) them in every cell
-    task_default: bool = False  # None means the task's recommended value
-    optional: bool = False  # None is allowed (set when the default is None)
-    methods: tuple[str, ...] | None = None  # the methods it affects (None: every method)
-    aliases: tuple[str, ...] = ()  # other names, in grid files and older run folders
-    flag: str | None = None  # the command-line flag, if not --name-with-dashes
-    label: str | None = None  # how messages name it, if not by its name
-    requirement: str | None = None  # what messages say is allowed, if not generated
-    # A setting added after run folders existed, whose default reproduces what runs did
-    # before it: left out of job keys at its default, so those runs still resume.
-    in_key_at_default: bool = True
-
-    def type_ok(self, value: Any) -> bool:
-        """Whether one value has the right type (``None`` where the default is the task's)."""
-        if value is None:
-            return self.optional
-        return {
-            "int": is_int,
-            "float": is_real,
-            "bool": lambda v: isinstance(v, bool),
-            "str": lambda v: isinstance(v, str),
-            "interval": lambda v: isinstance(v, str) or is_int(v),
-            "options": lambda v: isinstance(v, Mapping),
-        }[self.kind](value)
-
-    @property
-    def expected(self) -> str:
-        return _EXPECTED[self.kind]
-
-    def describe(self) -> str:
-        """What is allowed, for messages and help: 'a positive int', 'one of ...', ..."""
-        if self.requirement:
-            return self.requirement
-        if self.choices:
-            return f"one of {self.choices}"
-        if self.kind == "int":
-            if self.minimum == 1:
-                return "a positive int"
-            return "a non-negative int" if self.minimum == 0 else "an int"
-        if self.kind == "float" and self.minimum is not None:
-            if self.maximum is not None:
-                return f"in [{self.minimum:g}, {self.maximum:g}{')' if self.max_open else ']'}"
-            return f">= {self.minimum:g}"
-        return self.expected
-
-    def problem(self, name: str, value: Any) -> str | None:
-        """What is wrong with one value of this setting, or None (type, range, choices)."""
-        label = self.label or name
-        if self.kind == "interval":
-            try:
-                parse_interval(value)
-            except ValueError as e:
-                return str(e)
-            return None
-        ok = self.type_ok(value)
-        if ok and value is not None and self.kind in ("int", "float"):
-            ok = (self.minimum is None or value >= self.minimum) and (
-                self.maximum is None
-                or value < self.maximum
-                or (not self.max_open and value == self.maximum)
-            )
-        if ok and value is not None and self.choices:
-            ok = value in self.choices
-        return None if ok else f"{label} must be {self.describe()}, got {value!r}"
-
-
-def setting(default: Any, **meta: Any) -> Any:
-    """A :class:`StudyConfig` field with ``default`` and a :class:`Setting` as its metadata."""
-    info = Setting(**meta, optional=default is None)
-    if isinstance(default, dict):
-        return field(default_factory=dict, metadata={"setting": info})
-    return field(default=default, metadata={"setting": info})
-
+__all__ = [
+    "ALIASES",
+    "ALWAYS",
+    "SETTINGS",
+    "Duration",
+    "Setting",
+    "Study",
+    "StudyConfig",
+    "resolve_device",
+]
 
 _AVERAGING = ("ema", "sema", "sema-openmixup")
 #: Post-hoc EMA widths evaluated by default: from very short to the widest (uniform) profile.
@@ -143,7 +57,7 @@ _SWITCHING = ("sema", "sema-openmixup")
 class StudyConfig:
     """Everything that determines a study's numbers; saved as ``config.json``.
 
-    ``data_seed`` fixes the data set, its train/test split and the flipped labels; ``seeds``
+    ``data_seed`` fixes the data set, its train/validation/test split and the flipped labels; ``seeds``
     vary the initial weights and the batch order. ``None`` for a training setting means the
     task's recommended default. Lists are kept as tuples (``decay=0.99`` is ``(0.99,)``).
     """
@@ -163,7 +77,7 @@ class StudyConfig:
         aliases=("method",),
     )
     seeds: tuple[int, ...] = setting(
-        (0, 1, 2),
+        (0, 1, 2, 3, 4),
         kind="int",
         several=True,
         per_cell=True,
@@ -210,7 +124,7 @@ class StudyConfig:
         label="lr final",
         requirement="a fraction in [0, 1]",
         help="where the cosine schedule ends (0: at zero; 1: a constant rate)",
-        in_key_at_default=False,
+        before=0.0,
     )
     warmup_epochs: int = setting(
         0, kind="int", minimum=0, unit="epochs", help="linear learning-rate warm-up"
@@ -222,7 +136,7 @@ class StudyConfig:
         minimum=0.0,
         maximum=1.0,
         max_open=True,
-        unit="per optimizer step",
+        unit="per averaging update (one every --ema-update-every optimizer steps)",
         methods=_AVERAGING,
         help="EMA decay(s), the old average's weight; several are kept in parallel (ema only)",
         aliases=("decays",),
@@ -233,7 +147,66 @@ class StudyConfig:
         choices=("none", "ema_paper", "power", "linear"),
         methods=("ema", "sema"),
         label="EMA warm-up",
-        help="EMA decay warm-up schedule",
+        help="EMA decay warm-up: 'ema_paper' min(d, (1+t)/(10+t)), 'power' (timm), 'linear' "
+        "from --ema-warmup-ratio x d to d over --ema-warmup-length (the official Switch EMA "
+        "code's; sema-openmixup always uses it, from 0.9 x d over 5 epochs)",
+    )
+    ema_warmup_length: str = setting(
+        "1000s",
+        kind="duration",
+        unit="'5e': epochs, '1000s': optimizer steps",
+        methods=("ema", "sema"),
+        requires=("ema_warmup", ("linear",)),
+        label="EMA warm-up length",
+        help="length of the linear EMA warm-up (counted in averaging updates: with "
+        "--ema-update-every N, the steps / N updates in it)",
+        before="1000s",
+    )
+    ema_warmup_ratio: float = setting(
+        0.9,
+        kind="float",
+        minimum=0.0,
+        maximum=1.0,
+        methods=("ema", "sema"),
+        requires=("ema_warmup", ("linear",)),
+        label="EMA warm-up ratio",
+        help="the linear EMA warm-up starts at this fraction of the decay",
+        before=0.9,
+    )
+    ema_start: str = setting(
+        "0",
+        kind="duration",
+        unit="'6e': epochs, '500s': optimizer steps",
+        methods=_AVERAGING,
+        label="EMA start",
+        help="the EMA's start_step: until then the average copies the model (so it starts from "
+        "the weights reached there); warm-ups count from it",
+        before="0",
+    )
+    ema_update_every: int = setting(
+        1,
+        kind="int",
+        minimum=1,
+        unit="optimizer steps",
+        methods=_AVERAGING,
+        label="EMA update interval",
+        help="the EMA averages every N optimizer steps and --decay is per averaging update, as "
+        "in the EMA paper (updates every 16 steps, decays 0.968 ... 0.998): the window is "
+        "about N / (1 - decay) steps",
+        aliases=("update_every",),
+        before=1,
+    )
+    buffers: str = setting(
+        "copy",
+        kind="str",
+        choices=("copy", "average", "skip"),
+        methods=(*_AVERAGING, "swa"),
+        label="buffer policy",
+        help="what an average does with the model's buffers (BatchNorm running statistics): "
+        "'copy' the model's (the official Switch EMA code), 'average' them as the weights, or "
+        "'skip' them (evaluated with the initial model's); recomputed BatchNorm statistics "
+        "(--bn-recompute, always for SWA) replace them either way",
+        before="copy",
     )
     switch_every: str = setting(
         "1",
@@ -263,17 +236,21 @@ class StudyConfig:
         requirement="a fraction of training in [0, 1)",
         help="SWA averages the epoch ends after this fraction of training",
     )
+    swa_every: str = setting(
+        "1e",
+        kind="interval",
+        unit="'1e': epochs, '50s': optimizer steps",
+        methods=("swa",),
+        label="swa interval",
+        help="SWA adds the weights to its average every this many epochs (at epoch ends) or "
+        "steps, from --swa-start on",
+        before="1e",
+    )
     reset_optimizer: bool = setting(
         False,
         kind="bool",
         methods=_SWITCHING,
         help="clear the optimizer state (momentum, Adam moments) of switched parameters at each switch",
-    )
-    bn_recompute: bool = setting(
-        True,
-        kind="bool",
-        methods=(*_AVERAGING, "posthoc"),
-        help="recompute BatchNorm statistics for averaged models before evaluating (always for SWA)",
     )
     posthoc_sigma_rel: tuple[float, ...] = setting(
         (0.05, 0.10),
@@ -320,6 +297,12 @@ class StudyConfig:
         requirement=f"relative widths in (0, {SIGMA_REL_MAX:.4f}]",
         help="widths also tracked directly during training, to check the synthesis against",
     )
+    bn_recompute: bool = setting(
+        True,
+        kind="bool",
+        methods=(*_AVERAGING, "posthoc"),
+        help="recompute BatchNorm statistics for averaged models before evaluating (always for SWA)",
+    )
     label_noise: float = setting(
         0.0,
         kind="float",
@@ -331,8 +314,29 @@ class StudyConfig:
         requirement="a fraction in [0, 1)",
         help="fraction of training labels flipped",
     )
-    data_seed: int = setting(
-        0, kind="int", minimum=0, help="seed of the data set, its split and the flipped labels"
+    data_seed: int | None = setting(
+        None,
+        kind="int",
+        minimum=0,
+        task_default=True,
+        help="seed of the data set, its train/validation/test split and the flipped labels "
+        "(default: the task's canonical data set, e.g. 42 for MNIST-1D, the mnist1d package's "
+        "own; config.json records the number)",
+    )
+    val_fraction: float = setting(
+        0.2,
+        kind="float",
+        minimum=0.0,
+        maximum=1.0,
+        max_open=True,
+        unit="fraction of the training data",
+        label="validation fraction",
+        requirement="a fraction in [0, 1)",
+        help="held out of the training data as a validation split (stratified by class, fixed "
+        "by the data seed; its labels are the training labels, noisy with --label-noise), on "
+        "which every choice after seeing results is made: the early-stopping epoch, the best "
+        "decay, the temperature. 0: no split (choices then use the test set, marked oracle)",
+        before=0.0,
     )
     data_options: dict[str, Any] = setting(
         {}, kind="options", flag="--data-opt", help="task data option, e.g. n_total=2000"
@@ -366,10 +370,12 @@ class StudyConfig:
                     value = tuple(float(v) if is_real(v) else v for v in value)
             elif s.kind == "float" and is_real(value):
                 value = float(value)
-            elif s.kind == "interval" and is_int(value):
+            elif s.kind in ("interval", "duration") and is_int(value):
                 value = str(value)
             elif s.kind == "options" and isinstance(value, Mapping):
                 value = dict(value)
+            if s.kind == "duration" and s.problem(name, value) is None:
+                value = parse_duration(value).text  # one spelling: '0s' and '0' are one job
             object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
@@ -382,8 +388,21 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "settings") -> StudyConfig:
-        """Read settings written by :meth:`to_dict`, or by older versions (aliases)."""
-        return cls(**canonical_keys(d, source))
+        """Read settings written by :meth:`to_dict`, or by older versions: older names
+        (aliases) are read, and a setting added since reads as the value those versions used
+        (``Setting.before``: an older run folder had no validation split)."""
+        keys = canonical_keys(d, source)
+        missing = {
+            name: s.before
+            for name, s in SETTINGS.items()
+            if name not in keys and s.before is not ALWAYS
+        }
+        return cls(**keys, **missing)
+
+    def applies(self, name: str) -> bool:
+        """Whether setting ``name`` has an effect given the others (``Setting.requires``)."""
+        need = SETTINGS[name].requires
+        return need is None or getattr(self, need[0]) in need[1]
 
     def replace(self, **changes: Any) -> StudyConfig:
         return dataclasses.replace(self, **changes)
@@ -445,11 +464,25 @@ class Study:
     config: StudyConfig  # every setting, task defaults filled in (what config.json holds)
     task: Task
     switch: SwitchRule  # switch_every, switch_start, reset_optimizer
-    ema_warmup: DecaySchedule | None  # None: no warm-up
+    # None: no warm-up. A linear warm-up's length is known once the run knows its steps per
+    # epoch (it may be given in epochs): use warmup_schedule(), which sets it.
+    ema_warmup: DecaySchedule | None
+    ema_start: Duration = Duration(0)
+    ema_warmup_length: Duration = Duration(1000, "steps")
 
     @property
     def device(self) -> torch.device:
         return resolve_device(self.config.device)
+
+    def warmup_schedule(self, steps_per_epoch: int) -> DecaySchedule | None:
+        """The EMA's decay warm-up for a run of ``steps_per_epoch``: a linear warm-up of
+        ``ema_warmup_length`` optimizer steps lasts that many / ``ema_update_every``
+        averaging updates (the count the schedule runs on), at least one."""
+        if not isinstance(self.ema_warmup, LinearWarmup):
+            return self.ema_warmup
+        steps = self.ema_warmup_length.steps(steps_per_epoch)
+        updates = max(1, math.ceil(steps / self.config.ema_update_every))
+        return dataclasses.replace(self.ema_warmup, steps=updates)
 
     def __getstate__(self) -> dict[str, Any]:
         state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -40,7 +40,7 @@ __all__ = [
     "run_options_from_flags",
 ]
 
-_TYPES = {"int": int, "float": float, "str": str, "interval": str}
+_TYPES = {"int": int, "float": float, "str": str, "interval": str, "duration": str}
 
 
 def key_value(text: str) -> tuple[str, object]:
@@ -65,6 +65,8 @@ def _bool(text: str) -> bool:
 
 
 def _default_text(name: str, s: Setting, default: Any) -> str:
+    if name == "data_seed":
+        return "default: the task's canonical data set (see `switchema tasks`)"
     if s.task_default:
         return "default: the task's recommended value (see `switchema tasks`)"
     if name == "threads":
@@ -89,6 +91,10 @@ def _help(name: str, s: Setting, default: Any, sweep: bool) -> str:
         )
     if s.methods:
         parts.append(f"for {', '.join(s.methods)}")
+    if s.requires:
+        other, values = s.requires
+        flag = "--" + other.replace("_", "-")
+        parts.append(f"with {' or '.join(f'{flag} {v}' for v in values)}")
     if sweep and s.per_cell:
         parts.append("in every cell")
     elif sweep and s.kind != "options":

@@ -38,11 +38,11 @@ from .checkpoint import (
     read_jsonl,
     save_checkpoint,
 )
-from .config import SETTINGS, Study, StudyConfig
+from .config import ALWAYS, SETTINGS, Study
 from .errors import UsageError
 from .lock import FolderLock
 from .methods import share_trajectories
-from .tasks import apply_label_noise
+from .tasks import apply_label_noise, split_validation
 from .train import train_run
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "job_results",
     "epochs_done",
     "close_status",
+    "build_study_data",
     "prepare_data",
 ]
 
@@ -93,16 +94,20 @@ def job_key(study: Study, methods: list[str], seed: int) -> dict[str, Any]:
 
     A method-specific setting (one whose metadata names the methods it affects) counts only
     if one of ``methods`` uses it, so e.g. the baseline's job is the same for every switch
-    interval.
+    interval; a setting that does not apply given the others (``Setting.requires``: a
+    warm-up's length without that warm-up) does not count; and a setting added since run
+    folders were first written counts only when it differs from the value they used
+    (``Setting.before``), so an older folder's jobs keep their ids.
     """
-    full = study.config.to_dict()
+    cfg = study.config
+    full = cfg.to_dict()
     full["methods"], full["seeds"] = list(methods), [seed]
-    defaults = StudyConfig().to_dict()
     return {
         _KEY_NAMES.get(name, name): value
         for name, value in full.items()
         if (SETTINGS[name].methods is None or any(m in SETTINGS[name].methods for m in methods))
-        and (SETTINGS[name].in_key_at_default or value != defaults[name])
+        and cfg.applies(name)
+        and not (SETTINGS[name].before is not ALWAYS and value == SETTINGS[name].before)
     }
 
 
@@ -124,29 +129,45 @@ def study_jobs(study: Study) -> list[Job]:
     ]
 
 
-def _build_data(study: Study):
+def build_study_data(study: Study):
+    """The data a study trains on: ``(data, y_train, flipped)``.
+
+    The task's data set for ``data_seed``; with label noise, a fraction of the training labels
+    flipped (``y_train``, and the mask ``flipped``); with ``val_fraction``, a validation split
+    carved from the training data after the flips (so its labels are noisy too), all fixed by
+    the data seed.
+    """
     cfg = study.config
     data = study.task.build_data(cfg.data_seed, **cfg.data_options)
     y_train, flipped = data.y_train, None
     if cfg.label_noise:
         gen = torch.Generator().manual_seed(20_000 + cfg.data_seed)
         y_train, flipped = apply_label_noise(data.y_train, cfg.label_noise, data.num_classes, gen)
-    return data, y_train, flipped
+    return split_validation(data, y_train, flipped, cfg.val_fraction, cfg.data_seed)
 
 
 _DATA: dict[str, Any] = {}  # the two data sets used last in this process
 
 
 def prepare_data(study: Study):
-    """The data set, training labels (noisy if asked) and mask of flipped labels of ``study``.
+    """The data set, training labels (noisy if asked) and mask of flipped labels of ``study``
+    (:func:`build_study_data`).
 
     One data set for all seeds, fixed by ``data_seed``; cached per process, so the jobs a
     worker runs build it once.
     """
     cfg = study.config
-    key = repr((cfg.task, cfg.data_seed, sorted(cfg.data_options.items()), cfg.label_noise))
+    key = repr(
+        (
+            cfg.task,
+            cfg.data_seed,
+            sorted(cfg.data_options.items()),
+            cfg.label_noise,
+            cfg.val_fraction,
+        )
+    )
     if key not in _DATA:
-        _DATA[key] = _build_data(study)
+        _DATA[key] = build_study_data(study)
     _DATA[key] = _DATA.pop(key)  # most recently used last
     while len(_DATA) > 2:
         _DATA.pop(next(iter(_DATA)))

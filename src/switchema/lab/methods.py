@@ -14,13 +14,18 @@ there is no second implementation of EMA here. The training loop
   test is inverted, so at the end of epoch ``e`` (1-based) it switches when
   ``e % switch_every != 0``; with ``switch_every=1`` it never switches (plain EMA). It uses the
   official linear decay warm-up from ``0.9 * decay`` over the first 5 epochs.
-* ``swa``: uniform average of the weights at epoch ends from a fraction of training on;
-  BatchNorm statistics recomputed for the averaged model.
+* ``swa``: uniform average of the weights at epoch ends (or every ``swa_every``) from a
+  fraction of training on; BatchNorm statistics recomputed for the averaged model.
 * ``posthoc``: post-hoc EMA (Karras et al., EDM2): two power-function EMAs are tracked and
   snapshotted during training; after the last epoch, the EMA of every width of
   ``posthoc_grid`` is synthesised from the snapshots and evaluated (``posthoc@<width>``). The
   widths of ``posthoc_check`` are also tracked directly (``tracked@<width>``), to check the
   synthesis against.
+
+Every averaging setting reaches the averager through :func:`averager_options`: the EMA's
+warm-up (kind, length, ratio), ``start_step`` (``ema_start``), ``update_every``
+(``ema_update_every``; the decay is per averaging update) and buffer policy, and SWA's start,
+interval and buffer policy.
 
 :data:`SPECS` holds the facts: whether a method changes the weights being trained (methods
 that do not share one training run per seed, :func:`share_trajectories`), whether it keeps a
@@ -30,6 +35,7 @@ of its methods uses it, as each setting's metadata in :mod:`switchema.lab.config
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -42,7 +48,7 @@ from ..averaging import EMA, SWA, WeightAverager
 from ..posthoc import MemoryStore, synthesize
 from ..power import PowerEMA
 from ..schedules import DecaySchedule, LinearWarmup
-from ..switching import Interval, SwitchRule
+from ..switching import Interval, SwitchRule, parse_interval
 from .config import SETTINGS, Study
 from .errors import ConfigError
 
@@ -53,6 +59,7 @@ __all__ = [
     "Method",
     "MethodSpec",
     "PosthocMethod",
+    "averager_options",
     "build_method",
     "check_methods",
     "decay_problems",
@@ -278,37 +285,54 @@ def _posthoc(model: nn.Module, study: Study, steps_per_epoch: int) -> PosthocMet
     )
 
 
-def _ema(model: nn.Module, decay: Any, warmup: DecaySchedule | None) -> EMA:
-    return EMA(model, decay=decay, warmup=warmup)
+def averager_options(name: str, study: Study, steps_per_epoch: int) -> dict[str, Any]:
+    """The keywords of method ``name``'s :class:`~switchema.EMA` or :class:`~switchema.SWA`
+    that the settings give, in optimizer steps (durations in epochs converted)."""
+    cfg = study.config
+    if name == "swa":
+        every = parse_interval(cfg.swa_every)
+        return {
+            # the classic recipe by default: one model per epoch end from swa_start on
+            "start_step": int(round(cfg.swa_start * cfg.epochs)) * steps_per_epoch,
+            "update_every": every.n * (steps_per_epoch if every.unit == "epochs" else 1),
+            "buffers": cfg.buffers,
+        }
+    if name == "sema-openmixup":
+        # the official warm-up, linear from 0.9 * decay over the first 5 epochs of steps
+        updates = max(1, math.ceil(5 * steps_per_epoch / cfg.ema_update_every))
+        warmup: DecaySchedule | None = LinearWarmup(steps=updates, ratio=0.9)
+    else:
+        warmup = study.warmup_schedule(steps_per_epoch)
+    return {
+        "warmup": warmup,
+        "start_step": study.ema_start.steps(steps_per_epoch),
+        "update_every": cfg.ema_update_every,
+        "buffers": cfg.buffers,
+    }
 
 
 def build_method(name: str, model: nn.Module, study: Study, steps_per_epoch: int) -> Method:
     """Create the averager of method ``name`` on ``model`` (see the module docstring)."""
-    cfg = study.config
-    decay = cfg.decay
+    decay = study.config.decay
     if name == "baseline":
         return Method(name, None, [])
-    if name == "swa":
-        start = int(round(cfg.swa_start * cfg.epochs)) * steps_per_epoch
-        # One model per epoch end, the classic SWA recipe: update() averages when
-        # (step - start) is a multiple of steps_per_epoch.
-        swa = SWA(model, start_step=start, update_every=steps_per_epoch)
-        return Method(name, swa, ["avg"])
-    labels = ["avg"] if len(decay) == 1 else [f"avg@{d:g}" for d in decay]
-    if name == "ema":
-        return Method(name, _ema(model, tuple(decay), study.ema_warmup), labels)
-    if name == "sema":
-        return Method(name, _ema(model, decay[0], study.ema_warmup), labels, study.switch)
+    if name not in SPECS:
+        raise ConfigError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
     if name == "posthoc":
         return _posthoc(model, study, steps_per_epoch)
-    if name == "sema-openmixup":
-        # the official warm-up, linear from 0.9 * decay over the first 5 epochs, and the
-        # official hook's interval, always in epochs
-        warmup = LinearWarmup(steps=5 * steps_per_epoch, ratio=0.9)
-        rule = SwitchRule(
-            Interval(study.switch.every.n, "epochs"),
-            start_epoch=study.switch.start_epoch,
-            reset_optimizer=study.switch.reset_optimizer,
-        )
-        return Method(name, _ema(model, decay[0], warmup), labels, rule, openmixup=True)
-    raise ConfigError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
+    options = averager_options(name, study, steps_per_epoch)
+    if name == "swa":
+        return Method(name, SWA(model, **options), ["avg"])
+    labels = ["avg"] if len(decay) == 1 else [f"avg@{d:g}" for d in decay]
+    if name == "ema":
+        return Method(name, EMA(model, decay=tuple(decay), **options), labels)
+    ema = EMA(model, decay=decay[0], **options)
+    if name == "sema":
+        return Method(name, ema, labels, study.switch)
+    # sema-openmixup: the official hook's interval, always in epochs
+    rule = SwitchRule(
+        Interval(study.switch.every.n, "epochs"),
+        start_epoch=study.switch.start_epoch,
+        reset_optimizer=study.switch.reset_optimizer,
+    )
+    return Method(name, ema, labels, rule, openmixup=True)

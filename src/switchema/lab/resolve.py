@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..schedules import resolve_schedule
+from ..schedules import DecaySchedule, LinearWarmup, resolve_schedule
 from ..switching import SwitchRule
 from .config import SETTINGS, Setting, Study, StudyConfig
 from .errors import ConfigError, UsageError
 from .methods import check_methods, decay_problems
 from .tasks import Task, get_task
+from .units import parse_duration
 
 __all__ = ["resolve"]
 
@@ -54,8 +55,18 @@ def resolve(config: StudyConfig) -> Study:
             start_epoch=config.switch_start,
             reset_optimizer=config.reset_optimizer,
         ),
-        ema_warmup=None if config.ema_warmup == "none" else resolve_schedule(config.ema_warmup),
+        ema_warmup=_warmup(config),
+        ema_start=parse_duration(config.ema_start),
+        ema_warmup_length=parse_duration(config.ema_warmup_length),
     )
+
+
+def _warmup(config: StudyConfig) -> DecaySchedule | None:
+    if config.ema_warmup == "none":
+        return None
+    if config.ema_warmup == "linear":  # its length: Study.warmup_schedule(steps_per_epoch)
+        return LinearWarmup(ratio=config.ema_warmup_ratio)
+    return resolve_schedule(config.ema_warmup)
 
 
 def _value_problems(name: str, s: Setting, value: Any) -> list[str]:

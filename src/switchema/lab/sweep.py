@@ -31,11 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import SETTINGS, Study, StudyConfig, canonical_keys
+from .config import ALWAYS, SETTINGS, Study, StudyConfig, canonical_keys
 from .errors import ConfigError, MissingDependencyError, MissingFileError
 from .resolve import resolve
 
 __all__ = ["Grid", "Cell", "load_grid_file", "parse_grid", "expand_grid", "cell_name"]
+
+#: 2: settings left out of a saved grid take today's defaults (1: the values before they existed)
+GRID_FORMAT = 2
 
 # Short names in cell folders.
 _SHORT = {"task": "", "switch_every": "every", "label_noise": "noise", "weight_decay": "wd"}
@@ -49,14 +52,20 @@ class Grid:
     axes: dict[str, list[Any]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"fixed": self.fixed, "axes": self.axes}
+        return {"fixed": self.fixed, "axes": self.axes, "format": GRID_FORMAT}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Grid:
-        """A grid saved by :meth:`to_dict` (also by older versions, under older names)."""
-        return cls(
-            canonical_keys(d["fixed"], "saved grid"), canonical_keys(d["axes"], "saved grid")
-        )
+        """A grid saved by :meth:`to_dict`, also by older versions: under older names, and
+        (format 1) without the settings added since, which then take the value those versions
+        used (``Setting.before``), so an older sweep resumes with its own jobs."""
+        fixed = canonical_keys(d["fixed"], "saved grid")
+        axes = canonical_keys(d["axes"], "saved grid")
+        if d.get("format", 1) < GRID_FORMAT:
+            for name, s in SETTINGS.items():
+                if s.before is not ALWAYS and name not in fixed and name not in axes:
+                    fixed[name] = s.before
+        return cls(fixed, axes)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 For each seed, every method starts from the same initial weights and sees the same batches in
 the same order, so differences between methods are paired by seed. Each epoch the online model
-and every averaged model are evaluated on the training and test sets (:func:`evaluate_epoch`);
+and every averaged model are evaluated on the training, validation and test sets
+(:func:`evaluate_epoch`);
 at the epoch's end everything needed to continue is handed to ``checkpoint``
 (:func:`checkpoint_state`), and a state given back as ``resume`` continues bit for bit.
 """
@@ -26,7 +27,7 @@ from .config import Study, StudyConfig
 from .methods import Method, build_method, check_shared
 from .tasks import TaskData, task_loss
 
-__all__ = ["DivergedError", "train_run", "evaluate", "data_arrays"]
+__all__ = ["DivergedError", "train_run", "evaluate", "data_arrays", "temperature_scaled"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -51,6 +52,12 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     methods: list[Method]
     order: torch.Generator
+    # the buffers of the initial model, for averages whose buffer policy is "skip"
+    initial_buffers: dict[str, torch.Tensor] = field(init=False)
+
+    def __post_init__(self) -> None:
+        buffers = self.eval_model.named_buffers()
+        self.initial_buffers = {name: b.detach().clone() for name, b in buffers}
 
 
 @dataclass
@@ -188,9 +195,12 @@ def evaluate_epoch(
 ) -> None:
     """Evaluate the online model and every average; after the last epoch keep the results.
 
-    Rows go to ``out.rows`` (one per method and model); after the last epoch the final test
-    probabilities (and decision-boundary grids of 2-D tasks) go to ``out.arrays`` and the
-    evaluated weights, BatchNorm statistics included, to ``out.states``.
+    Rows go to ``out.rows`` (one per method and model); after the last epoch the rows also
+    hold the temperature fitted on validation and the test ECE after scaling
+    (:func:`temperature_scaled`), the final test and validation probabilities (and
+    decision-boundary grids of 2-D tasks) go to ``out.arrays`` (``probs/...``,
+    ``val_probs/...``) and the evaluated weights, BatchNorm statistics included, to
+    ``out.states``.
     """
     study, data, y_train, flipped = run.study, run.data, run.y_train, run.flipped
     model, eval_model = run.model, run.eval_model
@@ -199,6 +209,8 @@ def evaluate_epoch(
     bs = cfg.eval_batch_size
     online, probs = evaluate(model, data, y_train, bs, device, flipped)
     online["train_loss_running"] = running
+    if last:
+        online.update(temperature_scaled(probs, data))
     grid_pts = _grid(data)[2] if last and data.x_train.shape[1:] == (2,) else None
     online_grid = _grid_probs(model, grid_pts, bs, device)
     bn_batches = [
@@ -211,10 +223,13 @@ def evaluate_epoch(
         finals = {"online": (probs, online_grid)}
         for ev in method.evaluated(last):
             label = ev.label
-            eval_model.load_state_dict(ev.state)
+            # buffers the average skips are the initial model's (its "skip" policy)
+            eval_model.load_state_dict({**run.initial_buffers, **ev.state})
             if study.task.has_batchnorm and (cfg.bn_recompute or ev.always_recompute_bn):
                 recompute_bn(eval_model, bn_batches)
             avg_row, avg_probs = evaluate(eval_model, data, y_train, bs, device, flipped)
+            if last:
+                avg_row.update(temperature_scaled(avg_probs, data))
             out.rows.append({**base, "model": label, **avg_row, **ev.extra})
             finals[label] = (avg_probs, _grid_probs(eval_model, grid_pts, bs, device))
             if last:  # the evaluated weights, BatchNorm statistics included
@@ -222,8 +237,11 @@ def evaluate_epoch(
         if last:
             out.states[f"{method.name}/online/{seed}"] = _cpu_state(model)
             for label, (p, g) in finals.items():
-                if p is not None:
-                    out.arrays[f"probs/{method.name}/{label}/{seed}"] = p
+                for split, prefix in (("test", "probs"), ("val", "val_probs")):
+                    if split in p:
+                        out.arrays[f"{prefix}/{method.name}/{label}/{seed}"] = p[split].astype(
+                            np.float32
+                        )
                 if g is not None:
                     out.arrays[f"grid/{method.name}/{label}/{seed}"] = g
     if last:  # what a report needs of the data, so it never rebuilds the data set
@@ -293,37 +311,75 @@ def evaluate(
     bs: int,
     device: torch.device,
     flipped: torch.Tensor | None = None,
-) -> tuple[dict[str, float], np.ndarray | None]:
-    """Train and test metrics of ``model``; also the test probabilities for classifiers."""
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Train, test and (with a validation split) validation metrics of ``model``.
+
+    Returns the row and, for classifiers, the probabilities by split (``{"test": (n_test, C),
+    "val": (n_val, C)}``, float64). Validation metrics have the test metrics' names with the
+    prefix ``val_`` (``val_loss``, ``val_acc``, ``val_ece15``, ...).
+    """
     out_tr = _outputs(model, data.x_train, bs, device)
     out_te = _outputs(model, data.x_test, bs, device)
-    row: dict[str, float] = {
-        "train_loss": float(task_loss(data.kind, out_tr, y_train)),
-        "test_loss": float(task_loss(data.kind, out_te, data.y_test)),
-    }
-    if data.kind == "regression":
-        pred, target = out_te.reshape(-1).numpy(), data.y_test.reshape(-1).numpy()
-        row.update(test_mse=M.mse(pred, target), test_mae=M.mae(pred, target))
-        return row, None
-    if data.kind == "lm":
-        row.update(test_bpc=M.bits_per_char(row["test_loss"]))
-        return row, None
-    probs = torch.softmax(out_te, dim=1).double().numpy()
-    labels = data.y_test.numpy()
-    row.update(
-        train_acc=M.accuracy(out_tr.numpy(), y_train.numpy()),
-        test_acc=M.accuracy(probs, labels),
-        test_nll=M.nll(probs, labels),
-        ece15=M.ece(probs, labels, n_bins=15, scheme="width"),
-        ece100_mass=M.ece(probs, labels, n_bins=100, scheme="mass"),
-    )
+    row: dict[str, float] = {"train_loss": float(task_loss(data.kind, out_tr, y_train))}
+    test, probs = _split_metrics(data.kind, out_te, data.y_test, "test")
+    if data.kind == "classification":
+        row.update(train_acc=M.accuracy(out_tr.numpy(), y_train.numpy()))
+    row.update(test)
     if flipped is not None and bool(flipped.any()):
         pred_tr = out_tr.argmax(1)
         row["noisy_memorised"] = float((pred_tr[flipped] == y_train[flipped]).float().mean())
         row["noisy_true_recovered"] = float(
             (pred_tr[flipped] == data.y_train[flipped]).float().mean()
         )
-    return row, probs.astype(np.float32)
+    out = {"test": probs}
+    if data.x_val is not None:
+        out_val = _outputs(model, data.x_val, bs, device)
+        val, out["val"] = _split_metrics(data.kind, out_val, data.y_val, "val")
+        row.update(val)
+    return row, {k: v for k, v in out.items() if v is not None}
+
+
+def _split_metrics(
+    kind: str, out: torch.Tensor, y: torch.Tensor, split: str
+) -> tuple[dict[str, float], np.ndarray | None]:
+    """The metrics of one split (``"test"`` or ``"val"``) from the model's outputs; for
+    classifiers also the probabilities. The test set's calibration errors keep their old
+    names (``ece15``, ``ece100_mass``); the validation split's are ``val_ece15``, ..."""
+    row = {f"{split}_loss": float(task_loss(kind, out, y))}
+    if kind == "regression":
+        pred, target = out.reshape(-1).numpy(), y.reshape(-1).numpy()
+        row.update({f"{split}_mse": M.mse(pred, target), f"{split}_mae": M.mae(pred, target)})
+        return row, None
+    if kind == "lm":
+        row[f"{split}_bpc"] = M.bits_per_char(row[f"{split}_loss"])
+        return row, None
+    probs = torch.softmax(out, dim=1).double().numpy()
+    labels = y.numpy()
+    ece = "ece" if split == "test" else f"{split}_ece"
+    row.update(
+        {
+            f"{split}_acc": M.accuracy(probs, labels),
+            f"{split}_nll": M.nll(probs, labels),
+            f"{ece}15": M.ece(probs, labels, n_bins=15, scheme="width"),
+            f"{ece}100_mass": M.ece(probs, labels, n_bins=100, scheme="mass"),
+        }
+    )
+    return row, probs
+
+
+def temperature_scaled(probs: dict[str, np.ndarray], data: TaskData) -> dict[str, float]:
+    """Temperature scaling: ``T`` fitted on the validation predictions (lowest NLL), applied
+    to the test predictions; ``{"temperature", "ece15_ts", "ece100_mass_ts"}`` (empty without
+    validation probabilities). The predicted classes, hence accuracy, do not change."""
+    if "val" not in probs or "test" not in probs:
+        return {}
+    t = M.fit_temperature(probs["val"], data.y_val.numpy())
+    scaled, labels = M.scale_temperature(probs["test"], t), data.y_test.numpy()
+    return {
+        "temperature": t,
+        "ece15_ts": M.ece(scaled, labels, n_bins=15, scheme="width"),
+        "ece100_mass_ts": M.ece(scaled, labels, n_bins=100, scheme="mass"),
+    }
 
 
 def _grid(data: TaskData, n: int = 120) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
@@ -335,8 +391,11 @@ def _grid(data: TaskData, n: int = 120) -> tuple[np.ndarray, np.ndarray, torch.T
 
 
 def data_arrays(data: TaskData, y_train: torch.Tensor) -> dict[str, np.ndarray]:
-    """Labels (noisy training labels as trained on) and, for 2-D tasks, the points and plot grid."""
+    """Labels (noisy training labels as trained on; the validation labels, noisy alike) and,
+    for 2-D tasks, the points and plot grid."""
     out = {"data/y_train": y_train.numpy(), "data/y_test": data.y_test.numpy()}
+    if data.y_val is not None:
+        out["data/y_val"] = data.y_val.numpy()
     if data.x_train.shape[1:] == (2,):
         gx, gy, _ = _grid(data)
         out.update({"grid/x": gx, "grid/y": gy, "data/x_train": data.x_train.numpy()})

@@ -1,6 +1,7 @@
 """Tables and plots drawn from saved folders only; nothing here trains or computes a measure.
 
-* :mod:`.run`: a ``compare`` run folder (``summary.md``, curves, reliability, boundaries);
+* :mod:`.run`: a ``compare`` run folder read and summarised (p-values Holm-corrected);
+* :mod:`.summary`: its ``summary.md`` and plots (curves, reliability, boundaries);
 * :mod:`.sweep`, :mod:`.sweep_plots`: a sweep folder (``sweep.md``, ``sweep_<axis>.png``);
 * :mod:`.notes`: what ``summary.md`` says around its tables (data used, warnings, legend);
 * :mod:`.export`: ``metrics.csv`` and TensorBoard event files;
@@ -20,8 +21,9 @@ from .analysis import write_analysis_report
 from .diff import diff_runs
 from .export import CSV_COLUMNS, tensorboard_writer, write_csv, write_tensorboard
 from .nqm import write_nqm_report
-from .run import PRIMARY, has_results, load_run, main_label, summarise, write_report
+from .run import PRIMARY, has_results, load_run, main_label, summarise
 from .style import Figures
+from .summary import write_report
 from .sweep import write_sweep_report
 
 __all__ = [

@@ -70,6 +70,12 @@ def _settings_lines(ca: dict[str, Any], cb: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _chosen(summary: dict[str, Any]) -> str:
+    if summary["selected_on"] == "validation":
+        return "on validation"
+    return "oracle (test), no validation split"
+
+
 def _table(run_a: Path, run_b: Path) -> list[str]:
     ca, sa = _summary(run_a)
     cb, sb = _summary(run_b)
@@ -86,7 +92,8 @@ def _table(run_a: Path, run_b: Path) -> list[str]:
         *_settings_lines(ca, cb),
         "",
         f"Final and best-epoch {name}, {'higher' if higher else 'lower'} is better; mean ± "
-        f"sample std over seeds. Δ = B − A{d_unit}.",
+        f"sample std over seeds. Δ = B − A{d_unit}. Best epoch: each seed's epoch chosen on "
+        f"the validation split (A: {_chosen(sa)}, B: {_chosen(sb)}).",
         "",
         f"| method | model | A final | B final | Δ final{d_unit} [95% CI] | A best | B best "
         f"| Δ best{d_unit} [95% CI] |",

@@ -41,6 +41,17 @@ CSV_COLUMNS: dict[str, str] = {
     "test_mse": "regression: test mean squared error (standardised target)",
     "test_mae": "regression: test mean absolute error (standardised target)",
     "test_bpc": "language model: test bits per character",
+    "val_loss": "loss on the validation split (carved from the training data), nats",
+    "val_acc": "validation accuracy, fraction",
+    "val_nll": "validation negative log-likelihood, nats",
+    "val_ece15": "validation ECE, 15 equal-width bins, fraction",
+    "val_ece100_mass": "validation ECE, 100 equal-mass bins, fraction",
+    "val_mse": "regression: validation mean squared error (standardised target)",
+    "val_mae": "regression: validation mean absolute error (standardised target)",
+    "val_bpc": "language model: validation bits per character",
+    "temperature": "final epoch: the temperature fitted on the validation predictions",
+    "ece15_ts": "final epoch: test ECE (15 equal-width bins) after temperature scaling, fraction",
+    "ece100_mass_ts": "final epoch: test ECE (100 equal-mass bins) after temperature scaling",
     "train_time_s": "seconds of training in this epoch (not evaluation)",
 }
 

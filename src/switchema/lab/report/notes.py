@@ -15,11 +15,13 @@ import numpy as np
 
 from ...switching import Interval, SwitchRule, parse_interval
 from ..tasks import TASKS
+from ..units import parse_duration
 
 __all__ = [
     "MIN_SWA_MODELS",
     "data_sentence",
     "description",
+    "averaging_lines",
     "legend",
     "run_facts",
     "sema_keep_fraction",
@@ -61,9 +63,14 @@ def run_facts(config: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, i
     return {"steps_per_epoch": per_epoch, "total_steps": per_epoch * int(cfg["epochs"])}
 
 
-def swa_models(cfg: dict[str, Any]) -> int:
-    """Epoch-end models in SWA's average at the end (0: the average is the last model)."""
-    return int(cfg["epochs"]) - int(round(cfg["swa_start"] * cfg["epochs"]))
+def swa_models(cfg: dict[str, Any], steps_per_epoch: int = 0) -> int:
+    """Models in SWA's average at the end (0: the average is the last model); an interval
+    in steps needs ``steps_per_epoch``."""
+    every = parse_interval(cfg.get("swa_every", "1e"))
+    epochs = int(cfg["epochs"]) - int(round(cfg["swa_start"] * cfg["epochs"]))
+    if every.unit == "epochs":
+        return epochs // every.n
+    return epochs * steps_per_epoch // every.n
 
 
 def _rule(cfg: dict[str, Any], method: str) -> tuple[SwitchRule, bool]:
@@ -93,8 +100,13 @@ def _period_steps(cfg: dict[str, Any], steps_per_epoch: int) -> int:
     return every.n * (steps_per_epoch if every.unit == "epochs" else 1)
 
 
+def _every(cfg: dict[str, Any]) -> int:
+    """Optimizer steps per EMA averaging update."""
+    return int(cfg.get("ema_update_every", 1))
+
+
 def data_sentence(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
-    """``Data: 800 training / 200 test examples (data options n_total=1000).``"""
+    """``Data: 640 training / 160 validation / 200 test examples (...), data seed 42 (...).``"""
     cfg, kind = config["config"], config["task"]["kind"]
     y_train, y_test = arrays.get("data/y_train"), arrays.get("data/y_test")
     if y_train is None or y_test is None:
@@ -103,11 +115,26 @@ def data_sentence(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
         what = f"sequences of {y_train.shape[1]} characters"
     else:
         what = "examples"
-    text = f"Data: {len(y_train)} training / {len(y_test)} test {what}"
+    y_val = arrays.get("data/y_val")
+    val = "" if y_val is None else f"{len(y_val)} validation / "
+    text = f"Data: {len(y_train)} training / {val}{len(y_test)} test {what}"
     options = cfg.get("data_options") or {}
     if options:
         text += " (data options " + ", ".join(f"{k}={v}" for k, v in options.items()) + ")"
-    return text + f", data seed {cfg.get('data_seed', 0)}."
+    text += f", data seed {cfg.get('data_seed', 0)}"
+    known = TASKS.get(config["task"]["name"])
+    if known is not None and known.canonical_data and not options:
+        if cfg.get("data_seed") == known.defaults.get("data_seed"):
+            text += f" ({known.canonical_data})"
+    if y_val is not None:
+        stratified = "stratified by class, " if kind == "classification" else ""
+        noisy = ", noisy as the training labels" if cfg.get("label_noise") else ""
+        text += (
+            f". The validation split is {cfg['val_fraction']:.0%} of the training data "
+            f"({stratified}fixed by the data seed{noisy}); every choice after seeing results "
+            "is made on it, the test set only gives the final numbers"
+        )
+    return text + "."
 
 
 def description(config: dict[str, Any]) -> str:
@@ -139,15 +166,6 @@ def settings_sentence(
         + (f", {cfg['warmup_epochs']} warm-up epochs" if cfg.get("warmup_epochs") else "")
         + f"), batch {cfg['batch_size']}, weight decay {cfg['weight_decay']}"
     ]
-    if methods & {"ema", "sema", "sema-openmixup"}:
-        parts.append(f"EMA decay(s) {cfg['decay']} per step (warm-up {cfg['ema_warmup']})")
-    if methods & {"sema", "sema-openmixup"}:
-        parts.append(f"switch every {cfg['switch_every']} from epoch {cfg['switch_start']}")
-    if "swa" in methods:
-        parts.append(
-            f"SWA from {cfg['swa_start']:.0%} of training ({max(1, swa_models(cfg))} epoch-end "
-            f"model{'s' * (swa_models(cfg) > 1)})"
-        )
     if kind == "classification":
         parts.append(f"label noise {cfg['label_noise']:.0%}")
     if _has_batchnorm(config) and methods & {"ema", "sema", "sema-openmixup", "swa"}:
@@ -156,6 +174,80 @@ def settings_sentence(
     wall = f", wall time {timing['wall_s']:.0f} s" if timing else ""
     parts.append(f"torch {config['versions']['torch']} on {config['device']}{wall}")
     return ", ".join(parts) + "."
+
+
+_WARMUPS = {
+    "none": "no warm-up",
+    "ema_paper": "the EMA paper's warm-up min(d, (1 + t)/(10 + t)) over averaging updates t",
+    "power": "the power warm-up min(d, 1 - (1 + t)^(-2/3)) over averaging updates t",
+}
+
+
+def _swa_in_epochs(cfg: dict[str, Any]) -> bool:
+    return parse_interval(cfg.get("swa_every", "1e")).unit == "epochs"
+
+
+def _words(interval: str) -> str:
+    """``"1"`` -> ``"1 epoch"``, ``"50s"`` -> ``"50 steps"``."""
+    every = parse_interval(interval)
+    return f"{every.n} {every.unit[:-1] if every.n == 1 else every.unit}"
+
+
+def _warmup_text(cfg: dict[str, Any], spe: int) -> str:
+    """The EMA decay warm-up as run: kind, and for the linear one its ratio and length."""
+    if cfg["ema_warmup"] != "linear":
+        return _WARMUPS[cfg["ema_warmup"]]
+    length = parse_duration(cfg["ema_warmup_length"])
+    updates = max(1, -(-length.steps(spe) // _every(cfg))) if spe else None
+    return (
+        f"a linear warm-up from {cfg['ema_warmup_ratio']:g} × decay to the decay over {length}"
+        + (f" ({updates} averaging updates)" if updates else "")
+    )
+
+
+def averaging_lines(config: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """The averaging settings of this run's methods as they ran: decay per update, update
+    interval and window, warm-up (kind, length, ratio), start, buffer policy, switching, SWA."""
+    cfg, methods = config["config"], set(config["config"]["methods"])
+    spe = run_facts(config, rows)["steps_per_epoch"]
+    every, lines = _every(cfg), []
+    buffers = f"buffers: {cfg.get('buffers', 'copy')}"
+    if methods & {"ema", "sema", "sema-openmixup"}:
+        start = parse_duration(cfg.get("ema_start", "0"))
+        windows = ", ".join(f"{every / (1 - d):.0f}" for d in cfg["decay"])
+        lines.append(
+            f"EMA: decay {', '.join(f'{d:g}' for d in cfg['decay'])} per averaging update, one "
+            f"update every {every} optimizer step{'s' * (every > 1)} (window about {windows} "
+            f"steps), "
+            + (f"starting after {start} (it copies the model until then), " if start.n else "")
+            + f"{buffers}"
+            + (f"; ema, sema: {_warmup_text(cfg, spe)}" if methods & {"ema", "sema"} else "")
+            + (
+                "; sema-openmixup: the official linear warm-up from 0.9 × decay over 5 epochs"
+                if "sema-openmixup" in methods
+                else ""
+            )
+            + "."
+        )
+    if methods & {"sema", "sema-openmixup"}:
+        reset = "cleared" if cfg["reset_optimizer"] else "kept"
+        lines.append(
+            f"Switching: every {_words(cfg['switch_every'])} from epoch {cfg['switch_start']}"
+            + (
+                " (sema-openmixup counts epochs and inverts the test)"
+                if "sema-openmixup" in methods
+                else ""
+            )
+            + f", optimizer state {reset} at each switch."
+        )
+    if "swa" in methods:
+        n = swa_models(cfg, spe)
+        lines.append(
+            f"SWA: from {cfg['swa_start']:.0%} of training, every "
+            f"{_words(cfg.get('swa_every', '1e'))} "
+            f"({max(1, n)} model{'s' * (n > 1)} averaged), {buffers}."
+        )
+    return [" ".join(lines)] if lines else []
 
 
 def warnings_for(
@@ -167,21 +259,23 @@ def warnings_for(
     facts = run_facts(config, rows)
     spe, total = facts["steps_per_epoch"], facts["total_steps"]
     out = []
+    every = _every(cfg)
     if spe and set(methods) & {"ema", "sema", "sema-openmixup"}:
+        updates = max(0, total - parse_duration(cfg.get("ema_start", "0")).steps(spe)) // every
         for d in cfg["decay"]:
-            window = 1.0 / (1.0 - d)
+            window = every / (1.0 - d)
             if window > total:
                 out.append(
                     f"The EMA with decay {d:g} averages over about {window:.0f} optimizer steps "
-                    f"(1/(1-decay)), longer than the whole run ({total} steps): at the end the "
-                    f"starting weights still make up about {d**total:.0%} of it (without "
-                    f"warm-up), so it mostly shows where training began."
+                    f"({every}/(1-decay)), longer than the whole run ({total} steps): at the end "
+                    f"the weights it started from still make up about {d**updates:.0%} of it "
+                    f"(without warm-up), so it mostly shows where it began."
                 )
     for m in ("sema", "sema-openmixup"):
         if m not in methods or not spe:
             continue
         period = _period_steps(cfg, spe)
-        window = 1.0 / (1.0 - cfg["decay"][0])
+        window = every / (1.0 - cfg["decay"][0])
         n = switches(cfg, m, spe)
         if n == 0:
             why = (
@@ -200,23 +294,24 @@ def warnings_for(
                 f"period ({period} steps): each switch pulls the model back towards weights "
                 f"from several periods ago."
             )
-    if "swa" in methods and swa_models(cfg) < MIN_SWA_MODELS:
-        n = swa_models(cfg)
+    n = swa_models(cfg, spe)
+    if "swa" in methods and n < MIN_SWA_MODELS:
+        each = "epoch-end model" if _swa_in_epochs(cfg) else "model"
         what = (
-            f"only {n} epoch-end models"
+            f"only {n} {each}s"
             if n > 1
-            else "only the last epoch-end model, so it is the final model itself"
+            else f"only the last {each}, so it is the final model itself"
         )
         out.append(
             f"SWA averaged {what} (from {cfg['swa_start']:.0%} of {cfg['epochs']} epochs); "
             f"an average of fewer than {MIN_SWA_MODELS} models shows little of what SWA does. "
             f"Train longer or lower --swa-start."
         )
-    out += _equal_to_baseline(cfg, summary)
+    out += _equal_to_baseline(cfg, summary, n)
     return out
 
 
-def _equal_to_baseline(cfg: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+def _equal_to_baseline(cfg: dict[str, Any], summary: dict[str, Any], n_swa: int) -> list[str]:
     entries, key = summary["entries"], summary["key"]
     base = next((e for e in entries if e["method"] == "baseline" and e["model"] == "online"), None)
     if base is None or cfg["lr_schedule"] != "cosine":
@@ -225,7 +320,7 @@ def _equal_to_baseline(cfg: dict[str, Any], summary: dict[str, Any]) -> list[str
     for e in entries:
         if not e["main"] or e is base or e["seeds"] != base["seeds"]:
             continue
-        if e["method"] == "swa" and swa_models(cfg) <= 1:  # said above, for another reason
+        if e["method"] == "swa" and n_swa <= 1:  # said above, for another reason
             continue
         a, b = e["final"].get(key, []), base["final"].get(key, [])
         same = len(a) == len(b) and all(
@@ -247,25 +342,42 @@ def sema_lines(config: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     spe = run_facts(config, rows)["steps_per_epoch"]
     if "sema" not in cfg["methods"] or not spe:
         return []
-    d, k = cfg["decay"][0], _period_steps(cfg, spe)
+    d, period = cfg["decay"][0], _period_steps(cfg, spe)
+    k = max(1, period // _every(cfg))  # averaging updates per period
     f = sema_keep_fraction(d, k)
     slower = f"about {1 / f:.1f} times slower" if f > 0 else "not at all"
     return [
-        f"- **What a switch keeps** (sema, decay {d:g}, a switch every {k} steps): if the "
+        f"- **What a switch keeps** (sema, decay {d:g}, a switch every {period} steps"
+        + (f", {k} averaging updates" if k != period else "")
+        + "): if the "
         f"model drifts at a steady velocity, the average ends a period f = 1 - d(1 - d^k) / "
         f"(k(1 - d)) = {f:.2f} of the way the model went, and the switch moves the model back "
         f"there: while drifting, Switch EMA trains {slower} (experiments/RESULTS.md, §3)."
     ]
 
 
-def legend(kind: str) -> list[str]:
-    """What the columns mean, once."""
+def legend(kind: str, on_val: bool = True) -> list[str]:
+    """What the columns mean, once (``on_val``: the run has a validation split)."""
     common = [
         "- **online**: the weights being trained; **avg** (**avg@d**): the averaged weights "
-        "(of decay d). Values are mean ± sample std over seeds.",
+        "(of decay d); *(chosen on val)*: of several decays, the one with the best mean "
+        "final validation metric, the method's main model. Values are mean ± sample std over "
+        "seeds.",
         "- **Δ [95% CI]**: the paired difference to the baseline's online model, seed by seed, "
         "with a 95% t-interval over seeds"
-        + (" (percentage points, pp)." if kind == "classification" else "."),
+        + (" (percentage points, pp)" if kind == "classification" else "")
+        + ". **p**: two-sided paired t test of the differences; **Holm p**: the same p "
+        "corrected by Holm's method over the family of every comparison in this summary "
+        "(bold: significant, Holm p < 0.05). Intervals are not corrected: an interval that "
+        "excludes 0 with a Holm p above 0.05 is not called significant.",
+        (
+            "- **val-best epoch**: each seed's epoch with the best validation metric; the test "
+            "metric is read there (the test set chooses nothing). **lowest val loss**: the "
+            "same, by validation loss."
+            if on_val
+            else "- **oracle (test)**: chosen on the test set (the run has no validation "
+            "split, `--val-fraction 0`): optimistic, shown for reference, never a verdict."
+        ),
         "- **train loss**: the mean loss on the whole training set (the labels trained on), "
         "in nats.",
     ]
@@ -275,11 +387,15 @@ def legend(kind: str) -> list[str]:
             "log-likelihood of the test labels, in nats.",
             "- **ECE-15 (%)**: expected calibration error, the mean gap between confidence and "
             "accuracy over 15 equal-width confidence bins; **ECE-100 mass (%)**: the same over "
-            "100 equal-mass bins (each holds 1% of the test examples).",
+            "100 equal-mass bins (each holds 1% of the test examples). **after TS**: after "
+            "temperature scaling, with the temperature **T** fitted (lowest NLL) on the "
+            "model's validation predictions at the final epoch and applied to its test "
+            "predictions (T > 1 softens over-confident predictions; accuracy is unchanged).",
             "- **churn (%)**: test examples on which two seeds' models predict different "
             "classes, mean over pairs of seeds; **JS (×1e-3)**: the Jensen–Shannon divergence "
             "between two seeds' predicted distributions, in nats ×1000, mean over examples and "
-            "pairs of seeds. Both measure how much the result depends on the seed.",
+            "pairs of seeds. Both measure how much the result depends on the seed; their 95% "
+            "intervals account for pairs sharing seeds (jackknife over seeds).",
         ]
     if kind == "regression":
         return common + [

@@ -1,12 +1,11 @@
-"""The tables of one run folder (``summary.md``) and its plots, from the saved files only.
+"""One run folder's results, read from its saved files and summarised: what ``summary.md``
+(:mod:`.summary`), ``sweep.md`` and ``switchema diff`` are drawn from.
 
-``write_report(run_dir)`` reads ``config.json``, ``metrics.jsonl`` and ``predictions.npz`` and
-writes ``summary.md`` and PNG plots. ``switchema report RUN`` calls it, so a report can be
-rebuilt (or restyled) from the saved results at any time.
-
-Every number is a mean ± sample standard deviation over seeds; differences to the baseline
-are paired by seed with a 95% t-interval. The text states whether each interval excludes
-zero; it never claims more than that.
+Every number is a mean ± sample standard deviation over seeds; differences are paired by
+seed with a 95% t-interval and a raw p-value (t test), and the p-values of all the
+comparisons a table shows are Holm-corrected together (:func:`correct`): a difference is
+called significant only after that correction. Choices made after seeing results (the
+early-stopping epoch, the best of several decays) are made on the validation split.
 """
 
 from __future__ import annotations
@@ -22,22 +21,22 @@ import numpy as np
 from .. import metrics as M
 from ..config import StudyConfig
 from ..errors import MissingFileError, UsageError
-from ..stats import format_ci, format_mean_std, mean_std, paired_difference, pairwise_mean
-from . import notes as N
-from . import run_plots
-from .export import write_csv, write_tensorboard
-from .posthoc import final_only, plot_posthoc, posthoc_data, posthoc_lines
-from .style import Figures
+from ..stats import holm, paired_difference, pairwise_interval
+from .posthoc import final_only
 
 __all__ = [
+    "ALPHA",
     "PRIMARY",
+    "correct",
     "has_results",
+    "holm_family",
     "load_run",
     "main_label",
-    "render_summary",
     "summarise",
-    "write_report",
 ]
+
+#: The family-wise error rate at which a difference is called significant (after Holm).
+ALPHA = 0.05
 
 # kind -> (primary metric, higher is better, scale for display, unit)
 PRIMARY = {
@@ -105,11 +104,21 @@ def _series(rows, method, model, key):
 def summarise(
     config: dict[str, Any], rows: list[dict[str, Any]], arrays: dict[str, np.ndarray]
 ) -> dict[str, Any]:
-    """Per (method, model): final and early-stopping metrics over seeds, and paired differences."""
-    cfg = config["config"]
+    """Per (method, model): final and early-stopping metrics over seeds, paired differences
+    with raw and Holm-corrected p-values, and agreement between seeds.
+
+    Every choice made after seeing results is made on the validation split when the run has
+    one (``val_*`` metrics): each seed's early-stopping epoch, the epoch of lowest loss, and
+    which of several EMA decays is the method's main model. Without one those choices use
+    the test set: ``selected_on`` is then ``"test"`` (an oracle), and the early-stopping
+    differences get no p-value and are in no family. The family of comparisons whose
+    p-values are Holm-corrected together is every other difference the summary shows.
+    """
     kind = config["task"]["kind"]
     key, higher, _, _ = PRIMARY[kind]
-    methods = [m for m in cfg["methods"] if any(r["method"] == m for r in rows)]
+    val_key = "val_" + key.removeprefix("test_")
+    on_val = any(val_key in r for r in rows)
+    methods = [m for m in config["config"]["methods"] if any(r["method"] == m for r in rows)]
     models_of = {  # models evaluated every epoch (post-hoc widths have their own section)
         m: list(
             dict.fromkeys(
@@ -121,307 +130,122 @@ def summarise(
     metric_keys = list(
         dict.fromkeys(k for r in rows for k in r if isinstance(r[k], float) and k != "train_time_s")
     )
-    entries = []
-    for m in methods:
-        for model in models_of[m]:
-            prim = _series(rows, m, model, key)
-            seeds = list(prim)
-            final = {k: [v[-1] for v in _series(rows, m, model, k).values()] for k in metric_keys}
-            best_idx = {s: int(np.argmax(v) if higher else np.argmin(v)) for s, v in prim.items()}
-            loss = _series(rows, m, model, "test_loss")
-            low_idx = {s: int(np.argmin(v)) for s, v in loss.items()}
-            best = [prim[s][best_idx[s]] for s in seeds]
-            at_low = [prim[s][low_idx[s]] for s in seeds]
-            entry = {
-                "method": m,
-                "model": model,
-                "main": model == main_label(m, models_of[m]),
-                "seeds": seeds,
-                "final": final,
-                "best": best,
-                "best_epoch": [best_idx[s] + 1 for s in seeds],
-                "at_lowest_loss": at_low,
-                "lowest_loss_epoch": [low_idx[s] + 1 for s in seeds],
-            }
-            if "noisy_memorised" in metric_keys:
-                mem = _series(rows, m, model, "noisy_memorised")
-                entry["memorised_at_best"] = [mem[s][best_idx[s]] for s in seeds]
-            probs = [arrays.get(f"probs/{m}/{model}/{s}") for s in seeds]
-            if all(p is not None for p in probs) and len(probs) >= 2:
-                entry["churn"] = pairwise_mean(M.churn, probs)
-                entry["js"] = pairwise_mean(M.js_divergence, probs)
-            entries.append(entry)
+    select = (val_key, "val_loss") if on_val else (key, "test_loss")
+    entries = [
+        _entry(rows, arrays, (m, model), metric_keys, (key, *select), higher)
+        for m in methods
+        for model in models_of[m]
+        if not _repeats_baseline(m, model)
+    ]
+    _choose_main(entries, models_of, val_key if on_val else None, higher)
+    _comparisons(entries, key, on_val)
+    family = holm_family(entries)
+    return {
+        "kind": kind,
+        "key": key,
+        "higher": higher,
+        "entries": entries,
+        "selected_on": "validation" if on_val else "test",
+        "family": family,
+    }
+
+
+def _repeats_baseline(method: str, model: str) -> bool:
+    """The online model of ema and swa is the baseline's own trajectory: listed once."""
+    return model == "online" and method in ("ema", "swa")
+
+
+def _entry(rows, arrays, which, metric_keys, keys, higher) -> dict[str, Any]:
+    """One model's numbers; ``keys``: the primary test metric, and the metric and loss that
+    choose the early-stopping epoch and the epoch of lowest loss."""
+    (m, model), (key, key_sel, key_loss) = which, keys
+    prim = _series(rows, m, model, key)
+    chosen = _series(rows, m, model, key_sel)
+    seeds = list(prim)
+    final = {k: [v[-1] for v in _series(rows, m, model, k).values()] for k in metric_keys}
+    best_idx = {s: int(np.argmax(v) if higher else np.argmin(v)) for s, v in chosen.items()}
+    low_idx = {s: int(np.argmin(v)) for s, v in _series(rows, m, model, key_loss).items()}
+    entry = {
+        "method": m,
+        "model": model,
+        "main": False,
+        "seeds": seeds,
+        "final": final,
+        "best": [prim[s][best_idx[s]] for s in seeds],
+        "best_epoch": [best_idx[s] + 1 for s in seeds],
+        "at_lowest_loss": [prim[s][low_idx[s]] for s in seeds],
+        "lowest_loss_epoch": [low_idx[s] + 1 for s in seeds],
+    }
+    if "noisy_memorised" in metric_keys:
+        mem = _series(rows, m, model, "noisy_memorised")
+        entry["memorised_at_best"] = [mem[s][best_idx[s]] for s in seeds]
+    probs = [arrays.get(f"probs/{m}/{model}/{s}") for s in seeds]
+    if all(p is not None for p in probs) and len(probs) >= 2:
+        entry["churn"] = pairwise_interval(M.churn, probs)
+        entry["js"] = pairwise_interval(M.js_divergence, probs)
+    return entry
+
+
+def _choose_main(entries, models_of, val_key: str | None, higher: bool) -> None:
+    """Mark each method's main model: the online model for the baseline, else its average;
+    of several averages (EMA decays), the one with the best mean final validation metric
+    (without a validation split, the first: no choice is made on the test set)."""
+    for m, models in models_of.items():
+        own = [e for e in entries if e["method"] == m]
+        label = main_label(m, models)
+        avgs = [e for e in own if e["model"] != "online"]
+        if val_key and len(avgs) > 1 and all(e["final"].get(val_key) for e in avgs):
+            pick = max if higher else min
+            label = pick(avgs, key=lambda e: float(np.mean(e["final"][val_key])))["model"]
+            for e in avgs:
+                e["chosen_on_validation"] = e["model"] == label
+        for e in own:
+            e["main"] = e["model"] == label
+
+
+def _paired(e: dict[str, Any], other: dict[str, Any], field: str, key: str):
+    """Paired difference of ``e`` and ``other`` over their common seeds (None if they differ)."""
+    if e["seeds"] != other["seeds"] or not e["seeds"]:
+        return None
+    values = (lambda x: x["final"][key]) if field == "final" else (lambda x: x[field])
+    return paired_difference(values(e), values(other))
+
+
+def _comparisons(entries: list[dict[str, Any]], key: str, on_val: bool) -> None:
+    """Differences to the baseline's online model, and of Switch EMA to plain EMA; at the
+    early-stopping epoch too (``oracle`` when it was chosen on the test set)."""
     base = next((e for e in entries if e["method"] == "baseline" and e["model"] == "online"), None)
-    for e in entries:
-        if base is None or e is base:
-            continue
-        common = [s for s in e["seeds"] if s in base["seeds"]]
-        if len(common) != len(e["seeds"]) or len(common) < 1:
-            continue
-        idx_e = [e["seeds"].index(s) for s in common]
-        idx_b = [base["seeds"].index(s) for s in common]
-        e["diff_final"] = paired_difference(
-            [e["final"][key][i] for i in idx_e], [base["final"][key][i] for i in idx_b]
-        )
-        e["diff_best"] = paired_difference(
-            [e["best"][i] for i in idx_e], [base["best"][i] for i in idx_b]
-        )
     ema = next((e for e in entries if e["method"] == "ema" and e["main"]), None)
     for e in entries:
-        if (
-            ema is not None
-            and e["method"].startswith("sema")
-            and e["main"]
-            and e["seeds"] == ema["seeds"]
-        ):
-            e["diff_vs_ema"] = paired_difference(e["final"][key], ema["final"][key])
-            e["diff_vs_ema_best"] = paired_difference(e["best"], ema["best"])
-    return {"kind": kind, "key": key, "higher": higher, "entries": entries}
+        pairs = []
+        if base is not None and e is not base:
+            pairs += [("diff_final", base, "final"), ("diff_best", base, "best")]
+        if ema is not None and e["method"].startswith("sema") and e["main"]:
+            pairs += [("diff_vs_ema", ema, "final"), ("diff_vs_ema_best", ema, "best")]
+        for name, other, field in pairs:
+            d = _paired(e, other, field, key)
+            if d is not None:
+                d["oracle"] = field == "best" and not on_val
+                e[name] = d
 
 
-def _fmt(values, scale=1.0, digits=2):
-    mean, std = mean_std([v * scale for v in values])
-    return format_mean_std(mean, std, digits)
-
-
-def _fmt_diff(d, scale, digits=2):
-    if d is None:
-        return "—"
-    return format_ci({k: (v * scale if isinstance(v, float) else v) for k, v in d.items()}, digits)
-
-
-def _verdict(d: dict[str, Any], higher: bool) -> str:
-    lo, hi = d["lo"], d["hi"]
-    if math.isnan(lo):
-        return "one seed: no interval"
-    if lo > 0 or hi < 0:
-        better = (lo > 0) == higher
-        return (
-            "better than baseline (95% CI excludes 0)"
-            if better
-            else "worse than baseline (95% CI excludes 0)"
-        )
-    return "no significant difference (95% CI includes 0)"
-
-
-def render_summary(
-    config: dict[str, Any],
-    summary: dict[str, Any],
-    timing: dict | None = None,
-    rows: list[dict[str, Any]] | None = None,
-    arrays: dict[str, np.ndarray] | None = None,
-    figures: Figures | None = None,
-) -> str:
-    """``summary.md``: the settings and data used, warnings, the final-epoch and
-    early-stopping tables, a reading, and what the columns mean."""
-    cfg = config["config"]
-    rows, arrays, f = rows or [], arrays or {}, figures or Figures()
-    # The online model of baseline / ema / swa is one shared trajectory: list it once.
-    entries = run_plots.shown_entries(summary)
-    kind = summary["kind"]
-    warnings = N.warnings_for(config, summary, rows)
-    lines = [
-        f"# {config['task']['name']}: {', '.join(cfg['methods'])}",
-        "",
-        f"{N.description(config)}. {N.data_sentence(config, arrays)}".strip(),
-        N.settings_sentence(config, rows, timing),
-        "",
-        *(["## Warnings", "", *(f"- {w}" for w in warnings), ""] if warnings else []),
-        "Mean ± sample std over seeds; Δ is the paired difference to the baseline's online "
-        "model. The online models of ema and swa are the baseline's own trajectory and are "
-        "not repeated. Columns are explained at the end.",
-        "",
-        "## Final epoch",
-        "",
-        *_final_table(summary, entries),
-        *_early_stopping_table(summary, entries),
-        *_label_noise_table(entries),
-        *_reading(summary, entries),
-        *_posthoc_section(summary, rows),
-        *N.sema_lines(config, rows),
-        "",
-        "## Columns",
-        "",
-        *N.legend(kind),
-        "",
-        f"Plots: `{f.name('curves')}` (test metric per epoch, mean over seeds with min–max "
-        "band), "
-        + (f"`{f.name('reliability')}`, " if kind == "classification" else "")
-        + (f"`{f.name('boundaries')}`, " if "grid/x" in arrays else "")
-        + f"`{f.name('train_loss')}`. Every number: `metrics.jsonl`, or `metrics.csv` as a "
-        "table (one row per seed, method, model and epoch; fractions, not %).",
-        "",
+def holm_family(entries: list[dict[str, Any]], alpha: float = ALPHA) -> dict[str, Any]:
+    """Holm-correct the p-values of every non-oracle comparison in ``entries`` together
+    (:func:`correct`). Returns the family's size ``m`` and ``alpha``."""
+    diffs = [
+        e[k]
+        for e in entries
+        for k in ("diff_final", "diff_best", "diff_vs_ema", "diff_vs_ema_best")
+        if k in e and not e[k]["oracle"]
     ]
-    return "\n".join(lines)
+    return {"m": correct(diffs, alpha), "alpha": alpha}
 
 
-def _final_table(summary: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:
-    kind, key = summary["kind"], summary["key"]
-    unit = PRIMARY[kind][3]
-    name = key.replace("test_", "test ")
-    lines = []
-    if kind == "classification":
-        head = "| method | model | test acc (%) | Δ acc (pp) [95% CI] | test NLL | ECE-15 (%) | ECE-100 mass (%) | churn (%) | JS (×1e-3) | train loss |"
-        lines += [head, "|---" * (head.count("|") - 1) + "|"]
-        for e in entries:
-            f = e["final"]
-            churn = _fmt_pairs(e.get("churn"), 100)
-            js = _fmt_pairs(e.get("js"), 1000, 3)
-            lines.append(
-                f"| {e['method']} | {e['model']} | {_fmt(f['test_acc'], 100)} | {_fmt_diff(e.get('diff_final'), 100)} | "
-                f"{_fmt(f['test_nll'], 1, 3)} | {_fmt(f['ece15'], 100)} | {_fmt(f['ece100_mass'], 100)} | "
-                f"{churn} | {js} | {_fmt(f['train_loss'], 1, 3)} |"
-            )
-        return lines
-    extra = "test MAE" if kind == "regression" else "test loss (nats)"
-    extra_key = "test_mae" if kind == "regression" else "test_loss"
-    lines += [
-        f"| method | model | {name}{f' ({unit.strip()})' if unit else ''} | Δ [95% CI] | {extra} | train loss |",
-        "|---|---|---|---|---|---|",
-    ]
-    for e in entries:
-        f = e["final"]
-        lines.append(
-            f"| {e['method']} | {e['model']} | {_fmt(f[key], 1, 4)} | {_fmt_diff(e.get('diff_final'), 1, 4)} | "
-            f"{_fmt(f[extra_key], 1, 4)} | {_fmt(f['train_loss'], 1, 4)} |"
-        )
-    return lines
-
-
-def _early_stopping_table(summary: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:
-    kind, key = summary["kind"], summary["key"]
-    _, _, scale, unit = PRIMARY[kind]
-    name = key.replace("test_", "test ")
-    digits = 2 if kind == "classification" else 4
-    memorised = any("memorised_at_best" in e for e in entries)
-    lines = [
-        "",
-        "## Early-stopping points (oracle: chosen on the test set, so optimistic for every method alike)",
-        "",
-        f"| method | model | best {name}{f' ({unit.strip()})' if unit else ''} | epoch of best | Δ best [95% CI] "
-        f"| {name} at lowest test loss{f' ({unit.strip()})' if unit else ''} | epoch of lowest loss |"
-        + (" noisy labels memorised at best (%) |" if memorised else ""),
-        "|---|---|---|---|---|---|---|" + ("---|" if memorised else ""),
-    ]
-    for e in entries:
-        line = (
-            f"| {e['method']} | {e['model']} | {_fmt(e['best'], scale, digits)} | {_fmt(e['best_epoch'], 1, 1)} | "
-            f"{_fmt_diff(e.get('diff_best'), scale, digits)} | {_fmt(e['at_lowest_loss'], scale, digits)} | "
-            f"{_fmt(e['lowest_loss_epoch'], 1, 1)} |"
-        )
-        if "memorised_at_best" in e:
-            line += f" {_fmt(e['memorised_at_best'], 100)} |"
-        lines.append(line)
-    return lines
-
-
-def _label_noise_table(entries: list[dict[str, Any]]) -> list[str]:
-    if not any("noisy_memorised" in e["final"] for e in entries):
-        return []
-    lines = [
-        "",
-        "## Label noise: flipped training labels the model predicts (final epoch)",
-        "",
-        "| method | model | memorised noisy label (%) | recovered true label (%) |",
-        "|---|---|---|---|",
-    ]
-    for e in entries:
-        f = e["final"]
-        lines.append(
-            f"| {e['method']} | {e['model']} | {_fmt(f['noisy_memorised'], 100)} | {_fmt(f['noisy_true_recovered'], 100)} |"
-        )
-    return lines
-
-
-def _reading(summary: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:
-    kind, key, higher = summary["kind"], summary["key"], summary["higher"]
-    _, _, scale, unit = PRIMARY[kind]
-    name = key.replace("test_", "test ")
-    digits = 2 if kind == "classification" else 4
-    unit = " pp" if kind == "classification" else unit
-    lines = ["", "## Reading", ""]
-    for e in entries:
-        if e["main"] and "diff_final" in e:
-            d = e["diff_final"]
-            lines.append(
-                f"- **{e['method']}** ({e['model']}), final {name}: {_fmt_diff(d, scale, digits)}{unit} vs baseline, "
-                f"n={d['n']} seeds: {_verdict(d, higher)}; at the best epoch: "
-                f"{_fmt_diff(e['diff_best'], scale, digits)}{unit}, {_verdict(e['diff_best'], higher)}."
-            )
-    for e in entries:
-        if "diff_vs_ema" in e:
-            d, b = e["diff_vs_ema"], e["diff_vs_ema_best"]
-            verdict = _verdict(d, higher).replace("baseline", "plain EMA")
-            lines.append(
-                f"- **{e['method']} vs plain EMA** (same decay, paired by seed), final {name}: "
-                f"{_fmt_diff(d, scale, digits)}{unit}: {verdict}; at the best epoch: "
-                f"{_fmt_diff(b, scale, digits)}{unit}, {_verdict(b, higher).replace('baseline', 'plain EMA')}."
-            )
-    return lines
-
-
-def _posthoc_section(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
-    kind, key = summary["kind"], summary["key"]
-    _, _, scale, unit = PRIMARY[kind]
-    data = posthoc_data(rows, key, summary["higher"])
-    unit = f" ({unit.strip()})" if unit.strip() else ""
-    digits = 2 if kind == "classification" else 4
-    return posthoc_lines(data, scale, unit, key.replace("test_", "test "), digits)
-
-
-def _fmt_pairs(value, scale, digits=2):
-    """(mean, std, n_pairs) over pairs of seeds, as 'mean ± std'."""
-    if value is None:
-        return "—"
-    mean, std, _ = value
-    return format_mean_std(mean * scale, std * scale, digits)
-
-
-def write_report(
-    run_dir: str | Path,
-    *,
-    status: str | None = None,
-    figures: Figures | None = None,
-    tensorboard: bool = False,
-) -> Path:
-    """Write ``summary.md``, ``metrics.csv`` and the plots into ``run_dir`` from its saved
-    results (and TensorBoard event files under ``tensorboard/`` if asked); returns the
-    summary's path. ``status``: a note on a run that is not finished (in progress, stopped);
-    ``figures``: the plots' format and resolution."""
-    run = Path(run_dir)
-    figures = figures or Figures()
-    config, rows, arrays = load_run(run)
-    if not rows:
-        raise UsageError(f"{run / 'metrics.jsonl'} has no rows: the run recorded no epoch")
-    summary = summarise(config, rows, arrays)
-    timing = (
-        json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else None
-    )
-    text = render_summary(config, summary, timing, rows, arrays, figures)
-    if status:
-        head, rest = text.split("\n", 1)
-        text = f"{head}\n\n**Run state:** {status}\n{rest}"
-    failures = (
-        json.loads((run / "failures.json").read_text()) if (run / "failures.json").is_file() else []
-    )
-    if failures:  # partial results say so up front, and say why
-        text += f"\n## Failed jobs ({len(failures)})\n\nThese seeds are missing from the tables above.\n\n"
-        text += "".join(
-            f"- seed {f['seed']}, {'+'.join(f['methods'])}: {f['error']}\n" for f in failures
-        )
-    (run / "summary.md").write_text(text)
-    write_csv(rows, run / "metrics.csv")
-    if tensorboard:
-        write_tensorboard(rows, run / "tensorboard")
-    run_plots.plot_curves(config, rows, figures, run, "curves", key=summary["key"])
-    run_plots.plot_curves(config, rows, figures, run, "train_loss", key="train_loss")
-    if summary["kind"] == "classification":
-        run_plots.plot_reliability(config, summary, arrays, figures, run, "reliability")
-    if "grid/x" in arrays:
-        run_plots.plot_boundaries(config, summary, arrays, figures, run, "boundaries")
-    data = posthoc_data(rows, summary["key"], summary["higher"])
-    if data is not None:
-        _, _, scale, unit = PRIMARY[summary["kind"]]
-        ylabel = summary["key"].replace("_", " ") + (f" ({unit.strip()})" if unit.strip() else "")
-        plot_posthoc(data, scale, ylabel, figures, run, "posthoc")
-    return run / "summary.md"
+def correct(diffs: list[dict[str, Any]], alpha: float = ALPHA) -> int:
+    """Give each paired difference (:func:`~switchema.lab.stats.paired_difference`) of one
+    family its Holm-corrected p-value ``p_holm`` and ``significant`` (``p_holm < alpha``: a
+    difference is called significant only after the correction). Returns the family's size
+    (comparisons with a p-value: one seed gives none)."""
+    for d, p in zip(diffs, holm([d["p"] for d in diffs])):
+        d["p_holm"], d["significant"] = p, bool(p < alpha)
+    return sum(not math.isnan(d["p"]) for d in diffs)

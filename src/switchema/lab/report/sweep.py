@@ -14,9 +14,9 @@ import numpy as np
 
 from ..checkpoint import atomic_write_text
 from ..config import canonical_keys
-from ..stats import format_ci, format_mean_std, mean_std
+from ..stats import format_ci, format_mean_std, format_p, mean_std
 from .export import write_csv
-from .run import PRIMARY, load_run, summarise
+from .run import ALPHA, PRIMARY, correct, load_run, summarise
 from .style import Figures
 from .sweep_plots import fmt_value, plot_axes
 
@@ -51,6 +51,7 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
             config, rows, arrays = load_run(cdir)
             s = summarise(config, rows, arrays)
             kind = s["kind"]
+            val_key = "val_" + s["key"].removeprefix("test_")
             for e in s["entries"]:
                 if not e["main"]:
                     continue
@@ -60,7 +61,9 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
                         "model": e["model"],
                         "seeds": e["seeds"],
                         "final": e["final"][s["key"]],
+                        "val_final": e["final"].get(val_key),
                         "best": e["best"],
+                        "selected_on": s["selected_on"],
                         "ece15": e["final"].get("ece15"),
                         "diff_vs_baseline": e.get("diff_final"),
                         "diff_vs_ema": e.get("diff_vs_ema"),
@@ -79,7 +82,25 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
                 "failures": failures,
             }
         )
-    return {"axes": axes, "fixed": fixed, "cells": out}
+    res = {"axes": axes, "fixed": fixed, "cells": out}
+    res["family"] = {"m": _correct_sweep(res), "alpha": ALPHA}
+    return res
+
+
+def _correct_sweep(res: dict[str, Any]) -> int:
+    """Holm-correct every comparison of the sweep's table together (:func:`correct`); a
+    comparison that several cells share (the same jobs: e.g. EMA vs baseline for every switch
+    interval) is one hypothesis and counts once. Returns the family's size."""
+    unique: dict[tuple, dict[str, Any]] = {}
+    for c in res["cells"]:
+        for e in c["entries"]:
+            for k in ("diff_vs_baseline", "diff_vs_ema"):
+                d = e.get(k)
+                if d is not None:
+                    key = (k, e["method"], *(d[x] for x in ("mean", "lo", "hi", "n", "p")))
+                    unique.setdefault(repr(key), d)
+                    e[k] = unique[repr(key)]
+    return correct(list(unique.values()))
 
 
 def write_sweep_report(
@@ -133,9 +154,11 @@ def _table_head(res: dict[str, Any], one: str | None) -> list[str]:
         *res["axes"],
         "method",
         f"final {name} ({_direction(one)})" if one else "final (unit in each cell)",
-        "at the best epoch (oracle)",
+        "at the val-best epoch",
         f"Δ vs baseline{pp} [95% CI]",
+        "p / Holm p",
         f"Δ vs EMA{pp} [95% CI]",
+        "p / Holm p",
         "ECE-15 (%, lower is better)",
         "failed jobs",
     ]
@@ -164,11 +187,16 @@ def _header(res: dict[str, Any], status: str | None) -> list[str]:
         "Fixed: " + ", ".join(f"`{k}` = {json.dumps(v)}" for k, v in res["fixed"].items()) + ".",
         "",
         "Each row is one cell and method, judged by its main model (online for the baseline, the "
-        "average otherwise), at the final epoch: mean ± sample std over seeds (n = seeds that "
-        "finished); accuracies and ECE in %, their differences in percentage points (pp). Δ: "
-        "paired difference over seeds with a 95% t-interval. At the best epoch: each seed's "
-        "best epoch, chosen on the test set (optimistic). The best final value of each metric "
-        "is in bold.",
+        "average otherwise; of several decays, the one best on validation), at the final "
+        "epoch: mean ± sample std over seeds (n = seeds that finished); accuracies and ECE in "
+        "%, their differences in percentage points (pp). Δ: paired difference over seeds with "
+        "a 95% t-interval (not corrected); p: paired t test; Holm p: corrected by Holm's "
+        f"method over the family of all {res['family']['m']} distinct comparisons of this "
+        "table (a comparison several cells share, the same jobs, counts once). A difference "
+        f"is significant only if its Holm p < {res['family']['alpha']:g} (bold). At the "
+        "val-best epoch: the test metric at each seed's epoch with the best validation "
+        "metric; marked *oracle (test)* in cells without a validation split, where the test "
+        "set chose it. The best final value of each task, chosen on validation, is in bold.",
         "",
     ]
 
@@ -177,32 +205,43 @@ def _task(res: dict[str, Any], c: dict[str, Any]) -> str:
     return str(c["point"].get("task", res["fixed"].get("task", "")))
 
 
-def _best(res: dict[str, Any]) -> dict[tuple[str, str], tuple[float, str, str]]:
-    """(task, metric) -> (best mean final value, cell, method), by the metric's direction;
-    one best per task, since values of different tasks are not comparable."""
-    out: dict[tuple[str, str], tuple[float, str, str]] = {}
+def _best(res: dict[str, Any]) -> dict[tuple[str, str], tuple[float, str, str, bool]]:
+    """(task, metric) -> (its mean final test value, cell, method, chosen on validation):
+    the cell and method with the best mean final validation metric, by the metric's
+    direction (without validation metrics anywhere, the best test value: an oracle). One
+    per task, since values of different tasks are not comparable."""
+    out: dict[tuple[str, str], tuple[float, str, str, bool]] = {}
+    score: dict[tuple[str, str], float] = {}
     for c in res["cells"]:
         if not c["metric"]:
             continue
         _, higher = _unit(c["metric"])
         key = (_task(res, c), c["metric"])
+        on_val = all(e.get("val_final") for cc in res["cells"] for e in cc["entries"])
         for e in c["entries"]:
-            mean = float(np.mean(e["final"]))
-            old = out.get(key)
-            if old is None or (mean > old[0] if higher else mean < old[0]):
-                out[key] = (mean, c["cell"], e["method"])
+            value = float(np.mean(e["val_final"] if on_val else e["final"]))
+            old = score.get(key)
+            if old is None or (value > old if higher else value < old):
+                score[key] = value
+                out[key] = (float(np.mean(e["final"])), c["cell"], e["method"], on_val)
     return out
 
 
 def _best_lines(res: dict[str, Any], best: dict[tuple[str, str], tuple]) -> list[str]:
     lines = [""]
     several = len({task for task, _ in best}) > 1
-    for (task, metric), (mean, cell, method) in best.items():
+    for (task, metric), (mean, cell, method, on_val) in best.items():
         kind = next(k for k, v in PRIMARY.items() if v[0] == metric)
         scale, unit = PRIMARY[kind][2], PRIMARY[kind][3]
+        how = (
+            "chosen on the validation split"
+            if on_val
+            else "oracle (test): chosen on the test set, there being no validation split"
+        )
         lines.append(
             f"Best final {metric.replace('_', ' ')}{f' on {task}' if several else ''} "
-            f"({_direction(metric)}): **{scale * mean:.4g}{unit}**, {method} in cell `{cell}`."
+            f"({_direction(metric)}; {how}): **{scale * mean:.4g}{unit}**, {method} in cell "
+            f"`{cell}`."
         )
     return lines if len(lines) > 1 else []
 
@@ -227,7 +266,7 @@ def _cell_lines(
             for k in ("diff_vs_baseline", "diff_vs_ema")
         }
         final = _pp(e["final"], scale)
-        if best.get((task, c["metric"]), (None, None, None))[1:] == (c["cell"], e["method"]):
+        if best.get((task, c["metric"]), (None,) * 4)[1:3] == (c["cell"], e["method"]):
             final = f"**{final}**"
         if not one:
             final = f"{c['metric'].replace('_', ' ')}{f' ({unit.strip()})' if unit else ''} {final}"
@@ -235,9 +274,11 @@ def _cell_lines(
             *point,
             e["method"],
             final,
-            _pp(e["best"], scale),
+            _pp(e["best"], scale) + (" *oracle (test)*" if e.get("selected_on") == "test" else ""),
             ci["diff_vs_baseline"],
+            _p_text(e.get("diff_vs_baseline")),
             ci["diff_vs_ema"],
+            _p_text(e.get("diff_vs_ema")),
             _pp(e["ece15"], 100.0) if e.get("ece15") else "—",
             str(failed_by_method.get(e["method"], 0)),
         ]
@@ -245,12 +286,18 @@ def _cell_lines(
     seen = {e["method"] for e in c["entries"]}
     for m, n in failed_by_method.items():
         if m not in seen:
-            lines.append(
-                "| " + " | ".join([*point, m, "all failed", "—", "—", "—", "—", str(n)]) + " |"
-            )
+            lines.append("| " + " | ".join([*point, m, "all failed", *["—"] * 6, str(n)]) + " |")
     if not c["written"]:
-        lines.append("| " + " | ".join([*point, "—", "not finished yet", *["—"] * 5]) + " |")
+        lines.append("| " + " | ".join([*point, "—", "not finished yet", *["—"] * 7]) + " |")
     return lines
+
+
+def _p_text(d: dict[str, Any] | None) -> str:
+    """``p / Holm p`` of a difference, the latter bold when significant."""
+    if d is None or "p_holm" not in d:
+        return "—"
+    holm = format_p(d["p_holm"])
+    return f"{format_p(d['p'])} / {f'**{holm}**' if d['significant'] else holm}"
 
 
 def _failure_lines(res: dict[str, Any]) -> list[str]:

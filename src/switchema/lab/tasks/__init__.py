@@ -5,6 +5,7 @@
   ``switchema.tasks``);
 * :mod:`.data`, :mod:`.models`: the built-in tasks' data sets and networks;
 * :mod:`.noise`: label noise;
+* :mod:`.split`: the validation split carved from the training data;
 * :mod:`.builtin`: the built-in tasks, registered on import.
 """
 
@@ -13,6 +14,7 @@ from .base import KINDS, Task, TaskData, task_loss
 from .data import CHARLM_SOURCES, load_cifar
 from .noise import apply_label_noise
 from .registry import ENTRY_POINT_GROUP, TASKS, get_task, load_plugins, register_task, task_names
+from .split import split_validation
 
 __all__ = [
     "CHARLM_SOURCES",
@@ -26,6 +28,7 @@ __all__ = [
     "load_cifar",
     "load_plugins",
     "register_task",
+    "split_validation",
     "task_loss",
     "task_names",
 ]

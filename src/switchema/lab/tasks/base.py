@@ -50,7 +50,16 @@ __all__ = [
 
 KINDS = ("classification", "regression", "lm")
 #: The training settings a task recommends (``Task.defaults``).
-DEFAULT_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "nesterov")
+DEFAULT_KEYS = (
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "momentum",
+    "nesterov",
+    "data_seed",
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,9 @@ class TaskData:
             ``None`` for regression.
         meta: JSON-friendly facts about the data (options used, vocabulary,
             feature names, plotting bounds, ...). Treat it as read-only.
+        x_val, y_val: the validation split carved from the training data by the lab
+            (:func:`~switchema.lab.tasks.split.split_validation`), or None; ``y_val`` are
+            the labels as trained on (noisy with label noise). Tasks leave them None.
     """
 
     x_train: torch.Tensor
@@ -74,6 +86,8 @@ class TaskData:
     kind: str
     num_classes: int | None
     meta: dict[str, Any] = field(default_factory=dict)
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -87,7 +101,9 @@ class TaskData:
             raise ValueError(
                 f"num_classes must be an int >= 2 for kind {self.kind!r}, got {self.num_classes!r}"
             )
-        for split in ("train", "test"):
+        if (self.x_val is None) != (self.y_val is None):
+            raise ValueError("x_val and y_val are given together, or neither")
+        for split in ("train", "test") + (("val",) if self.x_val is not None else ()):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
                 raise TypeError(
@@ -101,6 +117,11 @@ class TaskData:
     def n_train(self) -> int:
         """Number of training examples (sequences for ``"lm"``)."""
         return int(self.x_train.shape[0])
+
+    @property
+    def n_val(self) -> int:
+        """Number of validation examples (0 without a validation split)."""
+        return 0 if self.x_val is None else int(self.x_val.shape[0])
 
     @property
     def n_test(self) -> int:
@@ -123,7 +144,8 @@ class Task:
         description: one line for listings and reports.
         defaults: recommended training settings with keys ``epochs``,
             ``batch_size``, ``optimizer`` (``"sgd"`` or ``"adamw"``), ``lr``,
-            ``weight_decay``, ``momentum``, ``nesterov``. Treat it as read-only;
+            ``weight_decay``, ``momentum``, ``nesterov``, and the default ``data_seed``
+            (the one that gives the task's canonical data set). Treat it as read-only;
             copy with ``dict(task.defaults)`` before changing anything.
         build_data: ``build_data(seed, **options) -> TaskData``.
         build_model: ``build_model(data, **options) -> nn.Module``; parameters
@@ -137,6 +159,8 @@ class Task:
         check_data: ``check_data(**data_options)``, or None: raises ``FileNotFoundError`` or
             ``ValueError`` when data the options name cannot be read (files only, cheap);
             called before a run folder is created.
+        canonical_data: what the default ``data_seed`` gives, when it is a published data
+            set (e.g. "the mnist1d package's default data set, the canonical MNIST-1D").
     """
 
     name: str
@@ -149,6 +173,7 @@ class Task:
     module: str = ""
     units: Mapping[str, str] = field(default_factory=dict)
     check_data: Callable[..., None] | None = None
+    canonical_data: str = ""
 
     def describe(self) -> str:
         """A few lines for listings: kind, description, defaults, options with units."""
@@ -160,6 +185,8 @@ class Task:
             f"{d['optimizer']} lr {d['lr']}, weight decay {d['weight_decay']}"
             + (f", momentum {d['momentum']}" if d.get("momentum") else "")
             + (", Nesterov" if d.get("nesterov") else ""),
+            f"{pad}data seed: {d.get('data_seed', 0)} by default"
+            + (f" ({self.canonical_data})" if self.canonical_data else ""),
         ]
         for what, fn in (("data", self.build_data), ("model", self.build_model)):
             options = [
@@ -210,6 +237,7 @@ def task_defaults(
     weight_decay: float = 0.0,
     momentum: float = 0.0,
     nesterov: bool = False,
+    data_seed: int = 0,
 ) -> dict[str, Any]:
     return {
         "epochs": epochs,
@@ -219,6 +247,7 @@ def task_defaults(
         "weight_decay": weight_decay,
         "momentum": momentum,
         "nesterov": nesterov,
+        "data_seed": data_seed,
     }
 
 

@@ -86,6 +86,7 @@ def register_task(
     has_batchnorm: bool = False,
     units: Mapping[str, str] | None = None,
     check_data: Callable[..., None] | None = None,
+    canonical_data: str = "",
     replace: bool = False,
 ) -> Any:
     """Register a task; with ``model=None``, a decorator for the model builder.
@@ -97,33 +98,26 @@ def register_task(
         data: ``data(seed, **options) -> TaskData``.
         defaults: recommended training settings: ``epochs``, ``batch_size``, ``optimizer``
             (``"sgd"`` or ``"adamw"``) and ``lr`` are required; ``weight_decay``,
-            ``momentum`` and ``nesterov`` default to 0, 0 and False.
+            ``momentum`` and ``nesterov`` default to 0, 0 and False; ``data_seed`` (the
+            data set a run gets unless ``--data-seed`` says otherwise) to 0.
         model: ``model(data, **options) -> nn.Module``, initialised from the global torch RNG.
         has_batchnorm: the model has BatchNorm layers (statistics recomputed for averages).
         units: what each data or model option counts, for ``switchema tasks``.
         check_data: ``check_data(**data_options)`` raises ``FileNotFoundError`` or
             ``ValueError`` when data on disk that the options name is missing; the lab calls
             it before creating a run folder (files only: keep it cheap).
+        canonical_data: what the default ``data_seed`` gives, if it is a published data set
+            (said by ``switchema tasks`` and in reports).
         replace: replace a task of the same name registered elsewhere.
 
     Returns:
         The :class:`Task` (or, as a decorator, the model builder itself, unchanged).
     """
     if model is None:
+        given = {k: v for k, v in locals().items() if k not in ("name", "model")}
 
         def decorate(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-            register_task(
-                name,
-                kind=kind,
-                description=description,
-                data=data,
-                defaults=defaults,
-                model=fn,
-                has_batchnorm=has_batchnorm,
-                units=units,
-                check_data=check_data,
-                replace=replace,
-            )
+            register_task(name, model=fn, **given)
             return fn
 
         return decorate
@@ -154,6 +148,7 @@ def register_task(
         module=getattr(model, "__module__", "") or "",
         units=dict(units or {}),
         check_data=check_data,
+        canonical_data=canonical_data,
     )
     return _register(task, replace=replace)
 
