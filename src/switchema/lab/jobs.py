@@ -125,7 +125,7 @@ def study_jobs(study: Study) -> list[Job]:
     return [
         make_job(study, group, seed)
         for seed in cfg.seeds
-        for group in share_trajectories(list(cfg.methods))
+        for group in share_trajectories(list(cfg.methods), separate=study.task.uses_teacher)
     ]
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,23 +137,30 @@ def decay_problems(methods: Iterable[str], decay: tuple[float, ...]) -> list[str
     return []
 
 
-def share_trajectories(methods: list[str]) -> list[list[str]]:
+def share_trajectories(methods: list[str], separate: bool = False) -> list[list[str]]:
     """Group methods that can share one training run.
 
     ``baseline``, ``ema`` and ``swa`` never change the weights being trained, so for a given
     seed they follow the same trajectory bit for bit; training it once and attaching several
-    averagers is exact and saves work. Switching methods get runs of their own.
+    averagers is exact and saves work. Switching methods get runs of their own, and so does
+    every method when the task's objective uses the average as a teacher (``separate``).
     """
+    if separate:
+        return [[m] for m in methods]
     passive = [m for m in methods if SPECS[m].passive]
     return ([passive] if passive else []) + [[m] for m in methods if not SPECS[m].passive]
 
 
-def check_shared(methods: list[str]) -> None:
-    """Several methods may share one training run only if all of them are passive."""
-    if len(methods) > 1 and any(not SPECS[m].passive for m in methods):
-        raise ValueError(
-            f"methods {methods} cannot share one training run: each switching method needs its own"
+def check_shared(methods: list[str], separate: bool = False) -> None:
+    """Several methods may share one training run only if all of them are passive (and the
+    task's objective does not use the average as a teacher)."""
+    if len(methods) > 1 and (separate or any(not SPECS[m].passive for m in methods)):
+        why = (
+            "the objective uses each method's average as its teacher"
+            if separate
+            else ("each switching method needs its own")
         )
+        raise ValueError(f"methods {methods} cannot share one training run: {why}")
 
 
 @dataclass
@@ -188,6 +195,18 @@ class Method:
     def _switch(self, optimizer: torch.optim.Optimizer) -> None:
         rule = self.switch
         self.averager.switch(rule.index, optimizer=optimizer if rule.reset_optimizer else None)
+
+    def teacher(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The target of a teacher objective: the method's first average (an EMA teacher; a
+        Switch EMA teacher is also switched into the model), or, without an average, the
+        online model itself. Either way, no gradient flows into it."""
+        averager = self.averager
+
+        @torch.no_grad()
+        def teacher(x: torch.Tensor) -> torch.Tensor:
+            return model(x) if averager is None else averager.forward(x, index=0)
+
+        return teacher
 
     def evaluated(self, last: bool) -> Iterator[Evaluated]:
         """The averaged models to evaluate after an epoch (``last``: after the final one)."""

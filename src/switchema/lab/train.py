@@ -96,7 +96,7 @@ def train_run(
     hold). A non-finite mean training loss raises :class:`DivergedError` at the epoch's end;
     ``on_epoch(rows)`` is then called with the epoch's rows (after its checkpoint).
     """
-    check_shared(method_names)
+    check_shared(method_names, separate=study.task.uses_teacher)
     if resume is not None and resume.get("done"):
         return _results(resume)
     cfg, device = study.config, study.device
@@ -108,6 +108,7 @@ def train_run(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
     methods = [build_method(name, model, study, steps_per_epoch) for name in method_names]
     order = torch.Generator().manual_seed(10_000 + seed)  # batch order, shared by all methods
+    teacher = methods[0].teacher(model) if study.task.uses_teacher else None
     x_all, y_all = data.x_train.to(device), y_train.to(device)
     run = Run(
         study, data, y_train, flipped, model, eval_model, optimizer, scheduler, methods, order
@@ -125,7 +126,7 @@ def train_run(
         t0 = time.perf_counter()
         for i in range(steps_per_epoch):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            loss = task_loss(data.kind, model(x_all[idx]), y_all[idx])
+            loss = batch_loss(study.task, data.kind, model, x_all[idx], y_all[idx], teacher)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -153,6 +154,14 @@ def train_run(
         if on_epoch is not None:  # one row per method and model
             on_epoch(out.rows[-sum(1 + len(m.labels) for m in methods) :])
     return out.rows, out.arrays, out.states
+
+
+def batch_loss(task, kind: str, model: nn.Module, x, y, teacher) -> torch.Tensor:
+    """The training loss of one batch: the task's own objective if it has one (a teacher
+    objective gets ``teacher``), else the loss of its kind."""
+    if task.objective is not None:
+        return task.objective(model, x, y, teacher)
+    return task_loss(kind, model(x), y)
 
 
 def make_optimizer(cfg: StudyConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -207,11 +216,16 @@ def evaluate_epoch(
     cfg, device, seed = study.config, study.device, info["seed"]
     last = info["epoch"] == cfg.epochs
     bs = cfg.eval_batch_size
-    online, probs = evaluate(model, data, y_train, bs, device, flipped)
+    extra = study.task.metrics
+    online, probs = evaluate(model, data, y_train, bs, device, flipped, extra)
     online["train_loss_running"] = running
     if last:
         online.update(temperature_scaled(probs, data))
-    grid_pts = _grid(data)[2] if last and data.x_train.shape[1:] == (2,) else None
+    grid_pts = (
+        _grid(data)[2]
+        if last and data.x_train.shape[1:] == (2,) and data.kind == "classification"
+        else None
+    )
     online_grid = _grid_probs(model, grid_pts, bs, device)
     bn_batches = [
         data.x_train[i : i + cfg.batch_size] for i in range(0, data.n_train, cfg.batch_size)
@@ -227,7 +241,7 @@ def evaluate_epoch(
             eval_model.load_state_dict({**run.initial_buffers, **ev.state})
             if study.task.has_batchnorm and (cfg.bn_recompute or ev.always_recompute_bn):
                 recompute_bn(eval_model, bn_batches)
-            avg_row, avg_probs = evaluate(eval_model, data, y_train, bs, device, flipped)
+            avg_row, avg_probs = evaluate(eval_model, data, y_train, bs, device, flipped, extra)
             if last:
                 avg_row.update(temperature_scaled(avg_probs, data))
             out.rows.append({**base, "model": label, **avg_row, **ev.extra})
@@ -311,20 +325,27 @@ def evaluate(
     bs: int,
     device: torch.device,
     flipped: torch.Tensor | None = None,
+    metrics: Callable[..., dict[str, float]] | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Train, test and (with a validation split) validation metrics of ``model``.
 
     Returns the row and, for classifiers, the probabilities by split (``{"test": (n_test, C),
     "val": (n_val, C)}``, float64). Validation metrics have the test metrics' names with the
-    prefix ``val_`` (``val_loss``, ``val_acc``, ``val_ece15``, ...).
+    prefix ``val_`` (``val_loss``, ``val_acc``, ``val_ece15``, ...). ``metrics(model, data,
+    split)``, a task's own, adds to each split's metrics; a generative task has only those.
+    Unlabelled training examples (label -1) do not count in the training metrics.
     """
+    if data.kind == "generative":
+        return _task_metrics(model, data, metrics), {}
     out_tr = _outputs(model, data.x_train, bs, device)
     out_te = _outputs(model, data.x_test, bs, device)
     row: dict[str, float] = {"train_loss": float(task_loss(data.kind, out_tr, y_train))}
     test, probs = _split_metrics(data.kind, out_te, data.y_test, "test")
     if data.kind == "classification":
-        row.update(train_acc=M.accuracy(out_tr.numpy(), y_train.numpy()))
+        labelled = y_train >= 0
+        row.update(train_acc=M.accuracy(out_tr[labelled].numpy(), y_train[labelled].numpy()))
     row.update(test)
+    row.update(_task_metrics(model, data, metrics))
     if flipped is not None and bool(flipped.any()):
         pred_tr = out_tr.argmax(1)
         row["noisy_memorised"] = float((pred_tr[flipped] == y_train[flipped]).float().mean())
@@ -337,6 +358,21 @@ def evaluate(
         val, out["val"] = _split_metrics(data.kind, out_val, data.y_val, "val")
         row.update(val)
     return row, {k: v for k, v in out.items() if v is not None}
+
+
+def _task_metrics(model: nn.Module, data: TaskData, metrics) -> dict[str, float]:
+    """A task's own metrics on the test split and, if there is one, the validation split."""
+    if metrics is None:
+        return {}
+    was_training = model.training
+    model.eval()
+    try:
+        row = dict(metrics(model, data, "test"))
+        if data.x_val is not None:
+            row.update(metrics(model, data, "val"))
+    finally:
+        model.train(was_training)
+    return row
 
 
 def _split_metrics(
@@ -396,7 +432,7 @@ def data_arrays(data: TaskData, y_train: torch.Tensor) -> dict[str, np.ndarray]:
     out = {"data/y_train": y_train.numpy(), "data/y_test": data.y_test.numpy()}
     if data.y_val is not None:
         out["data/y_val"] = data.y_val.numpy()
-    if data.x_train.shape[1:] == (2,):
+    if data.x_train.shape[1:] == (2,) and data.kind == "classification":
         gx, gy, _ = _grid(data)
         out.update({"grid/x": gx, "grid/y": gy, "data/x_train": data.x_train.numpy()})
     return out

@@ -402,6 +402,14 @@ def legend(kind: str, on_val: bool = True) -> list[str]:
             "- **test MSE**, **test MAE**: mean squared and mean absolute error on the test "
             "set, in units of the standardised target (lower is better).",
         ]
+    if kind == "generative":
+        return common + [
+            "- **test energy**: the energy distance between generated samples and a held-out "
+            "sample of the target distribution (0 for the same distribution; lower is better); "
+            "**test sliced W2**: the sliced 2-Wasserstein distance between them; **test logp**: "
+            "the mean log-density of generated samples under the true mixture, where the target "
+            "is one (higher is better).",
+        ]
     return common + [
         "- **test bpc**: bits per character on the test text (lower is better); **test loss**: "
         "the same in nats per character.",

@@ -43,6 +43,7 @@ PRIMARY = {
     "classification": ("test_acc", True, 100.0, "%"),
     "regression": ("test_mse", False, 1.0, ""),
     "lm": ("test_bpc", False, 1.0, " bpc"),
+    "generative": ("test_energy", False, 1.0, ""),
 }
 
 
@@ -164,7 +165,12 @@ def _entry(rows, arrays, which, metric_keys, keys, higher) -> dict[str, Any]:
     seeds = list(prim)
     final = {k: [v[-1] for v in _series(rows, m, model, k).values()] for k in metric_keys}
     best_idx = {s: int(np.argmax(v) if higher else np.argmin(v)) for s, v in chosen.items()}
-    low_idx = {s: int(np.argmin(v)) for s, v in _series(rows, m, model, key_loss).items()}
+    # a task without a loss metric (a generative one): its lowest-loss point is its best one
+    losses = _series(rows, m, model, key_loss) or chosen
+    low_idx = {
+        s: int(np.argmin(v) if losses is not chosen or not higher else np.argmax(v))
+        for s, v in losses.items()
+    }
     entry = {
         "method": m,
         "model": model,

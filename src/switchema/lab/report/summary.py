@@ -143,6 +143,7 @@ def _final_table(summary: dict[str, Any], entries: list[dict[str, Any]]) -> list
         "classification": ("test NLL", "test_nll"),
         "regression": ("test MAE", "test_mae"),
         "lm": ("test loss (nats)", "test_loss"),
+        "generative": ("test sliced W2", "test_sw"),
     }[kind]
     lines = [
         f"| method | model | {name} | Δ{d_unit} [95% CI] | p | Holm p | {extra} | train loss |",
@@ -156,8 +157,10 @@ def _final_table(summary: dict[str, Any], entries: list[dict[str, Any]]) -> list
             _fmt(f[key], scale, digits),
             _fmt_diff(d, scale, digits),
             *_p_cells(d),
-            _fmt(f[extra_key], 1, 3 if kind == "classification" else 4),
-            _fmt(f["train_loss"], 1, 3 if kind == "classification" else 4),
+            _fmt(f[extra_key], 1, 3 if kind == "classification" else 4) if extra_key in f else "—",
+            _fmt(f["train_loss"], 1, 3 if kind == "classification" else 4)
+            if "train_loss" in f
+            else "—",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -336,7 +339,8 @@ def write_report(
     if tensorboard:
         write_tensorboard(rows, run / "tensorboard")
     run_plots.plot_curves(config, rows, figures, run, "curves", key=summary["key"])
-    run_plots.plot_curves(config, rows, figures, run, "train_loss", key="train_loss")
+    if any("train_loss" in r for r in rows):  # a generative task reports no training loss
+        run_plots.plot_curves(config, rows, figures, run, "train_loss", key="train_loss")
     if summary["kind"] == "classification":
         run_plots.plot_reliability(config, summary, arrays, figures, run, "reliability")
     if "grid/x" in arrays:

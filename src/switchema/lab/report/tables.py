@@ -121,6 +121,7 @@ def _extras(run: Run, asked: list[str] | None) -> list[str]:
         "classification": ["test_nll", "ece100_mass", "ece100_mass_ts", "churn", "train_loss"],
         "regression": ["test_mae", "train_loss"],
         "lm": ["test_loss", "train_loss"],
+        "generative": ["test_sw", "test_logp"],
     }[kind]
     return [k for k in want if k in final_keys or (k == "churn" and run.arrays)]
 

@@ -22,6 +22,15 @@ and the metrics the lab reports):
   (not ``(n, 1)``, so ``mse_loss(model(x), y)`` cannot silently broadcast). MSE; MAE.
 * ``"lm"``: ``x`` and ``y`` int64 of shape ``(n, T)``, ``y`` the next characters;
   the model returns logits ``(n, T, vocab)``. Cross-entropy per token; bits per character.
+* ``"generative"``: ``x`` are samples of a distribution (``y`` is unused); the task's
+  ``objective`` trains the model and its ``metrics`` compare generated samples with held-out
+  ones.
+
+A task may bring its own training objective (``Task.objective(model, x, y, teacher)``: a
+self-/semi-supervised loss, or a generative one), use the method's averaged model as a teacher
+(``Task.uses_teacher``: ``teacher(x)`` is the average's output, no gradient), and add metrics
+(``Task.metrics(model, data, split)``). Classification labels of ``-1`` mark unlabelled
+examples (semi-supervised tasks): the standard loss and training metrics skip them.
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ __all__ = [
     "task_loss",
 ]
 
-KINDS = ("classification", "regression", "lm")
+KINDS = ("classification", "regression", "lm", "generative")
 #: The training settings a task recommends (``Task.defaults``).
 DEFAULT_KEYS = (
     "epochs",
@@ -92,10 +101,10 @@ class TaskData:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.kind == "regression":
+        if self.kind in ("regression", "generative"):
             if self.num_classes is not None:
                 raise ValueError(
-                    f"num_classes must be None for regression, got {self.num_classes!r}"
+                    f"num_classes must be None for {self.kind}, got {self.num_classes!r}"
                 )
         elif not isinstance(self.num_classes, int) or self.num_classes < 2:
             raise ValueError(
@@ -174,6 +183,9 @@ class Task:
     units: Mapping[str, str] = field(default_factory=dict)
     check_data: Callable[..., None] | None = None
     canonical_data: str = ""
+    objective: Callable[..., torch.Tensor] | None = None
+    uses_teacher: bool = False
+    metrics: Callable[..., dict[str, float]] | None = None
 
     def describe(self) -> str:
         """A few lines for listings: kind, description, defaults, options with units."""
@@ -264,4 +276,6 @@ def task_loss(kind: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(out.reshape(-1), y.reshape(-1))
     if kind == "lm":
         return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-    return F.cross_entropy(out, y)
+    if kind == "generative":
+        raise ValueError("a generative task trains with its own objective (Task.objective)")
+    return F.cross_entropy(out, y, ignore_index=-1)  # -1: an unlabelled example

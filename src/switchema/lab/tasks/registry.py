@@ -87,6 +87,9 @@ def register_task(
     units: Mapping[str, str] | None = None,
     check_data: Callable[..., None] | None = None,
     canonical_data: str = "",
+    objective: Callable[..., Any] | None = None,
+    uses_teacher: bool = False,
+    metrics: Callable[..., dict[str, float]] | None = None,
     replace: bool = False,
 ) -> Any:
     """Register a task; with ``model=None``, a decorator for the model builder.
@@ -108,6 +111,13 @@ def register_task(
             it before creating a run folder (files only: keep it cheap).
         canonical_data: what the default ``data_seed`` gives, if it is a published data set
             (said by ``switchema tasks`` and in reports).
+        objective: ``objective(model, x, y, teacher) -> loss`` instead of the kind's loss (a
+            self-/semi-supervised or generative objective); required for ``"generative"``.
+        uses_teacher: the objective uses ``teacher(x)``, the method's averaged model (an EMA
+            teacher; the online model itself for methods without an average), so the
+            averaging methods no longer share one training run.
+        metrics: ``metrics(model, data, split) -> {name: value}`` added to every evaluation,
+            for ``split`` in ``"test"`` and ``"val"`` (names prefixed by the split).
         replace: replace a task of the same name registered elsewhere.
 
     Returns:
@@ -121,6 +131,29 @@ def register_task(
             return fn
 
         return decorate
+    full = _checked_registration(name, kind, defaults, objective, metrics)
+    wrap = [fn if hasattr(fn, "options") else keyword_options(fn) for fn in (data, model)]
+    task = Task(
+        name=name,
+        kind=kind,
+        description=description,
+        defaults=full,
+        build_data=wrap[0],
+        build_model=wrap[1],
+        has_batchnorm=bool(has_batchnorm),
+        module=getattr(model, "__module__", "") or "",
+        units=dict(units or {}),
+        check_data=check_data,
+        canonical_data=canonical_data,
+        objective=objective,
+        uses_teacher=bool(uses_teacher),
+        metrics=metrics,
+    )
+    return _register(task, replace=replace)
+
+
+def _checked_registration(name, kind, defaults, objective, metrics) -> dict[str, Any]:
+    """The task's full defaults, once its name, kind and defaults are checked."""
     if not isinstance(name, str) or not name or ":" in name or " " in name:
         raise ValueError(
             f"task name must be a non-empty string without ':' or spaces, got {name!r}"
@@ -136,21 +169,9 @@ def register_task(
         raise ValueError(
             f"task {name!r} must give defaults for epochs, batch_size, optimizer and lr ({e})"
         ) from None
-    wrap = [fn if hasattr(fn, "options") else keyword_options(fn) for fn in (data, model)]
-    task = Task(
-        name=name,
-        kind=kind,
-        description=description,
-        defaults=full,
-        build_data=wrap[0],
-        build_model=wrap[1],
-        has_batchnorm=bool(has_batchnorm),
-        module=getattr(model, "__module__", "") or "",
-        units=dict(units or {}),
-        check_data=check_data,
-        canonical_data=canonical_data,
-    )
-    return _register(task, replace=replace)
+    if kind == "generative" and (objective is None or metrics is None):
+        raise ValueError(f"generative task {name!r} needs an objective and metrics")
+    return full
 
 
 def load_plugins() -> None:
