@@ -13,6 +13,7 @@ from switchema.lab.options import RunOptions
 from switchema.lab.resolve import resolve
 from switchema.lab.runner import run_compare
 from switchema.lab.tasks import TaskData, register_task
+from switchema.lab.tasks.registry import TASKS
 from switchema.lab.train import train_run
 
 
@@ -30,21 +31,6 @@ def _mean_teacher(model, x, y, teacher):
     labelled = y >= 0
     sup = F.cross_entropy(logits[labelled], y[labelled]) if labelled.any() else logits.sum() * 0
     return sup + F.mse_loss(logits.softmax(1), teacher(x).softmax(1))
-
-
-register_task(
-    "test-mean-teacher",
-    kind="classification",
-    description="two blobs, 30% labelled, a mean-teacher objective (test)",
-    data=_blobs,
-    defaults=dict(epochs=3, batch_size=16, optimizer="sgd", lr=0.2),
-    model=lambda data, hidden=8: nn.Sequential(
-        nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, 2)
-    ),
-    objective=_mean_teacher,
-    uses_teacher=True,
-    replace=True,
-)
 
 
 def _ring(seed, *, n=200):
@@ -75,17 +61,37 @@ def _velocity(data, hidden=32):
     return VelocityMLP(dim=2, hidden=hidden, depth=2)
 
 
-register_task(
-    "test-flow",
-    kind="generative",
-    description="a 4-Gaussian ring, flow matching (test)",
-    data=_ring,
-    defaults=dict(epochs=3, batch_size=50, optimizer="adamw", lr=3e-3),
-    model=_velocity,
-    objective=_flow,
-    metrics=_gen_metrics,
-    replace=True,
-)
+@pytest.fixture(scope="module", autouse=True)
+def _tasks():
+    """The two test tasks, registered for this module only."""
+    before = dict(TASKS)
+    register_task(
+        "test-mean-teacher",
+        kind="classification",
+        description="two blobs, 30% labelled, a mean-teacher objective (test)",
+        data=_blobs,
+        defaults=dict(epochs=3, batch_size=16, optimizer="sgd", lr=0.2),
+        model=lambda data, hidden=8: nn.Sequential(
+            nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, 2)
+        ),
+        objective=_mean_teacher,
+        uses_teacher=True,
+        replace=True,
+    )
+    register_task(
+        "test-flow",
+        kind="generative",
+        description="a 4-Gaussian ring, flow matching (test)",
+        data=_ring,
+        defaults=dict(epochs=3, batch_size=50, optimizer="adamw", lr=3e-3),
+        model=_velocity,
+        objective=_flow,
+        metrics=_gen_metrics,
+        replace=True,
+    )
+    yield
+    TASKS.clear()
+    TASKS.update(before)
 
 
 def _run(task, methods, **kw):
