@@ -15,7 +15,7 @@ import pytest
 
 from switchema.cli import main
 from switchema.lab.config import StudyConfig
-from switchema.lab.errors import EXIT_OK, EXIT_USAGE
+from switchema.lab.errors import EXIT_OK, EXIT_USAGE, UsageError
 from switchema.lab.options import RunOptions
 from switchema.lab.report.claims import evaluate_claims, load_spec, write_claims
 from switchema.lab.report.points import RunStore, values
@@ -411,3 +411,72 @@ def test_regenerating_gives_the_same_bytes(runs, tmp_path):
     second, _, _ = write_claims(spec, runs, tmp_path / "two.md", "cmd")
     assert (tmp_path / "one.md").read_bytes() == (tmp_path / "two.md").read_bytes()
     assert first == second
+
+
+def test_memorisation_at_equal_clean_accuracy_interpolates_between_epochs(runs, tmp_path):
+    # hand-set curves: baseline clean accuracy 0.5, 0.7, 0.9 (0.75 at most in seed 2) with
+    # memorisation 0.1, 0.3, 0.5; the EMA's clean accuracy 0.6, 0.8, 0.85 with 0.0, 0.1, 0.2
+    curves = {
+        ("baseline", "online"): ({1: 0.5, 2: 0.7, 3: 0.9}, {1: 0.1, 2: 0.3, 3: 0.5}),
+        ("ema", "avg"): ({1: 0.6, 2: 0.8, 3: 0.85}, {1: 0.0, 2: 0.1, 3: 0.2}),
+    }
+    src, dst = runs / "experiments" / "00_default", tmp_path / "runs" / "noisy"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("jobs", "*.png"))
+    rows = [json.loads(line) for line in (dst / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        clean, mem = curves.get((r["method"], r["model"]), ({}, {}))
+        if r["epoch"] in clean:
+            r["clean_train_acc"], r["noisy_memorised"] = clean[r["epoch"]], mem[r["epoch"]]
+            if r["seed"] == 2 and r["method"] == "baseline":
+                r["clean_train_acc"] = min(r["clean_train_acc"], 0.75)
+    (dst / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    at = dict(
+        measure="at_level",
+        run="noisy",
+        metric="noisy_memorised",
+        by="clean_train_acc",
+        treatment="ema/avg",
+        control="baseline/online",
+        direction="less",
+    )
+    spec = load_spec(_spec(tmp_path, _claim("fixed", **at, level=0.8), _claim("common", **at)))
+    fixed, common = evaluate_claims(spec, RunStore(tmp_path / "runs"))
+    # level 0.8: the baseline halfway from epoch 2 to 3 (0.4), the EMA at epoch 2 (0.1)
+    assert fixed.effect.n == 2 and fixed.effect.mean == pytest.approx(-0.3)
+    assert any("seed(s) 2 never reach" in n for n in fixed.effect.notes)
+    # common level: 0.85 in seeds 0 and 1 (0.45 against 0.2); 0.75 in seed 2 (baseline at
+    # its last epoch 0.5 against the EMA between epochs 1 and 2: 0.075)
+    assert common.effect.n == 3
+    assert common.effect.mean == pytest.approx((-0.25 - 0.25 + (0.075 - 0.5)) / 3)
+
+
+def test_tuned_reads_each_model_in_the_run_its_validation_metric_prefers(runs, tmp_path):
+    # a second "learning rate": the baseline's validation accuracy is lower there, the EMA's
+    # higher, so each side is read in a different run; only validation metrics may choose
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "experiments" / "00_val", root / "lr_a")
+    _with_validation(
+        runs / "experiments" / "00_default",
+        root / "lr_b",
+        lambda r: {("baseline", "online"): 0.5, ("ema", "avg"): 1.0}.get(
+            (r["method"], r["model"]), 0.0
+        ),
+    )
+    tuned = dict(
+        measure="tuned",
+        candidates=["lr_a", "lr_b"],
+        metric="test_acc",
+        treatment="ema/avg",
+        control="baseline/online",
+        direction="greater",
+    )
+    (t,) = evaluate_claims(load_spec(_spec(tmp_path, _claim("t", **tuned))), RunStore(root))
+    store = RunStore(root)
+    ema, _ = values(store.get("lr_b"), "ema/avg", "test_acc", "final")
+    base, _ = values(store.get("lr_a"), "baseline/online", "test_acc", "final")
+    assert t.effect.mean == pytest.approx(np.mean([ema[s] - base[s] for s in ema]))
+    assert "ema/avg: `lr_b`" in " ".join(t.effect.notes)
+    assert "baseline/online: `lr_a`" in " ".join(t.effect.notes)
+    bad = load_spec(_spec(tmp_path, _claim("bad", **tuned, select="test_acc")))
+    with pytest.raises(UsageError, match="select must be a validation metric"):
+        evaluate_claims(bad, RunStore(root))

@@ -155,6 +155,14 @@ def test_same_seed_same_numbers_and_report_rebuilds(tmp_path):
     assert all(np.array_equal(pa[k], pb[k]) for k in pa.files)
     # label noise: memorisation measured for every model
     assert all("noisy_memorised" in r for r in rows_of(a))
+    # train_acc (on the labels trained on) splits into the clean and the flipped examples:
+    # train_acc = (1 - q) clean_train_acc + q noisy_memorised, with q the same flipped share
+    qs = [
+        (r["train_acc"] - r["clean_train_acc"]) / (r["noisy_memorised"] - r["clean_train_acc"])
+        for r in rows_of(a)
+        if abs(r["noisy_memorised"] - r["clean_train_acc"]) > 0.05
+    ]
+    assert len(qs) > 5 and max(qs) - min(qs) < 1e-5 and 0.15 < qs[0] < 0.25
     # report rebuilds the same summary from the saved files, without training
     before = (a / "summary.md").read_text()
     (a / "summary.md").unlink()

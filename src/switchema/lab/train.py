@@ -349,6 +349,9 @@ def evaluate(
     if flipped is not None and bool(flipped.any()):
         pred_tr = out_tr.argmax(1)
         row["noisy_memorised"] = float((pred_tr[flipped] == y_train[flipped]).float().mean())
+        # the clean examples' accuracy: memorisation is compared at equal values of it
+        clean = ~flipped & (y_train >= 0)
+        row["clean_train_acc"] = float((pred_tr[clean] == y_train[clean]).float().mean())
         row["noisy_true_recovered"] = float(
             (pred_tr[flipped] == data.y_train[flipped]).float().mean()
         )

@@ -50,6 +50,7 @@ from typing import Any
 from ..checkpoint import atomic_write_text
 from ..errors import ConfigError, MissingFileError, UsageError
 from ..stats import equivalence_p, format_ci, format_p, holm
+from . import choices  # noqa: F401  (registers at_level and tuned)
 from .measures import MEASURES, Effect
 from .points import MissingOutput, NotMeasurable, RunStore, display
 from .provenance import provenance_lines, provenance_sentence

@@ -38,6 +38,7 @@ CSV_COLUMNS: dict[str, str] = {
     "ece100_mass": "expected calibration error, 100 equal-mass bins, fraction",
     "noisy_memorised": "flipped training labels the model predicts, fraction",
     "noisy_true_recovered": "flipped training labels whose true class it predicts, fraction",
+    "clean_train_acc": "accuracy on the training examples whose labels were not flipped, fraction",
     "test_mse": "regression: test mean squared error (standardised target)",
     "test_mae": "regression: test mean absolute error (standardised target)",
     "test_bpc": "language model: test bits per character",

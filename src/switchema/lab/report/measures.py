@@ -18,6 +18,7 @@ mapping, as read from the spec). Built in:
   model's best validation accuracy in the same seed, ``treatment - control`` paired by seed. A
   model that never reaches it is *censored*: counted as the budget plus one epoch, a lower
   bound on its time (so the effect understates how slow it is), and the row says how many.
+Measures that first choose where to read (``at_level``, ``tuned``) are in :mod:`.choices`.
 
 A term names its run folder (``run``, by default the claim's), its model (``method/model``),
 metric and point (``final`` or ``best``; see :mod:`.points`).
@@ -43,7 +44,9 @@ __all__ = [
     "Measure",
     "Term",
     "effect_of_differences",
+    "paired_seeds",
     "register_measure",
+    "run_of",
     "terms_of",
 ]
 
@@ -207,7 +210,7 @@ def effect_of_differences(d: dict[int, float], notes: list[str]) -> Effect:
     return Effect(r["mean"], r["lo"], r["hi"], se, n - 1, n, r["p"], tuple(notes))
 
 
-def _paired_seeds(per_term: list[tuple[str, dict[int, Any]]], notes: list[str]) -> list[int]:
+def paired_seeds(per_term: list[tuple[str, dict[int, Any]]], notes: list[str]) -> list[int]:
     """The seeds every term has; a note names seeds left out because a term lacks them."""
     common = sorted(set.intersection(*(set(v) for _, v in per_term)))
     every = sorted(set.union(*(set(v) for _, v in per_term)))
@@ -224,17 +227,17 @@ def _contrast(claim: Mapping[str, Any], store: RunStore) -> Effect:
     for t in terms:
         if t.model is None:
             continue
-        vals, note = values(_run(store, t.run), t.model, t.metric, t.at)
+        vals, note = values(run_of(store, t.run), t.model, t.metric, t.at)
         if note and note not in notes:
             notes.append(note)
         per_term.append((t, vals))
-    seeds = _paired_seeds([(t.model, v) for t, v in per_term], notes)
+    seeds = paired_seeds([(t.model, v) for t, v in per_term], notes)
     const = sum(t.weight * t.value for t in terms if t.model is None)
     d = {s: const + sum(t.weight * v[s] for t, v in per_term) for s in seeds}
     return effect_of_differences(d, notes)
 
 
-def _run(store: RunStore, name: str) -> Run:
+def run_of(store: RunStore, name: str) -> Run:
     run = store.get(name)
     if run is None:  # the claims table checks first; a direct caller gets a clear error
         raise UsageError(f"run folder {store.root / name} not found or holds no results yet")
@@ -282,14 +285,14 @@ def _pairwise(claim: Mapping[str, Any], store: RunStore) -> Effect:
     notes: list[str] = []
     per_side = []
     for t in _sides(claim):
-        run = _run(store, t.run)
+        run = run_of(store, t.run)
         method, label = split_model(t.model)
         seeds = list(seed_rows(run, t.model))
         probs = {s: run.arrays.get(f"probs/{method}/{label}/{s}") for s in seeds}
         if any(p is None for p in probs.values()):
             raise UsageError(f"{run.name}/predictions.npz lacks the final predictions of {t.model}")
         per_side.append((t.model, probs))
-    seeds = _paired_seeds(per_side, notes)
+    seeds = paired_seeds(per_side, notes)
     (_, a), (_, b) = per_side
     r = pairwise_difference(PAIRWISE[claim["metric"]], [a[s] for s in seeds], [b[s] for s in seeds])
     notes.append(
@@ -345,7 +348,7 @@ def _epochs_to(claim: Mapping[str, Any], store: RunStore) -> Effect:
             f"epochs_to needs 0 < fraction <= 1 and count 'epochs' or 'steps', got "
             f"{claim['fraction']!r} and {count!r}"
         )
-    run = _run(store, claim["run"])
+    run = run_of(store, claim["run"])
     notes: list[str] = []
     key = _reach_metric(run, claim, notes)
     ref = seed_rows(run, claim.get("reference", claim["control"]))
@@ -363,7 +366,7 @@ def _epochs_to(claim: Mapping[str, Any], store: RunStore) -> Effect:
                 t, cut = float(rs[-1]["step" if count == "steps" else "epoch"] + per_epoch), cut + 1
             out[s] = t
         times[role], censored[role] = out, (cut, len(out))
-    seeds = _paired_seeds(list(times.items()), notes)
+    seeds = paired_seeds(list(times.items()), notes)
     for role, (cut, n) in censored.items():
         if cut:
             notes.append(
