@@ -13,3 +13,8 @@ for task in mnist1d-cnn mnist1d-cnnbn; do
     --seeds 0 1 2 3 4 --posthoc-check 0.03 0.07 0.15 \
     --out "$OUT/06_posthoc_$task" --no-progress "$@"
 done
+# At the end of a cosine schedule to zero every EMA length ends near the last iterate, so the
+# curve above is flat by construction; with a constant learning rate the length matters.
+switchema compare --task mnist1d-cnn --methods baseline ema posthoc --decay 0.99 \
+  --lr-schedule constant --seeds 0 1 2 3 4 --posthoc-check 0.03 0.07 0.15 \
+  --out "$OUT/06_posthoc_constant_lr" --no-progress "$@"
