@@ -9,4 +9,5 @@ switchema analyze "$OUT/02_label_noise_sema" --no-progress "$@"
 [ -f "$OUT/05_nqm/nqm.json" ] || switchema nqm --out "$OUT/05_nqm"  # never overwritten
 # The main job with a constant learning rate: without the cosine decay to zero, does the EMA's
 # averaging show at the final epoch? (The EMA paper: EMA needs less learning-rate decay.)
-switchema compare --lr-schedule constant --out "$OUT/00_constant_lr" --no-progress "$@"
+[ -d "$OUT/00_constant_lr" ] ||
+  switchema compare --lr-schedule constant --out "$OUT/00_constant_lr" --no-progress "$@"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Every recipe of this folder, in order, then CLAIMS.md and RESULTS.md regenerated from the runs.
+# OUT (default runs/experiments) holds the run folders; each recipe's wall time goes to
+# $OUT/wall_times.txt. A recipe whose folders exist already is skipped (delete them to rerun), so
+# a killed run_all.sh continues where it stopped; a killed sweep continues with its --resume.
+# About 2 hours on the 2-core machine with JOBS=2 (the per-recipe times are in RESULTS.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OUT=${OUT:-runs/experiments} JOBS=${JOBS:-2}
+mkdir -p "$OUT"
+run() {  # run NAME FOLDER COMMAND...: skip if FOLDER exists, else time COMMAND
+  local name=$1 folder=$2; shift 2
+  if [ -e "$OUT/$folder" ]; then echo "skip $name: $OUT/$folder exists"; return; fi
+  local start=$SECONDS
+  "$@"
+  echo "$name $((SECONDS - start)) s" >> "$OUT/wall_times.txt"
+}
+run 00_default 00_default switchema compare --out "$OUT/00_default" --no-progress --jobs "$JOBS"
+run 01_circles 01_circles_decay0.99 bash experiments/01_circles.sh --jobs "$JOBS"
+run 02_label_noise 02_label_noise_sema bash experiments/02_label_noise.sh --jobs "$JOBS"
+run 03_sweep 03_sweep/sweep.md bash experiments/03_sema_sweep.sh
+run 04_bn 04_bn_start_keep bash experiments/04_bn_recompute.sh --jobs "$JOBS"
+run 05_analyze 00_default/analysis.json bash experiments/05_analyze.sh
+run 06_posthoc 06_posthoc_constant_lr bash experiments/06_posthoc.sh --jobs "$JOBS"
+for f in experiments/0[7-9]_*.sh experiments/1[0-9]_*.sh; do
+  name=$(basename "$f" .sh)
+  run "$name" "done_$name" bash "$f" --jobs "$JOBS"
+  touch "$OUT/done_$name"
+done
+bash experiments/make_results.sh
