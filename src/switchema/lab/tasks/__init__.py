@@ -10,6 +10,7 @@
 """
 
 from . import builtin  # noqa: F401  (registers the built-in tasks)
+from . import transfer  # noqa: F401  (registers mnist1d-transfer)
 from .base import KINDS, Task, TaskData, task_loss
 from .data import CHARLM_SOURCES, load_cifar
 from .noise import apply_label_noise
