@@ -10,7 +10,6 @@
 """
 
 from . import builtin  # noqa: F401  (registers the built-in tasks)
-from . import transfer  # noqa: F401  (registers mnist1d-transfer)
 from .base import KINDS, Task, TaskData, task_loss
 from .data import CHARLM_SOURCES, load_cifar
 from .noise import apply_label_noise
@@ -33,3 +32,5 @@ __all__ = [
     "task_loss",
     "task_names",
 ]
+
+from . import transfer  # noqa: E402, F401  (registers mnist1d-transfer)
