@@ -26,6 +26,7 @@ SMALL_OPTIONS: dict[str, dict] = {
     "mnist1d-mlp": {"n_total": 300},
     "mnist1d-cnn": {"n_total": 300},
     "mnist1d-cnnbn": {"n_total": 300},
+    "mnist1d-transfer": {"n_total": 300},
     "digits-cnn": {},
     "friedman-mlp": {"n_train": 200, "n_test": 100},
     "charlm": {"n_chars": 20000},

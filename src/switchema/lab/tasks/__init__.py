@@ -32,3 +32,5 @@ __all__ = [
     "task_loss",
     "task_names",
 ]
+
+from . import transfer  # noqa: E402, F401  (registers mnist1d-transfer)
