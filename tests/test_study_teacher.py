@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from switchema.lab.config import StudyConfig
-from switchema.lab.jobs import build_study_data
+from switchema.lab.jobs import build_study_data, prepare_data
 from switchema.lab.options import RunOptions
 from switchema.lab.report.claims import evaluate_claims, load_spec
 from switchema.lab.report.points import RunStore
@@ -28,7 +28,7 @@ TINY = dict(
 
 def _run(methods, checkpoint=None, resume=None, **kw):
     study = resolve(StudyConfig(methods=methods, seeds=[0], **{**TINY, **kw}))
-    data, y, flipped = build_study_data(study)
+    data, y, flipped = prepare_data(study)  # cached: one data set for the whole file
     return train_run(
         study, data, methods, 0, y_train=y, flipped=flipped, checkpoint=checkpoint, resume=resume
     )
@@ -60,9 +60,9 @@ def test_a_tenth_of_the_labels_is_kept_and_validation_takes_labelled_examples_on
 def test_the_ema_teacher_is_not_the_online_model_and_decay_zero_is_the_baseline():
     """The baseline's target is the online model itself; an EMA teacher with decay 0 is the
     model after every step, so the same trajectory number for number; decay 0.9 lags."""
-    base = _run(["baseline"])[0]
-    zero = _run(["ema"], decay=0.0)[0]
-    rows, _, states = _run(["ema"], decay=0.9)
+    base = _run(["baseline"], epochs=1)[0]
+    zero = _run(["ema"], decay=0.0, epochs=1)[0]
+    rows, _, states = _run(["ema"], decay=0.9, epochs=1)
     assert _online(base) == _online(zero) and _online(base, "test_acc") == _online(zero, "test_acc")
     assert _online(base) != _online(rows)
     online, avg = states["ema/online/0"], states["ema/avg/0"]

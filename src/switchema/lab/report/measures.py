@@ -37,7 +37,7 @@ import numpy as np
 from .. import metrics as M
 from ..errors import UsageError
 from ..stats import paired_difference, pairwise_difference
-from .points import POINTS, Run, RunStore, seed_rows, split_model, values
+from .points import POINTS, NotMeasurable, Run, RunStore, seed_rows, split_model, values
 
 __all__ = [
     "Effect",
@@ -416,8 +416,8 @@ def _early_mean(run: Run, term: Term, first: int) -> dict[int, float]:
     out = {}
     for seed, rows in seed_rows(run, term.model).items():
         early = [float(r[term.metric]) for r in rows if r["epoch"] <= first and term.metric in r]
-        if len(early) < first:
-            raise UsageError(
+        if len(early) < first:  # a shorter run: the row says so, the table still builds
+            raise NotMeasurable(
                 f"{run.name}: {term.model} has {term.metric!r} in {len(early)} of the first "
                 f"{first} epochs (seed {seed})"
             )
