@@ -96,9 +96,10 @@ def test_the_early_measure_pairs_the_first_epochs_by_seed(tmp_path):
     (tmp_path / "c.toml").write_text(
         _claim("gap", treatment="ema/avg", control="ema/online", first=2, **sides)
         + _claim("one", treatment="ema/avg", control="baseline/online", first=1, **sides)
+        + _claim("long", treatment="ema/avg", control="ema/online", first=3, **sides)
     )
     store = RunStore(tmp_path / "runs")
-    gap, one = evaluate_claims(load_spec(tmp_path / "c.toml"), store)
+    gap, one, long = evaluate_claims(load_spec(tmp_path / "c.toml"), store)
     rows = store.get("mt").rows
 
     def acc(model, seed, epochs):
@@ -111,6 +112,7 @@ def test_the_early_measure_pairs_the_first_epochs_by_seed(tmp_path):
     assert one.effect.mean == pytest.approx(
         sum(acc("ema/avg", s, (1,))[0] - acc("baseline/online", s, (1,))[0] for s in (0, 1)) / 2
     )
+    assert long.status == "not measurable" and "2 of the first 3 epochs" in long.verdict
     (tmp_path / "bad.toml").write_text(_claim("bad", treatment="ema/avg", control="ema/online",
                                               first=0, **sides))  # fmt: skip
     with pytest.raises(Exception, match="first must be a whole number"):
