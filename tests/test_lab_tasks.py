@@ -27,6 +27,7 @@ SMALL_OPTIONS: dict[str, dict] = {
     "mnist1d-cnn": {"n_total": 300},
     "mnist1d-cnnbn": {"n_total": 300},
     "mnist1d-transfer": {"n_total": 300},
+    "mnist1d-meanteacher": {"n_total": 300},
     "digits-cnn": {},
     "friedman-mlp": {"n_train": 200, "n_test": 100},
     "charlm": {"n_chars": 20000},
@@ -136,7 +137,9 @@ def test_task_builds_data_and_model(name: str) -> None:
     if data.kind == "classification":
         assert data.y_train.dtype == torch.int64
         assert data.x_train.dtype == torch.float32
-        assert int(data.y_train.min()) >= 0 and int(data.y_train.max()) < data.num_classes
+        # -1 marks an unlabelled training example (semi-supervised tasks); test labels are all set
+        assert int(data.y_train.min()) >= -1 and int(data.y_train.max()) < data.num_classes
+        assert bool((data.y_train >= 0).any()) and int(data.y_test.min()) >= 0
     elif data.kind == "regression":
         assert data.num_classes is None
         assert data.y_train.dtype == torch.float32 and data.y_train.dim() == 1

@@ -18,6 +18,8 @@ mapping, as read from the spec). Built in:
   model's best validation accuracy in the same seed, ``treatment - control`` paired by seed. A
   model that never reaches it is *censored*: counted as the budget plus one epoch, a lower
   bound on its time (so the effect understates how slow it is), and the row says how many.
+* ``early``: ``treatment - control`` of a metric averaged over epochs ``1..first`` (each
+  seed's early curve), paired by seed; e.g. an EMA teacher's early advantage over its student.
 Measures that first choose where to read (``at_level``, ``tuned``) are in :mod:`.choices`.
 
 A term names its run folder (``run``, by default the claim's), its model (``method/model``),
@@ -36,7 +38,7 @@ import numpy as np
 from .. import metrics as M
 from ..errors import UsageError
 from ..stats import paired_difference, pairwise_difference
-from .points import POINTS, Run, RunStore, seed_rows, split_model, values
+from .points import POINTS, NotMeasurable, Run, RunStore, seed_rows, split_model, values
 
 __all__ = [
     "Effect",
@@ -394,3 +396,59 @@ register_measure(
     required=("run", "treatment", "control", "fraction"),
     optional=("reference", "metric", "count"),
 )(_epochs_to)
+
+
+# --------------------------------------------------------------------------- early epochs
+
+
+def _early_sides(claim: Mapping[str, Any]) -> tuple[int, list[Term]]:
+    first = claim["first"]
+    if isinstance(first, bool) or not isinstance(first, int) or first < 1:
+        raise UsageError(f"first must be a whole number of epochs >= 1, got {first!r}")
+    sides = [
+        _term(claim, claim["treatment"], 1.0, "treatment"),
+        _term(claim, claim["control"], -1.0, "control"),
+    ]
+    if any(t.model is None for t in sides):
+        raise UsageError("early compares two models' curves; a constant value has none")
+    return first, sides
+
+
+def _early_mean(run: Run, term: Term, first: int) -> dict[int, float]:
+    """``{seed: mean of term.metric over epochs 1..first}`` of one model."""
+    out = {}
+    for seed, rows in seed_rows(run, term.model).items():
+        early = [float(r[term.metric]) for r in rows if r["epoch"] <= first and term.metric in r]
+        if len(early) < first:  # a shorter run: the row says so, the table still builds
+            raise NotMeasurable(
+                f"{run.name}: {term.model} has {term.metric!r} in {len(early)} of the first "
+                f"{first} epochs (seed {seed})"
+            )
+        out[seed] = sum(early) / first
+    return out
+
+
+def _early(claim: Mapping[str, Any], store: RunStore) -> Effect:
+    first, sides = _early_sides(claim)
+    notes: list[str] = []
+    per_side = [(t.model, _early_mean(run_of(store, t.run), t, first)) for t in sides]
+    seeds = paired_seeds(per_side, notes)
+    (_, a), (_, b) = per_side
+    return effect_of_differences({s: a[s] - b[s] for s in seeds}, notes)
+
+
+def _describe_early(claim: Mapping[str, Any]) -> str:
+    first, (a, b) = _early_sides(claim)
+    default = claim.get("run", "")
+    span = "epoch 1" if first == 1 else f"epochs 1-{first}"
+    return f"{a.describe(default)} − {b.describe(default)}: {a.metric} averaged over {span}"
+
+
+register_measure(
+    "early",
+    describe=_describe_early,
+    runs=lambda c: list(dict.fromkeys(t.run for t in _early_sides(c)[1])),
+    metric=lambda c: str(c["metric"]),
+    required=("treatment", "control", "first", "metric"),
+    optional=("run",),
+)(_early)

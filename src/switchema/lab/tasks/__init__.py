@@ -9,7 +9,10 @@
 * :mod:`.builtin`: the built-in tasks, registered on import.
 """
 
-from . import builtin  # noqa: F401  (registers the built-in tasks)
+from . import (
+    builtin,  # noqa: F401  (registers the built-in tasks)
+    teacher,  # noqa: F401  (registers mnist1d-meanteacher)
+)
 from .base import KINDS, Task, TaskData, task_loss
 from .data import CHARLM_SOURCES, load_cifar
 from .noise import apply_label_noise

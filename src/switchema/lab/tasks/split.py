@@ -4,7 +4,8 @@ results (the early-stopping epoch, the best decay, the temperature of temperatur
 The EMA paper tunes on an 80/20 split of the training data; so does the lab, by default
 (``val_fraction=0.2``). The split is fixed by the data seed, is the same for every training
 seed and method, and never touches the test set. Classes keep their proportions (the split is
-stratified by the labels as observed); regression targets and language-model sequences are
+stratified by the labels as observed; unlabelled examples, label -1, all stay in training, so
+every validation example has a label); regression targets and language-model sequences are
 split at random. With label noise the validation labels are the noisy training labels they
 come from: a practitioner holds out what they have.
 """
@@ -29,7 +30,8 @@ def validation_indices(
     """``(train, val)`` indices into ``range(len(y))``, both sorted, disjoint, covering all.
 
     Stratified: ``round(fraction * n_c)`` examples of each class ``c`` (labels ``y``, of shape
-    ``(n,)``) go to validation; otherwise ``round(fraction * n)`` examples drawn at random.
+    ``(n,)``) go to validation, none of the unlabelled ones (``y == -1``); otherwise
+    ``round(fraction * n)`` examples drawn at random.
     The draw depends only on ``seed`` (and ``y``): the same data seed, the same split.
     """
     if not is_real(fraction) or not 0.0 <= fraction < 1.0:
@@ -38,7 +40,8 @@ def validation_indices(
     n = int(y.shape[0])
     gen = torch.Generator().manual_seed(_SEED_OFFSET + seed)
     if stratify:
-        groups = [torch.nonzero(y == c).flatten() for c in torch.unique(y).tolist()]
+        classes = torch.unique(y[y >= 0]).tolist()  # unlabelled examples stay in training
+        groups = [torch.nonzero(y == c).flatten() for c in classes]
     else:
         groups = [torch.arange(n)]
     val = []
