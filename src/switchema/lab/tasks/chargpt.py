@@ -119,7 +119,7 @@ class CharGPT(nn.Module):
     defaults=task_defaults(epochs=6, batch_size=32, optimizer="adamw", lr=3e-3, weight_decay=0.1),
     units={
         "n_chars": "characters, None: the whole corpus",
-        "seq_len": "characters per sequence (the model's context)",
+        "seq_len": "characters per sequence, the model's context",
         "train_fraction": "fraction for training",
         "dim": "dimensions of the embeddings and blocks",
         "heads": "attention heads",
