@@ -199,7 +199,11 @@ def test_the_repositorys_spec_and_template_name_runs_the_recipes_write():
         if "recipe" in c:
             assert (ROOT / c["recipe"]).is_file(), c["recipe"]
     ids = [c["id"] for c in spec.claims]
-    assert sum("untestable" in c for c in spec.claims) >= 8 and len(ids) >= 30
+    assert len(ids) == len(set(ids)) and len(ids) >= 30
+    # what cannot be tested at this scale has a row that says why (issue 15)
+    why = {c["id"]: c.get("untestable", "") for c in spec.claims}
+    for cid in ("sema-imagenet", "sema-detection", "sema-video", "ema-cifar-tiny-imagenet"):
+        assert len(why[cid]) > 20, cid
 
 
 def test_the_repositorys_template_fills_from_an_empty_runs_root(tmp_path, capsys):

@@ -14,6 +14,7 @@ from . import (
     teacher,  # noqa: F401  (registers mnist1d-meanteacher)
 )
 from .base import KINDS, Task, TaskData, task_loss
+from .chargpt import chargpt_model  # noqa: F401  (registers chargpt)
 from .data import CHARLM_SOURCES, load_cifar
 from .noise import apply_label_noise
 from .registry import ENTRY_POINT_GROUP, TASKS, get_task, load_plugins, register_task, task_names
