@@ -6,10 +6,12 @@
 * :mod:`.data`, :mod:`.models`: the built-in tasks' data sets and networks;
 * :mod:`.noise`: label noise;
 * :mod:`.split`: the validation split carved from the training data;
-* :mod:`.builtin`: the built-in tasks, registered on import.
+* :mod:`.builtin`: the built-in tasks, registered on import;
+* :mod:`.flows`: the generative tasks (flow matching on 2-D data), registered on import.
 """
 
 from . import builtin  # noqa: F401  (registers the built-in tasks)
+from . import flows  # noqa: F401  (registers the generative tasks)
 from .base import KINDS, Task, TaskData, task_loss
 from .data import CHARLM_SOURCES, load_cifar
 from .noise import apply_label_noise
