@@ -22,7 +22,7 @@ import numbers
 from collections.abc import Collection
 from typing import Any
 
-__all__ = ["check_int", "check_real", "check_choice", "is_int", "is_real"]
+__all__ = ["check_int", "check_real", "check_choice", "check_generator", "is_int", "is_real"]
 
 
 def is_int(value: Any) -> bool:
@@ -114,3 +114,12 @@ def check_choice(value: Any, name: str, choices: Collection[Any]) -> Any:
     if not ok:
         raise ValueError(f"{name} must be one of {sorted(choices, key=str)}, got {value!r}")
     return value
+
+
+def check_generator(generator: Any, name: str = "generator") -> Any:
+    """``generator`` if it is a ``torch.Generator`` (explicit randomness, seeded by the caller)."""
+    import torch
+
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator, got {type(generator).__name__}")
+    return generator

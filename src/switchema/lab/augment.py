@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_choice, check_int, check_real
+from .._checks import check_choice, check_generator, check_int, check_real
 
 __all__ = [
     "CONSISTENCY_KINDS",
@@ -57,19 +57,13 @@ def _check_batch(x: Any, name: str = "x", ndims: tuple[int, ...] = (2, 3)) -> to
     return x
 
 
-def _check_generator(generator: Any) -> torch.Generator:
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    return generator
-
-
 def _per_sample(x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``(n,)`` values shaped to broadcast over the other axes of ``x``."""
     return values.to(x.device, x.dtype).view(-1, *([1] * (x.ndim - 1)))
 
 
 def _shifts(n: int, max_shift: int, generator: torch.Generator, device: torch.device) -> Any:
-    g = _check_generator(generator)
+    g = check_generator(generator)
     s = torch.randint(-max_shift, max_shift + 1, (n,), generator=g, device=g.device)
     return s.to(device)
 
@@ -109,7 +103,7 @@ def add_noise(x: torch.Tensor, std: float, generator: torch.Generator) -> torch.
     """
     x = _check_batch(x)
     std = check_real(std, "std", minimum=0.0)
-    g = _check_generator(generator)
+    g = check_generator(generator)
     eps = torch.randn(x.shape, generator=g, device=g.device, dtype=x.dtype)
     return x + std * eps.to(x.device)
 
@@ -129,7 +123,7 @@ def random_scale(x: torch.Tensor, scale_coeff: float, generator: torch.Generator
     """
     x = _check_batch(x)
     c = check_real(scale_coeff, "scale_coeff", minimum=0.0, maximum=2.0, max_open=True)
-    g = _check_generator(generator)
+    g = check_generator(generator)
     u = torch.rand((x.shape[0],), generator=g, device=g.device, dtype=x.dtype)
     return x * _per_sample(x, 1 + c * (u - 0.5))
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_generator, check_int
 from ..analysis._objective import training_mode
 
 __all__ = [
@@ -35,12 +35,6 @@ __all__ = [
     "sample",
     "sample_scores",
 ]
-
-
-def _check_generator(generator: Any) -> torch.Generator:
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    return generator
 
 
 # --------------------------------------------------------------------------- model and loss
@@ -126,7 +120,7 @@ def flow_matching_loss(
     """
     if not isinstance(x1, torch.Tensor) or x1.ndim != 2 or not x1.is_floating_point():
         raise ValueError(f"x1 must be a floating (n, d) tensor, got {x1!r:.80}")
-    g = _check_generator(generator)
+    g = check_generator(generator)
     kw = {"generator": g, "device": g.device, "dtype": x1.dtype}
     x0 = torch.randn(x1.shape, **kw).to(x1.device)
     t = torch.rand((x1.shape[0],), **kw).to(x1.device)
@@ -174,7 +168,7 @@ def sample(
     """
     n = check_int(n, "n", minimum=1)
     steps = check_int(steps, "steps", minimum=1)
-    g = _check_generator(generator)
+    g = check_generator(generator)
     method = check_choice(method, "method", SAMPLERS)
     if dim is None and not hasattr(model, "dim"):
         raise TypeError("pass dim=... to sample a model that has no .dim attribute")

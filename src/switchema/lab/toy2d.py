@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_int, check_real
+from .._checks import check_choice, check_generator, check_int, check_real
 
 __all__ = [
     "DATASETS_2D",
@@ -33,12 +33,6 @@ __all__ = [
     "swiss_roll_2d",
     "two_moons",
 ]
-
-
-def _check_generator(generator: Any) -> torch.Generator:
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    return generator
 
 
 # --------------------------------------------------------------------------- the mixture
@@ -106,7 +100,7 @@ class GaussianMixture:
     ) -> torch.Tensor:
         """``n`` draws ``(n, d)`` on the generator's device: a component, then ``mu + L z``."""
         n = check_int(n, "n", minimum=1)
-        g = _check_generator(generator)
+        g = check_generator(generator)
         dev = g.device
         comp = torch.multinomial(self.weights.to(dev), n, replacement=True, generator=g)
         z = torch.randn((n, self.dim, 1), generator=g, device=dev, dtype=torch.float64)
