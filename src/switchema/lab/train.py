@@ -207,10 +207,9 @@ def evaluate_epoch(
     Rows go to ``out.rows`` (one per method and model); after the last epoch the rows also
     hold the temperature fitted on validation and the test ECE after scaling
     (:func:`temperature_scaled`), the final test and validation probabilities (and
-    decision-boundary grids of 2-D tasks, generated samples of generative ones) go to
-    ``out.arrays`` (``probs/...``, ``val_probs/...``, ``grid/...``, ``samples/...``) and the
-    evaluated weights, BatchNorm statistics included, to
-    ``out.states``.
+    decision-boundary grids of 2-D tasks, what generative ones generate) go to ``out.arrays``
+    (``probs/...``, ``val_probs/...``, ``grid/...``, ``samples/...``) and the evaluated
+    weights, BatchNorm statistics included, to ``out.states``.
     """
     study, data, y_train, flipped = run.study, run.data, run.y_train, run.flipped
     model, eval_model = run.model, run.eval_model
@@ -235,7 +234,7 @@ def evaluate_epoch(
         base = {"method": method.name, "seed": seed, "epoch": info["epoch"], "step": info["step"]}
         timing = {"train_time_s": info["train_time_s"]}
         out.rows.append({**base, "model": "online", "switched": did_switch, **timing, **online})
-        finals = {"online": (probs, online_grid, _samples(study.task, model, data, last))}
+        finals = {"online": (probs, online_grid)}
         for ev in method.evaluated(last):
             label = ev.label
             # buffers the average skips are the initial model's (its "skip" policy)
@@ -246,43 +245,37 @@ def evaluate_epoch(
             if last:
                 avg_row.update(temperature_scaled(avg_probs, data))
             out.rows.append({**base, "model": label, **avg_row, **ev.extra})
-            grid = _grid_probs(eval_model, grid_pts, bs, device)
-            finals[label] = (avg_probs, grid, _samples(study.task, eval_model, data, last))
+            finals[label] = (avg_probs, _grid_probs(eval_model, grid_pts, bs, device))
             if last:  # the evaluated weights, BatchNorm statistics included
                 out.states[f"{method.name}/{label}/{seed}"] = _cpu_state(eval_model)
         if last:
             out.states[f"{method.name}/online/{seed}"] = _cpu_state(model)
-            out.arrays.update(_final_arrays(f"{method.name}/{{}}/{seed}", finals))
+            for label, (p, g) in finals.items():
+                for split, prefix in (("test", "probs"), ("val", "val_probs")):
+                    if split in p:
+                        out.arrays[f"{prefix}/{method.name}/{label}/{seed}"] = p[split].astype(
+                            np.float32
+                        )
+                if g is not None:
+                    out.arrays[f"grid/{method.name}/{label}/{seed}"] = g
     if last:  # what a report needs of the data, so it never rebuilds the data set
         out.arrays.update(data_arrays(data, y_train))
+        out.arrays.update(_final_samples(run, out.states))
 
 
-def _final_arrays(name: str, finals: dict[str, tuple]) -> dict[str, np.ndarray]:
-    """The arrays kept of a method's final models: ``finals[label] = (probabilities by split,
-    decision grid or None, generated samples or None)``; ``name`` is ``"method/{}/seed"``."""
+def _final_samples(run: Run, states: dict[str, dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """What each final model generates (``samples/<method>/<model>/<seed>``), for a task with
+    ``Task.samples``; the samples come from the task's own seeded generator (no global RNG)."""
+    task, model = run.study.task, run.eval_model
+    if task.samples is None:
+        return {}
     out = {}
-    for label, (p, g, x) in finals.items():
-        key = name.format(label)
-        for split, prefix in (("test", "probs"), ("val", "val_probs")):
-            if split in p:
-                out[f"{prefix}/{key}"] = p[split].astype(np.float32)
-        if g is not None:
-            out[f"grid/{key}"] = g
-        if x is not None:
-            out[f"samples/{key}"] = x
+    with torch.no_grad():
+        for key, state in states.items():
+            model.load_state_dict(state)
+            model.eval()
+            out[f"samples/{key}"] = task.samples(model, run.data).float().cpu().numpy()
     return out
-
-
-def _samples(task, model: nn.Module, data: TaskData, last: bool) -> np.ndarray | None:
-    """After the last epoch, what a generative task's model generates (``Task.samples``)."""
-    if not last or task.samples is None:
-        return None
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            return task.samples(model, data).detach().float().cpu().numpy()
-    finally:
-        model.train(was_training)
 
 
 def checkpoint_state(run: Run, info: dict[str, Any], out: Outcome) -> dict[str, Any]:
@@ -452,14 +445,14 @@ def _grid(data: TaskData, n: int = 120) -> tuple[np.ndarray, np.ndarray, torch.T
 def data_arrays(data: TaskData, y_train: torch.Tensor) -> dict[str, np.ndarray]:
     """Labels (noisy training labels as trained on; the validation labels, noisy alike) and,
     for 2-D classification tasks, the points and plot grid; for generative tasks the held-out
-    sample (``data/x_test``)."""
+    sample (``data/x_test``) generated points are compared with."""
     out = {"data/y_train": y_train.numpy(), "data/y_test": data.y_test.numpy()}
     if data.y_val is not None:
         out["data/y_val"] = data.y_val.numpy()
     if data.x_train.shape[1:] == (2,) and data.kind == "classification":
         gx, gy, _ = _grid(data)
         out.update({"grid/x": gx, "grid/y": gy, "data/x_train": data.x_train.numpy()})
-    if data.kind == "generative":  # the held-out sample generated points are scored against
+    if data.kind == "generative":
         out["data/x_test"] = data.x_test.numpy()
     return out
 

@@ -28,6 +28,7 @@ from . import run_plots
 from .export import write_csv, write_tensorboard
 from .posthoc import plot_posthoc, posthoc_data, posthoc_lines
 from .run import PRIMARY, load_run, summarise
+from .samples import plot_samples
 from .style import Figures
 
 __all__ = ["render_summary", "verdict", "write_report"]
@@ -345,6 +346,8 @@ def write_report(
         run_plots.plot_reliability(config, summary, arrays, figures, run, "reliability")
     if "grid/x" in arrays:
         run_plots.plot_boundaries(config, summary, arrays, figures, run, "boundaries")
+    if summary["kind"] == "generative":
+        plot_samples(config, summary, rows, arrays, figures, run, "samples")
     data = posthoc_data(rows, summary["key"], summary["higher"])
     if data is not None:
         _, _, scale, unit = PRIMARY[summary["kind"]]

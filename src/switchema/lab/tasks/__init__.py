@@ -6,14 +6,13 @@
 * :mod:`.data`, :mod:`.models`: the built-in tasks' data sets and networks;
 * :mod:`.noise`: label noise;
 * :mod:`.split`: the validation split carved from the training data;
-* :mod:`.builtin`: the built-in tasks, registered on import;
-* :mod:`.flows`: the generative tasks (flow matching on 2-D data), registered on import.
+* :mod:`.builtin`: the built-in tasks, registered on import.
 """
 
 from . import builtin  # noqa: F401  (registers the built-in tasks)
-from . import flows  # noqa: F401  (registers the generative tasks)
 from .base import KINDS, Task, TaskData, task_loss
 from .data import CHARLM_SOURCES, load_cifar
+from .flows import FLOW_TASKS  # noqa: F401  (registers the generative tasks)
 from .noise import apply_label_noise
 from .registry import ENTRY_POINT_GROUP, TASKS, get_task, load_plugins, register_task, task_names
 from .split import split_validation

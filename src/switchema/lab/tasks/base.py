@@ -30,8 +30,9 @@ A task may bring its own training objective (``Task.objective(model, x, y, teach
 self-/semi-supervised loss, or a generative one), use the method's averaged model as a teacher
 (``Task.uses_teacher``: ``teacher(x)`` is the average's output, no gradient), and add metrics
 (``Task.metrics(model, data, split)``); a generative task may also say what its final models
-generate (``Task.samples(model, data)``, saved with the run). Classification labels of ``-1`` mark unlabelled
-examples (semi-supervised tasks): the standard loss and training metrics skip them.
+generate (``Task.samples(model, data)``, saved with the run). Classification labels of ``-1``
+mark unlabelled examples (semi-supervised tasks): the standard loss and training metrics skip
+them.
 """
 
 from __future__ import annotations
@@ -171,8 +172,6 @@ class Task:
             called before a run folder is created.
         canonical_data: what the default ``data_seed`` gives, when it is a published data
             set (e.g. "the mnist1d package's default data set, the canonical MNIST-1D").
-        objective, uses_teacher, metrics: the task's own training objective, whether it uses
-            the method's average as a teacher, and its own metrics (see the module docstring).
         samples: ``samples(model, data) -> (n, d) tensor``, or None: what a generative model
             generates, saved for every final model (``samples/<method>/<model>/<seed>`` in
             ``predictions.npz``) so reports can draw them without sampling again.

@@ -11,7 +11,8 @@ Three tasks, one per data set of :mod:`switchema.lab.toy2d`, each a
 
 Every evaluation (:func:`flow_metrics`) draws ``draws`` samples of ``n_gen`` points from each
 model (``sample_steps`` Heun steps) and scores each draw against the held-out sample
-(``x_test``; ``x_val`` on the validation split, which makes the choices):
+(``x_test``; ``x_val`` on the validation split, which makes the choices; at most
+:data:`REFERENCE_POINTS` of either):
 
 * ``energy``: the energy distance (U-statistic; the primary metric, lower is better);
 * ``sw``: the sliced 2-Wasserstein distance over 128 fixed random directions (lower is better);
@@ -46,6 +47,7 @@ from .registry import register_task
 __all__ = [
     "FLOW_TASKS",
     "NOISE_SEEDS",
+    "REFERENCE_POINTS",
     "flow_metrics",
     "flow_objective",
     "flow_samples",
@@ -53,38 +55,46 @@ __all__ = [
 ]
 
 #: task name -> the data set of :mod:`switchema.lab.toy2d` it learns.
-FLOW_TASKS = {"flow-moons": "two_moons", "flow-swissroll": "swiss_roll", "flow-ring": "gaussian_ring"}
+FLOW_TASKS = {
+    "flow-moons": "two_moons",
+    "flow-swissroll": "swiss_roll",
+    "flow-ring": "gaussian_ring",
+}
 #: split -> the noise seed of its first sample draw (draw ``i`` uses ``seed + i``).
 NOISE_SEEDS = {"test": 0, "val": 100}
+#: each split is scored against at most its first this many points (the test sample has 1000; the
+#: validation split, a random part of the training sample, is larger: its first points are a
+#: random subset, and the energy distance's cost grows with the square of their number).
+REFERENCE_POINTS = 1000
 _PROJECTION_SEED = 7  # the directions of the sliced Wasserstein distance
 _PROJECTIONS = 128
 
 
 def _flow_data(name: str, seed: int, n_train: int, n_test: int, ev: dict, **options) -> TaskData:
+    gap = NOISE_SEEDS["val"] - NOISE_SEEDS["test"]
     ev = {
         "n_gen": check_int(ev["n_gen"], "n_gen", minimum=2),
         "sample_steps": check_int(ev["sample_steps"], "sample_steps", minimum=1),
-        "draws": check_int(ev["draws"], "draws", minimum=1),
+        # at most `gap` draws: the test and validation splits never share a noise seed
+        "draws": check_int(ev["draws"], "draws", minimum=1, maximum=gap),
     }
     d = dataset_2d(name, seed, n_train=n_train, n_test=n_test, **options)
-    n = torch.zeros  # generative data has no targets: zeros keep the row counts checked
     meta = {"dataset": name, "n_train": n_train, "n_test": n_test, **options, "eval": ev}
     meta["scaling"] = d.scaling.to_dict()
-    return TaskData(d.train, n(n_train), d.test, n(n_test), "generative", None, meta)
-
-
-_EVAL_DEFAULTS = {"n_gen": 1000, "sample_steps": 20, "draws": 3}
+    # no targets: zeros keep TaskData's row counts checked (and the validation split random)
+    y_train, y_test = torch.zeros(len(d.train)), torch.zeros(len(d.test))
+    return TaskData(d.train, y_train, d.test, y_test, "generative", None, meta)
 
 
 @keyword_options
 def moons_data(
     seed: int,
     *,
-    n_train: int = 8000,
+    n_train: int = 24000,
     n_test: int = 1000,
     noise: float = 0.05,
-    n_gen: int = 1000,
-    sample_steps: int = 20,
+    n_gen: int = 500,
+    sample_steps: int = 10,
     draws: int = 3,
 ) -> TaskData:
     """Two moons (``noise``: std of the Gaussian noise), standardised on the training sample."""
@@ -96,11 +106,11 @@ def moons_data(
 def swissroll_data(
     seed: int,
     *,
-    n_train: int = 8000,
+    n_train: int = 24000,
     n_test: int = 1000,
     noise: float = 0.5,
-    n_gen: int = 1000,
-    sample_steps: int = 20,
+    n_gen: int = 500,
+    sample_steps: int = 10,
     draws: int = 3,
 ) -> TaskData:
     """The swiss roll's spiral (``noise``: std of the Gaussian noise), standardised."""
@@ -112,13 +122,13 @@ def swissroll_data(
 def ring_data(
     seed: int,
     *,
-    n_train: int = 8000,
+    n_train: int = 24000,
     n_test: int = 1000,
     k: int = 8,
     radius: float = 2.0,
     std: float = 0.25,
-    n_gen: int = 1000,
-    sample_steps: int = 20,
+    n_gen: int = 500,
+    sample_steps: int = 10,
     draws: int = 3,
 ) -> TaskData:
     """``k`` Gaussians (``std``) on a ring of ``radius``, standardised; the exact density of the
@@ -143,7 +153,9 @@ def true_mixture(data: TaskData) -> GaussianMixture | None:
     return scaling.transform(ring_mixture(meta["k"], meta["radius"], meta["std"]))
 
 
-def flow_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher: Any) -> torch.Tensor:
+def flow_objective(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher: Any
+) -> torch.Tensor:
     """Conditional flow matching; noise and times from ``torch.default_generator`` (the run's
     own RNG, saved in checkpoints, so a resumed run continues exactly)."""
     return flow_matching_loss(model, x, torch.default_generator)
@@ -185,6 +197,7 @@ def flow_metrics(model: nn.Module, data: TaskData, split: str) -> dict[str, floa
     target = data.x_test if split == "test" else data.x_val
     if target is None:
         raise ValueError(f"the data has no {split} split")
+    target = target[:REFERENCE_POINTS]
     ev = data.meta["eval"]
     seeds = [NOISE_SEEDS[split] + i for i in range(ev["draws"])]
     scores = sample_scores(
@@ -241,7 +254,7 @@ for _name in FLOW_TASKS:
         kind="generative",
         description=_DESCRIPTIONS[_name],
         data=_DATA[_name],
-        defaults=task_defaults(epochs=20, batch_size=64, optimizer="adamw", lr=2e-3),
+        defaults=task_defaults(epochs=20, batch_size=256, optimizer="adamw", lr=2e-3),
         model=flow_model,
         units=_UNITS,
         objective=flow_objective,
