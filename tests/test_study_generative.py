@@ -134,4 +134,5 @@ def test_a_run_folder_draws_its_samples(tmp_path):
     )
     run_compare(resolve(config), tmp_path / "run", RunOptions(progress=False))
     assert (tmp_path / "run" / "samples.png").stat().st_size > 1000
-    assert "test energy" in (tmp_path / "run" / "summary.md").read_text()
+    text = (tmp_path / "run" / "summary.md").read_text()
+    assert "test energy" in text and "`samples.png`" in text and "train_loss.png" not in text

@@ -127,7 +127,8 @@ def render_summary(
         "band), "
         + (f"`{f.name('reliability')}`, " if kind == "classification" else "")
         + (f"`{f.name('boundaries')}`, " if "grid/x" in arrays else "")
-        + f"`{f.name('train_loss')}`. Every number: `metrics.jsonl`, or `metrics.csv` as a "
+        + (f"`{f.name('samples')}`" if kind == "generative" else f"`{f.name('train_loss')}`")
+        + ". Every number: `metrics.jsonl`, or `metrics.csv` as a "
         "table (one row per seed, method, model and epoch; fractions, not %).",
         "",
     ]
