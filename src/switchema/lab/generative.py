@@ -7,14 +7,14 @@ whose velocity is ``x1 - x0``. :class:`VelocityMLP` ``v(x, t)`` is trained by
 :func:`flow_matching_loss`, ``E_{t ~ U(0,1)} |v(x_t, t) - (x1 - x0)|^2``, which is minimised by
 ``v*(x, t) = E[x1 - x0 | x_t = x]``; :func:`sample` integrates ``dx/dt = v(x, t)`` from
 ``t = 0`` to ``1``. Samples are scored with :mod:`switchema.lab.distances` (and, for a known
-mixture, :func:`switchema.lab.toy2d.mean_log_density`); :func:`metric_noise` measures how much a
-metric moves between independent sample draws of one model.
+mixture, :func:`switchema.lab.toy2d.mean_log_density`); :func:`metric_noise` and :func:`sample_scores`
+measure how much metrics move between independent sample draws of one model.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = [
     "flow_matching_loss",
     "metric_noise",
     "sample",
+    "sample_scores",
 ]
 
 
@@ -187,6 +188,55 @@ def sample(
     return x
 
 
+def sample_scores(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    metrics: Mapping[str, Callable[[torch.Tensor], float]],
+    *,
+    n: int,
+    steps: int,
+    seeds: Sequence[int],
+    method: str = "heun",
+    dim: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Several metrics of the same sample draws: ``metrics[name](sample(model, n, ...))`` for
+    every noise seed in ``seeds`` (one draw per seed, shared by all the metrics).
+
+    Draw ``i`` uses a generator seeded ``seeds[i]`` on the model's device, so two models scored
+    with the same seeds are paired draw by draw (their differences ``values_a[i] -
+    values_b[i]`` cancel the shared part of the noise). Returns, per metric, ``{"values",
+    "seeds", "mean", "std"}``, ``std`` the sample standard deviation (``ddof=1``) over the draws
+    (``nan`` for a single draw): the metric's sampling noise. Draws nothing from the global RNG.
+
+    Example (a field ``v = 0`` returns the noise itself)::
+
+        >>> zero = lambda x, t: torch.zeros_like(x)
+        >>> r = sample_scores(zero, {"m": lambda x: float(x.mean()), "n": len}, n=10, steps=1,
+        ...                   seeds=[3, 4], dim=1)
+        >>> r["n"]["values"], r["m"]["seeds"], r["m"]["values"][0] == float(
+        ...     torch.randn(10, 1, generator=torch.Generator().manual_seed(3)).mean())
+        ([10.0, 10.0], [3, 4], True)
+    """
+    seeds = [check_int(s, "seed", minimum=0) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must name at least one noise seed, got none")
+    bad = [name for name, fn in metrics.items() if not callable(fn)]
+    if bad or not metrics:
+        raise TypeError(f"metrics must map names to callables, got {dict(metrics)!r:.80}")
+    device = _device_of(model, torch.get_default_device())
+    values: dict[str, list[float]] = {name: [] for name in metrics}
+    for s in seeds:
+        g = torch.Generator(device=device).manual_seed(s)
+        x = sample(model, n, steps, g, method=method, dim=dim)
+        for name, fn in metrics.items():
+            values[name].append(float(fn(x)))
+    out = {}
+    for name, vs in values.items():
+        v = np.asarray(vs)
+        std = float(v.std(ddof=1)) if len(vs) > 1 else math.nan
+        out[name] = {"values": vs, "seeds": list(seeds), "mean": float(v.mean()), "std": std}
+    return out
+
+
 def metric_noise(
     model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     metric: Callable[[torch.Tensor], float],
@@ -203,7 +253,8 @@ def metric_noise(
     Draw ``i`` uses a generator seeded ``seed + i`` on the model's device, so two models scored
     with the same ``seed`` are paired draw by draw (their differences ``values_a[i] -
     values_b[i]`` cancel the shared part of the noise). Returns ``{"values", "seeds", "mean",
-    "std"}``, ``std`` the sample standard deviation (``ddof=1``) over the ``k`` draws.
+    "std"}``, ``std`` the sample standard deviation (``ddof=1``) over the ``k`` draws
+    (:func:`sample_scores` with one metric).
 
     Example (a field ``v = 0`` returns the noise itself; its mean's spread over draws)::
 
@@ -217,11 +268,8 @@ def metric_noise(
     seed = check_int(seed, "seed", minimum=0)
     if not callable(metric):
         raise TypeError(f"metric must be callable, got {type(metric).__name__}")
-    device = _device_of(model, torch.get_default_device())
     seeds = [seed + i for i in range(k)]
-    values = []
-    for s in seeds:
-        g = torch.Generator(device=device).manual_seed(s)
-        values.append(float(metric(sample(model, n, steps, g, method=method, dim=dim))))
-    v = np.asarray(values)
-    return {"values": values, "seeds": seeds, "mean": float(v.mean()), "std": float(v.std(ddof=1))}
+    scores = sample_scores(
+        model, {"metric": metric}, n=n, steps=steps, seeds=seeds, method=method, dim=dim
+    )
+    return scores["metric"]

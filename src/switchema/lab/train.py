@@ -207,9 +207,9 @@ def evaluate_epoch(
     Rows go to ``out.rows`` (one per method and model); after the last epoch the rows also
     hold the temperature fitted on validation and the test ECE after scaling
     (:func:`temperature_scaled`), the final test and validation probabilities (and
-    decision-boundary grids of 2-D tasks) go to ``out.arrays`` (``probs/...``,
-    ``val_probs/...``) and the evaluated weights, BatchNorm statistics included, to
-    ``out.states``.
+    decision-boundary grids of 2-D tasks, what generative ones generate) go to ``out.arrays``
+    (``probs/...``, ``val_probs/...``, ``grid/...``, ``samples/...``) and the evaluated
+    weights, BatchNorm statistics included, to ``out.states``.
     """
     study, data, y_train, flipped = run.study, run.data, run.y_train, run.flipped
     model, eval_model = run.model, run.eval_model
@@ -260,6 +260,22 @@ def evaluate_epoch(
                     out.arrays[f"grid/{method.name}/{label}/{seed}"] = g
     if last:  # what a report needs of the data, so it never rebuilds the data set
         out.arrays.update(data_arrays(data, y_train))
+        out.arrays.update(_final_samples(run, out.states))
+
+
+def _final_samples(run: Run, states: dict[str, dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """What each final model generates (``samples/<method>/<model>/<seed>``), for a task with
+    ``Task.samples``; the samples come from the task's own seeded generator (no global RNG)."""
+    task, model = run.study.task, run.eval_model
+    if task.samples is None:
+        return {}
+    out = {}
+    with torch.no_grad():
+        for key, state in states.items():
+            model.load_state_dict(state)
+            model.eval()
+            out[f"samples/{key}"] = task.samples(model, run.data).float().cpu().numpy()
+    return out
 
 
 def checkpoint_state(run: Run, info: dict[str, Any], out: Outcome) -> dict[str, Any]:
@@ -431,13 +447,16 @@ def _grid(data: TaskData, n: int = 120) -> tuple[np.ndarray, np.ndarray, torch.T
 
 def data_arrays(data: TaskData, y_train: torch.Tensor) -> dict[str, np.ndarray]:
     """Labels (noisy training labels as trained on; the validation labels, noisy alike) and,
-    for 2-D tasks, the points and plot grid."""
+    for 2-D classification tasks, the points and plot grid; for generative tasks the held-out
+    sample (``data/x_test``) generated points are compared with."""
     out = {"data/y_train": y_train.numpy(), "data/y_test": data.y_test.numpy()}
     if data.y_val is not None:
         out["data/y_val"] = data.y_val.numpy()
     if data.x_train.shape[1:] == (2,) and data.kind == "classification":
         gx, gy, _ = _grid(data)
         out.update({"grid/x": gx, "grid/y": gy, "data/x_train": data.x_train.numpy()})
+    if data.kind == "generative":
+        out["data/x_test"] = data.x_test.numpy()
     return out
 
 

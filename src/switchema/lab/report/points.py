@@ -7,9 +7,9 @@ rows name it (``baseline/online``, ``ema/avg``, ``ema/avg@0.998``); a point is
 * ``final``: the last epoch recorded for the seed;
 * ``best``: the epoch where the model's *validation* metric is best, chosen per seed and per
   model (``val_acc`` highest for classification, ``val_mse`` / ``val_bpc`` lowest for
-  regression / language models). The test set is never used to choose. A run written without a
-  validation split has no ``val_`` metrics: it falls back to the final epoch, and the note
-  returned with the values says so.
+  regression / language models, ``val_energy`` lowest for generative ones). The test set is
+  never used to choose. A run written without a validation split has no ``val_`` metrics: it
+  falls back to the final epoch, and the note returned with the values says so.
 
 Metrics are the columns of ``metrics.jsonl`` (``test_acc``, ``ece100_mass``, ``val_nll``,
 ``temperature`` ...) plus three derived names: ``epoch`` (the epoch of the point),
@@ -53,6 +53,7 @@ SELECTION = {
     "classification": ("val_acc", True),
     "regression": ("val_mse", False),
     "lm": ("val_bpc", False),
+    "generative": ("val_energy", False),
 }
 _FINAL_ONLY_NOTE = "no validation split in this run: final epoch"
 

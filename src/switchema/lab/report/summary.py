@@ -28,6 +28,7 @@ from . import run_plots
 from .export import write_csv, write_tensorboard
 from .posthoc import plot_posthoc, posthoc_data, posthoc_lines
 from .run import PRIMARY, load_run, summarise
+from .samples import plot_samples
 from .style import Figures
 
 __all__ = ["render_summary", "verdict", "write_report"]
@@ -126,7 +127,8 @@ def render_summary(
         "band), "
         + (f"`{f.name('reliability')}`, " if kind == "classification" else "")
         + (f"`{f.name('boundaries')}`, " if "grid/x" in arrays else "")
-        + f"`{f.name('train_loss')}`. Every number: `metrics.jsonl`, or `metrics.csv` as a "
+        + (f"`{f.name('samples')}`" if kind == "generative" else f"`{f.name('train_loss')}`")
+        + ". Every number: `metrics.jsonl`, or `metrics.csv` as a "
         "table (one row per seed, method, model and epoch; fractions, not %).",
         "",
     ]
@@ -345,6 +347,8 @@ def write_report(
         run_plots.plot_reliability(config, summary, arrays, figures, run, "reliability")
     if "grid/x" in arrays:
         run_plots.plot_boundaries(config, summary, arrays, figures, run, "boundaries")
+    if summary["kind"] == "generative":
+        plot_samples(config, summary, rows, arrays, figures, run, "samples")
     data = posthoc_data(rows, summary["key"], summary["higher"])
     if data is not None:
         _, _, scale, unit = PRIMARY[summary["kind"]]

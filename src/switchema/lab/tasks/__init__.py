@@ -16,6 +16,7 @@ from . import (
 from .base import KINDS, Task, TaskData, task_loss
 from .chargpt import chargpt_model  # noqa: F401  (registers chargpt)
 from .data import CHARLM_SOURCES, load_cifar
+from .flows import FLOW_TASKS  # noqa: F401  (registers the generative tasks)
 from .noise import apply_label_noise
 from .registry import ENTRY_POINT_GROUP, TASKS, get_task, load_plugins, register_task, task_names
 from .split import split_validation

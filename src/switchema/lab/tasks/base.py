@@ -29,8 +29,10 @@ and the metrics the lab reports):
 A task may bring its own training objective (``Task.objective(model, x, y, teacher)``: a
 self-/semi-supervised loss, or a generative one), use the method's averaged model as a teacher
 (``Task.uses_teacher``: ``teacher(x)`` is the average's output, no gradient), and add metrics
-(``Task.metrics(model, data, split)``). Classification labels of ``-1`` mark unlabelled
-examples (semi-supervised tasks): the standard loss and training metrics skip them.
+(``Task.metrics(model, data, split)``); a generative task may also say what its final models
+generate (``Task.samples(model, data)``, saved with the run). Classification labels of ``-1``
+mark unlabelled examples (semi-supervised tasks): the standard loss and training metrics skip
+them.
 """
 
 from __future__ import annotations
@@ -170,6 +172,9 @@ class Task:
             called before a run folder is created.
         canonical_data: what the default ``data_seed`` gives, when it is a published data
             set (e.g. "the mnist1d package's default data set, the canonical MNIST-1D").
+        samples: ``samples(model, data) -> (n, d) tensor``, or None: what a generative model
+            generates, saved for every final model (``samples/<method>/<model>/<seed>`` in
+            ``predictions.npz``) so reports can draw them without sampling again.
     """
 
     name: str
@@ -186,6 +191,7 @@ class Task:
     objective: Callable[..., torch.Tensor] | None = None
     uses_teacher: bool = False
     metrics: Callable[..., dict[str, float]] | None = None
+    samples: Callable[..., torch.Tensor] | None = None
 
     def describe(self) -> str:
         """A few lines for listings: kind, description, defaults, options with units."""

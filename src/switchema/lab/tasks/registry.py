@@ -90,6 +90,7 @@ def register_task(
     objective: Callable[..., Any] | None = None,
     uses_teacher: bool = False,
     metrics: Callable[..., dict[str, float]] | None = None,
+    samples: Callable[..., Any] | None = None,
     replace: bool = False,
 ) -> Any:
     """Register a task; with ``model=None``, a decorator for the model builder.
@@ -118,6 +119,10 @@ def register_task(
             averaging methods no longer share one training run.
         metrics: ``metrics(model, data, split) -> {name: value}`` added to every evaluation,
             for ``split`` in ``"test"`` and ``"val"`` (names prefixed by the split).
+        samples: ``samples(model, data) -> (n, d) tensor``, the points a generative model
+            generates (from its own seeded generator, the same noise for every model); after
+            the last epoch they are saved for every model (``samples/<method>/<model>/<seed>``
+            in ``predictions.npz``), for the report's figure of generated samples.
         replace: replace a task of the same name registered elsewhere.
 
     Returns:
@@ -148,6 +153,7 @@ def register_task(
         objective=objective,
         uses_teacher=bool(uses_teacher),
         metrics=metrics,
+        samples=samples,
     )
     return _register(task, replace=replace)
 
