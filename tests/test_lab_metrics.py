@@ -431,3 +431,13 @@ def test_temperature_scaling_recovers_the_temperature_that_generated_the_labels(
     scaled = scale_temperature(over, t)
     assert ece(scaled, labels, n_bins=15) < ece(over, labels, n_bins=15) / 3
     assert (scaled.argmax(1) == over.argmax(1)).all()  # never changes the predicted class
+
+
+def test_equal_paired_differences_get_the_sign_flip_p_not_zero():
+    from switchema.lab.stats import paired_difference
+
+    # one test example gained in every seed: no spread, so no t statistic; exact sign-flip p
+    r = paired_difference([0.902] * 5, [0.9] * 5)
+    assert r["p"] == pytest.approx(2 / 2**5) and r["lo"] == r["hi"] == pytest.approx(0.002)
+    assert paired_difference([0.9] * 3, [0.9] * 3)["p"] == 1.0
+    assert paired_difference([1.0, 2.0, 3.5], [0.0, 0.0, 0.0])["p"] < 0.1  # t test as before

@@ -120,11 +120,19 @@ def paired_difference(treatment: Any, baseline: Any, level: float = 0.95) -> dic
 def _t_test_p(d: np.ndarray) -> float:
     """Two-sided p-value of the one-sample t test of ``mean(d) == 0`` (NaN for n < 2).
 
-    ``t = mean / (s / sqrt(n))`` with ``n - 1`` degrees of freedom; differences that are all
-    equal give p = 0 (all non-zero) or 1 (all zero).
+    ``t = mean / (s / sqrt(n))`` with ``n - 1`` degrees of freedom. Differences that are all
+    equal have no spread to build a t statistic from (it would say p = 0 for one test example
+    gained in every seed): all zero gives 1, all equal and non-zero gives the exact sign-flip
+    test's p, ``2^(1 - n)`` (every seed's difference has the same sign), the smallest p that n
+    differences can give without assuming their distribution.
+
+    >>> _t_test_p(np.array([0.002] * 5))   # 5 seeds, the same gain: 2 / 2**5
+    0.0625
     """
     if d.size < 2:
         return math.nan
+    if bool(np.all(d == d[0])):
+        return 1.0 if d[0] == 0 else float(2.0 ** (1 - d.size))
     return t_test_p(float(np.mean(d)), float(np.std(d, ddof=1)) / math.sqrt(d.size), d.size - 1)
 
 
