@@ -71,14 +71,7 @@ class Quadratic:
         return 2.0 / N * self.X.T @ ((self.X @ w)[:, None] - self.y).reshape(-1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The models here are tiny: on a busy machine, intra-op threads only wait for each other
-    # (10-100x slower). Restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from switchema.switching import SwitchRule  # noqa: E402
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),  # Lightning's advice on num_workers, ...
     pytest.mark.filterwarnings("ignore:.*treespec"),  # Lightning 2.6 on torch 2.13
+    pytest.mark.usefixtures("one_thread"),
 ]
 
 
@@ -100,15 +101,6 @@ class EpochProbe(L.Callback):
         self.equal.append(all(torch.equal(avg[k], v) for k, v in _weights(pl_module).items()))
         self.opt_state.append(len(trainer.optimizers[0].state))
         self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest, and steadier on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _weights(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -32,16 +32,10 @@ from switchema import EMA, SWA  # noqa: E402
 from switchema.integrations.transformers import EMATrainerCallback  # noqa: E402
 from switchema.switching import SwitchRule  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest, and steadier on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 def _model(seed: int = 0) -> GPT2LMHeadModel:

@@ -29,15 +29,8 @@ from switchema.integrations.lightning import EMACallback  # noqa: E402
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),  # num_workers advice, configure_model, ...
     pytest.mark.filterwarnings("ignore:.*treespec"),
+    pytest.mark.usefixtures("one_thread"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _xy(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

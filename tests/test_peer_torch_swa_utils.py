@@ -25,13 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from switchema import EMA, SWA, recompute_bn
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def conv_bn_net(seed: int = 0) -> nn.Module:

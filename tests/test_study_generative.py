@@ -26,13 +26,7 @@ TINY = {"n_train": 400, "n_test": 100, "n_gen": 64, "sample_steps": 2, "draws": 
 SMALL_NET = {"hidden": 16, "depth": 1}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread, as the lab's jobs run (tiny models are slower with more)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _study(task, methods, **kw):

@@ -19,13 +19,7 @@ TINY_DATA = {"n_chars": 6000, "seq_len": 16}
 TINY_MODEL = {"dim": 16, "heads": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread, as the lab's jobs train (quick on a busy machine too)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(vocab=11, context=8, **kw):

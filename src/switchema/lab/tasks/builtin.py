@@ -11,6 +11,7 @@ from torch import nn
 from ..._checks import check_int
 from .base import TaskData, expect_kind, keyword_options, task_defaults
 from .data import (
+    MNIST1D_CANONICAL,
     MNIST1D_CANONICAL_SEED,
     charlm_data,
     cifar_check,
@@ -31,7 +32,6 @@ __all__: list[str] = []
 _ADAMW_MNIST1D = task_defaults(
     epochs=100, batch_size=100, optimizer="adamw", lr=1e-2, data_seed=MNIST1D_CANONICAL_SEED
 )
-_MNIST1D_CANONICAL = "the canonical MNIST-1D, the mnist1d package's default data set"
 _SGD_BN = task_defaults(
     epochs=30,
     batch_size=128,
@@ -86,7 +86,7 @@ def circles_model(data: TaskData, *, hidden: int = 32, activation: str = "relu")
     data=mnist1d_data,
     defaults=_ADAMW_MNIST1D,
     units=_MNIST1D_UNITS,
-    canonical_data=_MNIST1D_CANONICAL,
+    canonical_data=MNIST1D_CANONICAL,
 )
 @keyword_options
 def mnist1d_mlp_model(data: TaskData, *, hidden: int = 100) -> nn.Module:
@@ -103,7 +103,7 @@ def mnist1d_mlp_model(data: TaskData, *, hidden: int = 100) -> nn.Module:
     data=mnist1d_data,
     defaults=_ADAMW_MNIST1D,
     units=_MNIST1D_UNITS,
-    canonical_data=_MNIST1D_CANONICAL,
+    canonical_data=MNIST1D_CANONICAL,
 )
 @keyword_options
 def mnist1d_cnn_model(data: TaskData, *, channels: int = 25) -> nn.Module:
@@ -121,7 +121,7 @@ def mnist1d_cnn_model(data: TaskData, *, channels: int = 25) -> nn.Module:
     defaults=_ADAMW_MNIST1D,
     has_batchnorm=True,
     units=_MNIST1D_UNITS,
-    canonical_data=_MNIST1D_CANONICAL,
+    canonical_data=MNIST1D_CANONICAL,
 )
 @keyword_options
 def mnist1d_cnnbn_model(data: TaskData, *, channels: int = 25) -> nn.Module:

@@ -23,6 +23,7 @@ from .base import TaskData, keyword_options
 
 __all__ = [
     "CHARLM_SOURCES",
+    "MNIST1D_CANONICAL",
     "MNIST1D_CANONICAL_SEED",
     "charlm_data",
     "cifar_data",
@@ -94,6 +95,8 @@ def circles_data(
 #: default options it generates the canonical MNIST-1D, the data set the published baselines
 #: refer to. A test checks it against the installed package.
 MNIST1D_CANONICAL_SEED = 42
+#: How a task's header names that data set (``canonical_data=`` of :func:`register_task`).
+MNIST1D_CANONICAL = "the canonical MNIST-1D, the mnist1d package's default data set"
 
 
 @keyword_options

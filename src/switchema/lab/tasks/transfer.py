@@ -44,7 +44,7 @@ from torch import nn
 from ..._checks import check_int, is_int
 from ..probe import extract_features, linear_probe, split_task
 from .base import TaskData, expect_kind, keyword_options, task_defaults
-from .data import MNIST1D_CANONICAL_SEED, mnist1d_data
+from .data import MNIST1D_CANONICAL, MNIST1D_CANONICAL_SEED, mnist1d_data
 from .models import MNIST1DCNN
 from .registry import register_task
 from .split import validation_indices
@@ -239,9 +239,6 @@ def transfer_metrics(model: nn.Module, data: TaskData, split: str) -> dict[str, 
     return out
 
 
-_MNIST1D_CANONICAL = "the canonical MNIST-1D, the mnist1d package's default data set"
-
-
 @register_task(
     "mnist1d-transfer",
     kind="classification",
@@ -258,7 +255,7 @@ _MNIST1D_CANONICAL = "the canonical MNIST-1D, the mnist1d package's default data
         "train_split": "fraction for training",
         "channels": "channels per convolution",
     },
-    canonical_data=_MNIST1D_CANONICAL,
+    canonical_data=MNIST1D_CANONICAL,
     metrics=transfer_metrics,
 )
 @keyword_options
