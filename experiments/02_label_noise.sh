@@ -5,6 +5,6 @@
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
 switchema compare --task mnist1d-cnn --label-noise 0.4 --methods baseline ema swa \
-  --decay 0.99 0.998 --seeds 0 1 2 --out "$OUT/02_label_noise" --no-progress "$@"
+  --decay 0.99 0.998 --seeds 0 1 2 3 4 --out "$OUT/02_label_noise" --no-progress "$@"
 switchema compare --task mnist1d-cnn --label-noise 0.4 --methods baseline ema sema \
-  --decay 0.99 --seeds 0 1 2 --out "$OUT/02_label_noise_sema" --no-progress "$@"
+  --decay 0.99 --seeds 0 1 2 3 4 --out "$OUT/02_label_noise_sema" --no-progress "$@"

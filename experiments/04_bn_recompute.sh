@@ -5,9 +5,9 @@
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
 DECAYS="0.998 0.999 0.9995 0.99975 0.999875"
-switchema compare --task mnist1d-cnnbn --methods baseline ema --decay $DECAYS --seeds 0 1 2 \
+switchema compare --task mnist1d-cnnbn --methods baseline ema --decay $DECAYS --seeds 0 1 2 3 4 \
   --bn-recompute --out "$OUT/04_bn_recompute" --no-progress "$@"
-switchema compare --task mnist1d-cnnbn --methods baseline ema --decay $DECAYS --seeds 0 1 2 \
+switchema compare --task mnist1d-cnnbn --methods baseline ema --decay $DECAYS --seeds 0 1 2 3 4 \
   --no-bn-recompute --out "$OUT/04_bn_keep" --no-progress "$@"
 # The audit's confound: without a warm-up the long windows above still hold part of the random
 # initial weights, so "recompute BatchNorm" also measures "forget the initialisation". Two
@@ -15,11 +15,11 @@ switchema compare --task mnist1d-cnnbn --methods baseline ema --decay $DECAYS --
 # an update every 16 steps and its warm-up min(d, (1 + t) / (10 + t)); (b) the per-step decays
 # started at epoch 5 (the average copies the model until then), no warm-up.
 PAPER="--decay 0.968 0.984 0.992 0.996 0.998 --ema-update-every 16 --ema-warmup ema_paper"
-switchema compare --task mnist1d-cnnbn --methods baseline ema $PAPER --seeds 0 1 2 \
+switchema compare --task mnist1d-cnnbn --methods baseline ema $PAPER --seeds 0 1 2 3 4 \
   --bn-recompute --out "$OUT/04_bn_paper_recompute" --no-progress "$@"
-switchema compare --task mnist1d-cnnbn --methods baseline ema $PAPER --seeds 0 1 2 \
+switchema compare --task mnist1d-cnnbn --methods baseline ema $PAPER --seeds 0 1 2 3 4 \
   --no-bn-recompute --out "$OUT/04_bn_paper_keep" --no-progress "$@"
 switchema compare --task mnist1d-cnnbn --methods baseline ema --decay $DECAYS --ema-start 5e \
-  --seeds 0 1 2 --bn-recompute --out "$OUT/04_bn_start_recompute" --no-progress "$@"
+  --seeds 0 1 2 3 4 --bn-recompute --out "$OUT/04_bn_start_recompute" --no-progress "$@"
 switchema compare --task mnist1d-cnnbn --methods baseline ema --decay $DECAYS --ema-start 5e \
-  --seeds 0 1 2 --no-bn-recompute --out "$OUT/04_bn_start_keep" --no-progress "$@"
+  --seeds 0 1 2 3 4 --no-bn-recompute --out "$OUT/04_bn_start_keep" --no-progress "$@"
