@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# (9) Where the EMA differs from the last iterate. The main job's AdamW run interpolates its
+# training set (training loss ~3e-4 even at a constant rate), so its iterates hardly move at the
+# end and every average equals them: churn, calibration and "EMA needs less decay" cannot show
+# there (issue 14's audit). Here the same task with SGD (momentum 0.9) at a large rate, 0.2,
+# cosine to zero and constant, whose iterates keep bouncing: does the EMA recover what the decay
+# buys, and do churn between seeds and calibration improve? Baseline, EMA (0.99), SWA, 5 seeds.
+set -euo pipefail
+OUT=${OUT:-runs/experiments}
+switchema compare --task mnist1d-cnn --methods baseline ema swa --optimizer sgd --lr 0.2 \
+  --momentum 0.9 --lr-schedule cosine --seeds 0 1 2 3 4 --out "$OUT/09_sgd_cosine" \
+  --no-progress "$@"
+switchema compare --task mnist1d-cnn --methods baseline ema swa --optimizer sgd --lr 0.2 \
+  --momentum 0.9 --lr-schedule constant --seeds 0 1 2 3 4 --out "$OUT/09_sgd_constant" \
+  --no-progress "$@"
