@@ -5,6 +5,8 @@
 # like a learning rate cut by f plus averaging. The control: the baseline (and an EMA on top of
 # it) trained with the learning rate scaled by f, against SEMA with the same decay and interval.
 # If SEMA equals the scaled baseline within noise, the mechanism is confirmed.
+# Wall time measured with --jobs 2 on the 2-core machine: 432 s (with other work running
+# beside it, load 6-11: expect less on a quiet machine).
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
 DECAY=${DECAY:-0.99}

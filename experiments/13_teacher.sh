@@ -15,10 +15,8 @@
 # decay rising linearly from 0.99 x 0.999 = 0.989 to 0.999 over the run (BYOL: 0.996 -> 1 on a
 # cosine; the lab's linear warm-up is the closest setting, no new schedule was built).
 #
-# Jobs: 15 + 5 + 5 + 5 = 30 of 30 epochs (32 steps each). Estimated wall time with --jobs 2 on
-# 2 cores: ~8 minutes (a 30-epoch job took 12 s alone and 20-40 s with 4 engineers sharing the
-# 2 cores; the shortened check below, 5 epochs x 2 seeds, took ~6 minutes on that busy machine,
-# mostly start-up, data and reports). Shortened check:
+# Jobs: 15 + 5 + 5 + 5 = 30 of 30 epochs (38 steps each). Wall time measured with --jobs 2 on
+# the 2-core machine (other recipes not running, load ~3): 152 s. Shortened check:
 #   OUT=/tmp/runs/experiments bash experiments/13_teacher.sh --epochs 5 --seeds 0 1
 set -euo pipefail
 OUT=${OUT:-runs/experiments}

@@ -14,13 +14,7 @@
 # points: energy distance (primary), sliced W2 and, on the ring, the exact mean log-density;
 # rows hold the mean over the draws and their std (the metric's sampling noise). The report
 # (`samples.png`) draws the samples each final model generated, saved by the run.
-# Wall time, estimated (not measured at full size): about 9 min with --jobs 2 on 2 quiet cores
-# (up to ~12 min if the per-epoch cost is as high as on the busy machine). Measured here, on the
-# shared 2-core machine at load 4-10: CPU time per epoch of the baseline+ema+posthoc job 1.5 s
-# (in process), of the sema job 0.7 s, the post-hoc synthesis and scoring after training 3.5 s,
-# ~3 s start-up per job; job wall times of a shortened run (--seeds 0 1 --epochs 2: 4.3 min in
-# all, 150 CPU-s) fit that at 2x contention. Full size: per task and seed ~37 s + ~17 s; each
-# compare runs its 5 seeds on 2 workers in 3 rounds: 3 tasks x 3 x 54 s + reports ~ 8.5 min.
+# Wall time measured with --jobs 2 on the 2-core machine (load ~3): 434 s for the six folders.
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
 generative() {  # TASK FOLDER SEMA_FOLDER [extra flags]

@@ -8,11 +8,8 @@
 # examples (test_probe_acc). The claims read the probe at each model's early-stopping epoch,
 # chosen on the source's validation accuracy (the target's test set chooses nothing).
 #
-# Wall time (estimate, the full recipe was not run): a 4-epoch, 2-seed run with --jobs 2 on the
-# 2-core machine, while it ran other recipes (load ~8), spent ~11 s of job time per seed and epoch
-# (two jobs per seed: baseline+EMA, SEMA; the probes take most of it), i.e. ~5.6 s of wall time.
-# 60 epochs x 5 seeds would take ~28 minutes at that load; on a quiet machine (about 4x less
-# contention) ~7-10 minutes. If it runs long, --epochs 40 cuts it by a third.
+# Wall time measured with --jobs 2 on the 2-core machine: 413 s (while tests ran beside it,
+# load ~4-8; the probes after every epoch take most of it).
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
 RUN="$OUT/15_transfer"
