@@ -85,7 +85,15 @@ def _toml(x):
 
 
 PAIRED = dict(measure="paired", run="experiments/00_default", metric="test_acc")
-# epoch at the final point is 3 in every seed: 3 - 2 = +1 with no spread, so p = 0
+# the final training loss + 1: positive in every seed, with a spread, so a t test's p ~ 0
+LOSS_PLUS_1 = dict(
+    measure="contrast",
+    run="experiments/00_default",
+    metric="train_loss",
+    terms=[{"model": "ema/avg"}, {"value": 1}],
+)
+# epoch at the final point is 3 in every seed: 3 - 2 = +1 with no spread: no t statistic, the
+# exact sign-flip p, 2 / 2**3 = 0.25
 EPOCH_MINUS_2 = dict(
     measure="contrast",
     run="experiments/00_default",
@@ -109,8 +117,8 @@ def _rows(text):
 def test_supported_contradicted_and_inconclusive_follow_from_the_rows(runs, tmp_path, capsys):
     spec = _spec(
         tmp_path,
-        _claim("up", **EPOCH_MINUS_2, direction="greater"),  # +1, p = 0: supported
-        _claim("down", **EPOCH_MINUS_2, direction="less"),  # +1, p = 0: contradicted
+        _claim("up", **LOSS_PLUS_1, direction="greater"),  # > 0, p ~ 0: supported
+        _claim("down", **LOSS_PLUS_1, direction="less"),  # > 0, p ~ 0: contradicted
         # the online model of ema is the baseline's own trajectory: exactly 0, p = 1
         _claim(
             "same", **PAIRED, treatment="ema/online", control="baseline/online", direction="greater"
@@ -125,6 +133,7 @@ def test_supported_contradicted_and_inconclusive_follow_from_the_rows(runs, tmp_
         ),
         _claim("neq", **EPOCH_MINUS_2, direction="equal", margin=0.5),
         _claim("real", **PAIRED, treatment="sema/avg", control="ema/avg", direction="greater"),
+        _claim("const", **EPOCH_MINUS_2, direction="greater"),  # +1 in all 3 seeds: p = 0.25
     )
     out = tmp_path / "CLAIMS.md"
     argv = ["claims", "--spec", str(spec), "--runs", str(runs), "--out", str(out)]
@@ -153,8 +162,9 @@ def test_supported_contradicted_and_inconclusive_follow_from_the_rows(runs, tmp_
         else:
             claimed_up = "claimed: > 0" in claim
             assert verdict == ("**supported**" if (mean > 0) == claimed_up else "**contradicted**")
-    assert rows[0][5] == "+1.0 [+1.0, +1.0] epochs" and rows[0][6] == "3"
-    assert "ema/avg − 2: epoch at the final epoch" in rows[0][4]
+    assert rows[-1][5] == "+1.0 [+1.0, +1.0] epochs" and rows[-1][6] == "3"
+    assert rows[-1][7] == "0.250" and rows[-1][9] == "inconclusive at n = 3"
+    assert "ema/avg − 2: epoch at the final epoch" in rows[-1][4]
     assert "circles, 3 epochs, 3 seeds" in rows[0][4] and "(r.sh)" in rows[0][4]
     assert "## Provenance" in text and "torch threads per run: 1" in text
     assert "| `experiments/00_default` | `r.sh` | circles, 3 seeds (0, 1, 2), 3 epochs |" in text
@@ -299,7 +309,9 @@ def test_epochs_to_a_target_counts_censored_seeds_and_says_so(runs, tmp_path):
     )
     fast, steps, never, old, early = evaluate_claims(spec, RunStore(runs))
     # target 0.95 x 1.0: the baseline reaches it at epoch 3, the EMA at epoch 1
-    assert (fast.effect.mean, fast.effect.n, fast.verdict) == (-2.0, 3, "**supported**")
+    # (the same -2 in every seed: no spread, so the exact sign-flip p, 0.25, not a t test's 0)
+    assert (fast.effect.mean, fast.effect.n, fast.effect.p) == (-2.0, 3, 0.25)
+    assert fast.verdict == "inconclusive at n = 3"
     assert steps.effect.mean == -10.0  # 5 steps per epoch (50 points, batch 10)
     # SEMA never does: censored at the budget + 1 = epoch 4, so +1 (a lower bound)
     assert never.effect.mean == 1.0
@@ -429,6 +441,8 @@ def test_memorisation_at_equal_clean_accuracy_interpolates_between_epochs(runs, 
             r["clean_train_acc"], r["noisy_memorised"] = clean[r["epoch"]], mem[r["epoch"]]
             if r["seed"] == 2 and r["method"] == "baseline":
                 r["clean_train_acc"] = min(r["clean_train_acc"], 0.75)
+        r["val_acc"] = {1: 0.5, 2: 0.9, 3: 0.8}[r["epoch"]]  # every model's best: epoch 2
+        r["val_loss"] = 1.0 - r["val_acc"]
     (dst / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     at = dict(
         measure="at_level",
@@ -439,8 +453,15 @@ def test_memorisation_at_equal_clean_accuracy_interpolates_between_epochs(runs, 
         control="baseline/online",
         direction="less",
     )
-    spec = load_spec(_spec(tmp_path, _claim("fixed", **at, level=0.8), _claim("common", **at)))
-    fixed, common = evaluate_claims(spec, RunStore(tmp_path / "runs"))
+    spec = load_spec(
+        _spec(
+            tmp_path,
+            _claim("fixed", **at, level=0.8),
+            _claim("common", **at),
+            _claim("stop", **at, level="control_best"),
+        )
+    )
+    fixed, common, stop = evaluate_claims(spec, RunStore(tmp_path / "runs"))
     # level 0.8: the baseline halfway from epoch 2 to 3 (0.4), the EMA at epoch 2 (0.1)
     assert fixed.effect.n == 2 and fixed.effect.mean == pytest.approx(-0.3)
     assert any("seed(s) 2 never reach" in n for n in fixed.effect.notes)
@@ -448,6 +469,13 @@ def test_memorisation_at_equal_clean_accuracy_interpolates_between_epochs(runs, 
     # its last epoch 0.5 against the EMA between epochs 1 and 2: 0.075)
     assert common.effect.n == 3
     assert common.effect.mean == pytest.approx((-0.25 - 0.25 + (0.075 - 0.5)) / 3)
+
+    # control_best: the baseline's clean accuracy at its validation-best epoch (2): 0.7 in every
+    # seed; the baseline memorises 0.3 there, the EMA 0.05 (halfway from epoch 1 to 2)
+    assert stop.effect.n == 3 and stop.effect.mean == pytest.approx(-0.25)
+    bad = load_spec(_spec(tmp_path, _claim("bad", **at, level="often")))
+    with pytest.raises(UsageError, match="level must be 'common' or 'control_best'"):
+        evaluate_claims(bad, RunStore(tmp_path / "runs"))
 
 
 def test_tuned_reads_each_model_in_the_run_its_validation_metric_prefers(runs, tmp_path):

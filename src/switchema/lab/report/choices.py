@@ -4,8 +4,10 @@ Registered on import, beside the built-in ones of :mod:`.measures`:
 
 * ``at_level``: a metric read where another first reaches a level, e.g. the noisy labels
   memorised (``noisy_memorised``) at equal clean training accuracy (``by =
-  "clean_train_acc"``), as the EMA paper compares them: ``level`` a number, or ``"common"``
-  (default), the highest value both models reach in that seed. Linear between epochs;
+  "clean_train_acc"``), as the EMA paper compares them: ``level`` a number, ``"common"``
+  (default), the highest value both models reach in that seed, or ``"control_best"``, the
+  control's value at its validation-best epoch (where early stopping would leave it). Linear
+  between epochs;
   ``treatment - control`` paired by seed, and a seed where one never reaches it is left out.
 * ``tuned``: each side in its own run among ``candidates`` (e.g. the cells of a
   learning-rate sweep), the one where that model's mean ``select`` (a validation metric,
@@ -47,23 +49,35 @@ def _at_level(rows: list[dict[str, Any]], by: str, level: float, metric: str) ->
     return None
 
 
-def _level_of(claim: Mapping[str, Any], sides: list[dict[int, list]], s: int, by: str) -> float:
+_LEVELS = {
+    "common": "the highest value both reach",
+    "control_best": "the control's value at its validation-best epoch",
+}
+
+
+def _level_of(
+    claim: Mapping[str, Any], run, sides: list[dict[int, list]], s: int, by: str
+) -> float:
     level = claim.get("level", "common")
     if level == "common":  # the highest level both models reach in this seed
         return min(max(r[by] for r in side[s] if by in r) for side in sides)
+    if level == "control_best":
+        return values(run, claim["control"], by, "best")[0][s]
     return float(level)
 
 
 def _at_level_effect(claim: Mapping[str, Any], store: RunStore) -> Effect:
     level, by = claim.get("level", "common"), str(claim["by"])
-    if level != "common" and not (is_real(level) and 0.0 < float(level) <= 1.0):
-        raise UsageError(f"level must be 'common' or a number in (0, 1], got {level!r}")
+    if level not in _LEVELS and not (is_real(level) and 0.0 < float(level) <= 1.0):
+        raise UsageError(
+            f"level must be {' or '.join(map(repr, _LEVELS))} or a number in (0, 1], got {level!r}"
+        )
     run, notes = run_of(store, claim["run"]), []
     sides = [seed_rows(run, claim[role]) for role in ("treatment", "control")]
     seeds = paired_seeds([(claim[r], v) for r, v in zip(("treatment", "control"), sides)], notes)
     d, never = {}, []
     for s in seeds:
-        at = _level_of(claim, sides, s, by)
+        at = _level_of(claim, run, sides, s, by)
         a, b = (_at_level(side[s], by, at, claim["metric"]) for side in sides)
         if a is None or b is None:
             never.append(s)
@@ -71,14 +85,14 @@ def _at_level_effect(claim: Mapping[str, Any], store: RunStore) -> Effect:
             d[s] = a - b
     if never:
         notes.append(f"seed(s) {', '.join(map(str, never))} never reach {by} {level}: left out")
-    if level == "common":
-        notes.append(f"at the highest {by} both models reach in each seed")
+    if level in _LEVELS:
+        notes.append(f"{by} at {_LEVELS[level]}, in each seed")
     return effect_of_differences(d, notes)
 
 
 def _describe_at_level(claim: Mapping[str, Any]) -> str:
     level = claim.get("level", "common")
-    where = "the highest value both reach" if level == "common" else f"{float(level):g}"
+    where = _LEVELS.get(level) or (f"{float(level):g}" if is_real(level) else repr(level))
     return (
         f"{claim['treatment']} − {claim['control']}: {claim['metric']} when {claim['by']} "
         f"first reaches {where} (same seed, linear between epochs)"
