@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-ARGS = ["--task", "mnist1d-cnn", "--data-opt", "n_total=2000", "--epochs", "40"]
+ARGS = [
+    "--task",
+    "mnist1d-cnn",
+    "--data-opt",
+    "n_total=2000",
+    "--epochs",
+    "120",
+]  # long enough that Ctrl-C lands mid-training
 ARGS += ["--seeds", "0", "1", "--methods", "baseline", "sema"]
 
 
@@ -79,7 +86,7 @@ def test_ctrl_c_stops_at_once_and_resume_continues(tmp_path, jobs):
     )
     assert done.returncode == 0, done.stderr
     first = done.stderr.splitlines()[0]
-    assert "4 of 4 jobs to run: 160 training epochs" in first or "jobs to run" in first
+    assert "4 of 4 jobs to run: 480 training epochs" in first or "jobs to run" in first
     assert "of them done before" in first, first
     assert set(_states(out).values()) == {"done"}
 
