@@ -43,7 +43,14 @@ def _start(out: Path, jobs: int) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, as a shell job has
+        # and SIGINT handled as a shell starts its jobs: a disposition of "ignore" left in the test
+        # process by an earlier test (Ray, DDP launchers) would be inherited through exec
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.slow
