@@ -119,3 +119,24 @@ def test_a_worker_killed_mid_job_fails_that_job_and_the_run_goes_on(tmp_path):
     states = sorted(_states(out).values())
     assert states == ["done", "done", "done", "failed"], states
     assert "## Failed jobs (1)" in (out / "summary.md").read_text()
+
+
+def test_starting_workers_leaves_ctrl_c_as_it_was(tmp_path):
+    # workers start with SIGINT ignored; afterwards the caller's handler is back, also when the
+    # old one was installed from C (signal.signal then returns None): the default, never "ignore"
+    from switchema.lab.executors import _Ignore
+
+    before = signal.getsignal(signal.SIGINT)
+    with _Ignore():
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) == before
+    original = signal.signal
+    try:
+        signal.signal = lambda sig, handler: (original(sig, handler), None)[1]
+        with _Ignore():
+            pass
+    finally:
+        signal.signal = original
+        restored = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, before)
+    assert restored == signal.SIG_DFL

@@ -161,12 +161,15 @@ class _Ignore:
     started here inherit it, so a Ctrl-C never hits a worker while it imports torch."""
 
     def __enter__(self) -> None:
-        main = threading.current_thread() is threading.main_thread()
-        self.old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        self.main = threading.current_thread() is threading.main_thread()
+        if self.main:
+            self.old = signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def __exit__(self, *exc: object) -> None:
-        if self.old is not None:
-            signal.signal(signal.SIGINT, self.old)
+        if self.main:
+            # None: the old handler was installed from C and cannot be put back; the default
+            # beats leaving Ctrl-C ignored in the caller's process (and in what it starts later)
+            signal.signal(signal.SIGINT, signal.SIG_DFL if self.old is None else self.old)
 
 
 @dataclass(eq=False)
