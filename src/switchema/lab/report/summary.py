@@ -271,27 +271,23 @@ def _reading(summary: dict[str, Any], entries: list[dict[str, Any]]) -> list[str
     digits = 2 if kind == "classification" else 4
     unit = " pp" if kind == "classification" else unit
     at = "the val-best epoch" if summary["selected_on"] == "validation" else "the best epoch"
+
+    def line(head: str, d: dict, b: dict | None, against: str) -> str:
+        text = f"{head}: {_said(d, scale, digits, unit, higher, against)}"
+        if b is not None:
+            text += f"; at {at}: {_said(b, scale, digits, unit, higher, against)}"
+        return text + "."
+
     lines = ["", "## Reading", ""]
     for e in entries:
         if e["main"] and "diff_final" in e:
-            d, b = e["diff_final"], e.get("diff_best")
-            line = (
-                f"- **{e['method']}** ({_model(e)}), final {name}, n={d['n']} seeds: "
-                f"{_said(d, scale, digits, unit, higher, 'baseline')}"
-            )
-            if b is not None:
-                line += f"; at {at}: {_said(b, scale, digits, unit, higher, 'baseline')}"
-            lines.append(line + ".")
+            d = e["diff_final"]
+            head = f"- **{e['method']}** ({_model(e)}), final {name}, n={d['n']} seeds"
+            lines.append(line(head, d, e.get("diff_best"), "baseline"))
     for e in entries:
         if "diff_vs_ema" in e:
-            d, b = e["diff_vs_ema"], e.get("diff_vs_ema_best")
-            line = (
-                f"- **{e['method']} vs plain EMA** (same decay, paired by seed), final {name}: "
-                f"{_said(d, scale, digits, unit, higher, 'plain EMA')}"
-            )
-            if b is not None:
-                line += f"; at {at}: {_said(b, scale, digits, unit, higher, 'plain EMA')}"
-            lines.append(line + ".")
+            head = f"- **{e['method']} vs plain EMA** (same decay, paired by seed), final {name}"
+            lines.append(line(head, e["diff_vs_ema"], e.get("diff_vs_ema_best"), "plain EMA"))
     return lines
 
 
