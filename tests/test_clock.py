@@ -34,9 +34,9 @@ def switch_steps(ema, model, steps, seed=1):
 @pytest.mark.parametrize(
     "kw, expected",
     [
-        (dict(update_every=10, switch_every=15), [15, 30, 45, 60, 75, 90]),
-        (dict(start_step=5, update_every=2, switch_every=10), [10, 20, 30, 40, 50, 60, 70, 80, 90]),
-        (dict(update_every=1, switch_every=7), [7, 14, 21, 28, 35, 42, 49, 56, 63, 70, 77, 84]),
+        (dict(update_every=10, switch="15s"), [15, 30, 45, 60, 75, 90]),
+        (dict(start_step=5, update_every=2, switch="10s"), [10, 20, 30, 40, 50, 60, 70, 80, 90]),
+        (dict(update_every=1, switch="7s"), [7, 14, 21, 28, 35, 42, 49, 56, 63, 70, 77, 84]),
     ],
 )
 def test_switch_is_due_on_multiples_of_switch_every_whatever_update_every(kw, expected):
@@ -45,6 +45,8 @@ def test_switch_is_due_on_multiples_of_switch_every_whatever_update_every(kw, ex
     got = switch_steps(ema, model, 90)
     # during start_step the average follows the model, which is no switch
     assert [s for s in got if s > kw.get("start_step", 0)] == [s for s in expected if s <= 90]
+    # the event log records the switches the weights show, at the same steps
+    assert [e.step for e in ema.events.of("switch")] == [s for s in expected if s <= 90]
 
 
 def reference(decay, steps, update_every, start_step, switch_every, warmup=None):
@@ -75,7 +77,12 @@ def test_clock_matches_the_documented_hand_loop(ue, start, sw):
     ref_model, ref_avg = reference(0.8, 40, ue, start, sw, warmup=EMAWarmup())
     model = make_model()
     ema = EMA(
-        model, decay=0.8, update_every=ue, start_step=start, switch_every=sw, warmup="ema_paper"
+        model,
+        decay=0.8,
+        update_every=ue,
+        start_step=start,
+        switch=None if sw is None else f"{sw}s",
+        warmup="ema_paper",
     )
     gen = torch.Generator().manual_seed(1)
     for _ in range(40):

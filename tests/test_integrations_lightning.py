@@ -239,7 +239,7 @@ def test_switch_at_epoch_ends(tmp_path, reset_optimizer):
     model = Tiny()
     ema = EMACallback(
         decay=0.8,
-        switch=SwitchRule("1e", start_epoch=2, reset_optimizer=reset_optimizer),
+        switch=SwitchRule("1e", start="2e", reset_optimizer=reset_optimizer),
         evaluate="online",
     )
     probe = EpochProbe(ema)
@@ -331,7 +331,7 @@ def _resume_run(tmp_path: Path, with_val: bool, epochs: int, ckpt_path=None):
     model = Tiny()
     ema = EMACallback(
         functools.partial(EMA, decay=0.9, warmup="ema_paper"),
-        switch=SwitchRule("1e", start_epoch=2, reset_optimizer=True),
+        switch=SwitchRule("1e", start="2e", reset_optimizer=True),
     )
     # With validation, save at validation end: before on_train_epoch_end, which Lightning then
     # runs again on resume (the harder case); without, at train epoch end.

@@ -11,10 +11,11 @@ from switchema.lab.config import StudyConfig
 from switchema.lab.methods import share_trajectories
 from switchema.lab.options import RunOptions
 from switchema.lab.report import load_run
+from switchema.lab.report.run import load_events
 from switchema.lab.resolve import resolve
 from switchema.lab.runner import run_compare
 from switchema.lab.train import train_run
-from switchema.switching import parse_interval
+from switchema.lab.units import parse_interval
 
 TINY = {
     "circles": {},
@@ -132,7 +133,15 @@ def test_switch_every_steps_and_several_decays(tmp_path):
     cfg = StudyConfig(
         task="circles", methods=["sema"], seeds=[0], epochs=2, switch_every="3s", switch_start=0
     )
-    run_study(cfg, tmp_path / "a")
+    folder = run_study(cfg, tmp_path / "a")
+    total = max(r["step"] for r in rows_of(folder))  # optimizer steps in the run
+    (log,) = load_events(folder)
+    # recorded by the averager, and due by hand: every multiple of 3 steps, from the start
+    assert (log["method"], log["seed"]) == ("sema", 0)
+    assert [e["step"] for e in log["events"] if e["kind"] == "switch"] == list(
+        range(3, total + 1, 3)
+    )
+    assert log["n_updates"] == total  # an averaging update after every step
     cfg = StudyConfig(task="circles", methods=["ema"], seeds=[0], epochs=2, decay=[0.9, 0.99])
     rows = rows_of(run_study(cfg, tmp_path / "b"))
     assert {r["model"] for r in rows} == {"online", "avg@0.9", "avg@0.99"}
@@ -228,7 +237,7 @@ def test_bad_input_fails_before_training(argv, message, capsys, tmp_path):
 
 
 def test_interval_parsing():
-    assert str(parse_interval("1")) == "1 epochs"
+    assert str(parse_interval("1")) == "1 epochs"  # the lab reads a bare number as epochs
     assert str(parse_interval("50s")) == "50 steps"
     assert str(parse_interval("5 epochs")) == "5 epochs"
     with pytest.raises(ValueError, match="got 'x'"):

@@ -398,10 +398,11 @@ def test_the_official_recipe_warms_up_as_the_official_hook_does():
             official = (1 - (1 - i / T) * (1 - 0.9)) * d if i <= T else d
             assert ema.warmup(d, i) == pytest.approx(official, rel=1e-12, abs=1e-15)
         assert ema.update_every == 1 and ema.start_step == 0 and ema.buffers == "copy"
-        rule = method.switch
-        assert (rule.every.n, rule.every.unit, rule.start_epoch) == (1, "epochs", 6)
-        assert not rule.reset_optimizer and not method.openmixup
-        assert [e for e in range(1, 61) if rule.due(epoch=e)][:2] == [6, 7]  # hook: epoch > 5
+        rule = ema.switch_rule
+        assert (rule.every.text, rule.start.text) == ("1e", "6e")
+        assert not rule.reset_optimizer and not rule.inverted
+        switched = [e for e in range(1, 9) if ema.end_epoch(e)]
+        assert switched == [6, 7, 8]  # the hook's `switch_start < epochs done`: from epoch 6
 
 
 # ---------------------------------------------------------------- the canonical data set

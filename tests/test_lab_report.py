@@ -11,7 +11,8 @@ import pytest
 from switchema.cli import main
 from switchema.lab.config import StudyConfig
 from switchema.lab.options import RunOptions
-from switchema.lab.report.notes import sema_keep_fraction, switches
+from switchema.lab.report.notes import sema_keep_fraction, swa_models, switches
+from switchema.lab.report.run import load_events
 from switchema.lab.resolve import resolve
 from switchema.lab.runner import run_compare
 
@@ -93,16 +94,29 @@ def test_the_closed_form_of_what_a_switch_keeps(d, k):
     assert sema_keep_fraction(d, k) == pytest.approx(avg / k, rel=1e-12)
 
 
-def test_switch_counts_follow_the_rules_the_training_loop_runs(tmp_path):
+def test_switch_counts_are_read_from_what_the_averagers_recorded(tmp_path):
     folder = run(
-        tmp_path, "om", methods=["sema", "sema-openmixup"], epochs=5, switch_every="2", seeds=[0]
+        tmp_path,
+        "om",
+        methods=["sema", "sema-openmixup", "swa"],
+        epochs=5,
+        switch_every="2",
+        seeds=[0],
+        swa_start=0.4,
     )
     rows = [json.loads(x) for x in open(folder / "metrics.jsonl")]
-    cfg = json.loads((folder / "config.json").read_text())["config"]
-    for m in ("sema", "sema-openmixup"):
-        seen = sum(r["switched"] for r in rows if r["method"] == m and r["model"] == "online")
-        assert switches(cfg, m, 5) == seen
-    assert switches({**cfg, "switch_every": "3s"}, "sema", 5) == 8  # steps 3, 6, ..., 24
+    events = load_events(folder)
+    for m, epochs in (("sema", [2, 4]), ("sema-openmixup", [1, 3, 5])):  # the hook's test inverted
+        seen = [
+            r["epoch"]
+            for r in rows
+            if r["method"] == m and r["model"] == "online" and r["switched"]
+        ]
+        assert seen == epochs and switches(events, m) == len(epochs)
+    assert swa_models(events) == 3  # the epoch ends of epochs 3, 4 and 5
+    text = summary(folder)
+    assert "(3 models averaged)" in text
+    assert switches([], "sema") is None and swa_models([]) is None  # older folders: unknown
 
 
 def test_the_columns_are_explained_once(tmp_path):

@@ -326,7 +326,7 @@ def test_differs_periodic_switch_one_call_later():
     n = 4
     peer_model, our_model = linear_net(9), linear_net(9)
     peer = EmaPytorchRule(peer_model, 0.9, 0, 1, switch_every=n)
-    ours = EMA(our_model, 0.9, warmup=PowerWarmup(), switch_every=n)
+    ours = EMA(our_model, 0.9, warmup=PowerWarmup(), switch=f"{n}s")
     ga, gb = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
     switched = []
     for step in range(1, 14):
@@ -352,7 +352,17 @@ def test_differs_state_dict_holds_no_online_model():
     ema = EMA(model, 0.9)
     ema.update()
     state = ema.state_dict()
-    assert set(state) == {"format", "kind", "config", "step", "n_updates", "names", "averages"}
+    assert set(state) == {
+        "format",
+        "kind",
+        "config",
+        "step",
+        "epoch",
+        "n_updates",
+        "events",
+        "names",
+        "averages",
+    }
     assert set(state["averages"]) == {n for n, _ in model.named_parameters()}
     ptrs = {t.untyped_storage().data_ptr() for t in model.state_dict().values()}
     assert all(a.untyped_storage().data_ptr() not in ptrs for a in state["averages"].values())

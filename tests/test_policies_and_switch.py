@@ -110,7 +110,7 @@ def test_flat_params_keeps_parameter_objects_and_gives_the_same_numbers(make):
     assert all(torch.equal(p, q) for p, q in zip(m0.parameters(), m1.parameters()))
     s0, s1 = a0.state_dict(), a1.state_dict()
     assert all(torch.equal(s0["averages"][n], s1["averages"][n]) for n in s0["names"])
-    flat = a1._groups[0].src_flat
+    flat = a1._store.groups[0].src_flat
     assert all(
         p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr() for p in m1.parameters()
     )

@@ -72,7 +72,7 @@ def test_module_view_shares_the_average_and_costs_only_its_buffers():
     model = make()
     ema = EMA(model, decay=(0.9, 0.5))
     view = ema.averaged_model(1)
-    flat = ema._groups[0].flat
+    flat = ema._store.groups[0].flat
     lo = flat.untyped_storage().data_ptr()
     hi = lo + flat.untyped_storage().nbytes()
     for p in view.parameters():

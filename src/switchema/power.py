@@ -39,12 +39,11 @@ import torch
 from torch import nn
 
 from . import _profiles as P
-from ._checks import check_choice, check_int, check_real
+from ._checks import check_int, check_real
 from .averaging import WeightAverager
+from .settings import TIME_UNITS, PowerSettings, settings_from_options
 
 __all__ = ["PowerEMA", "TIME_UNITS"]
-
-TIME_UNITS = ("steps", "samples")
 
 
 def _resolve_gammas(sigma_rel: Any, gamma: Any) -> tuple[float, ...]:
@@ -74,13 +73,14 @@ class PowerEMA(WeightAverager):
         model: the model being trained.
         sigma_rel: relative width(s) in ``(0, 1/sqrt(12)]`` (EDM2 tracks ``(0.05, 0.10)``).
         gamma: instead of ``sigma_rel``: the exponent(s), ``>= 0``.
-        update_every: average every N optimizer steps (the profile does not change).
         time: ``"steps"`` (default) or ``"samples"``: then every ``update(samples=n)`` says how
             many samples the optimizer step used (for variable batch sizes).
-        switch_every, dtype, buffers, params, frozen, flat_params: as for :class:`switchema.EMA`.
+        **options: as for :class:`switchema.EMA` (:class:`switchema.settings.Options`);
+            ``update_every`` does not change the profile; ``start_step`` must stay 0.
     """
 
     kind = "power"
+    Settings = PowerSettings
 
     def __init__(
         self,
@@ -88,39 +88,42 @@ class PowerEMA(WeightAverager):
         sigma_rel: float | Sequence[float] | None = None,
         *,
         gamma: float | Sequence[float] | None = None,
-        update_every: int = 1,
-        time: str = "steps",
-        switch_every: int | None = None,
-        dtype: torch.dtype | None = torch.float32,
-        buffers: str | Mapping[str, str] = "copy",
-        params: str | Mapping[str, str] | None = None,
-        frozen: str = "copy",
-        flat_params: bool = False,
+        **options: Any,
     ) -> None:
-        self.gammas = _resolve_gammas(sigma_rel, gamma)
-        self.time_unit = check_choice(time, "time", TIME_UNITS)
+        gammas = _resolve_gammas(sigma_rel, gamma)
+        self._setup(
+            model, settings_from_options(PowerSettings, "PowerEMA", gamma=gammas, **options)
+        )
+
+    def _setup(self, model: nn.Module, settings: Any) -> None:
         self.samples = 0  # samples seen (time="samples")
         self.time = 0.0  # the time of the last averaging update: what the averages stand for
         self._snapshot_rule: tuple[Any, int, Any] | None = None
-        super().__init__(
-            model,
-            num_averages=len(self.gammas),
-            update_every=update_every,
-            start_step=0,
-            switch_every=switch_every,
-            dtype=dtype,
-            buffers=buffers,
-            params=params,
-            frozen=frozen,
-            flat_params=flat_params,
-        )
+        super()._setup(model, settings)
+
+    @property
+    def gammas(self) -> tuple[float, ...]:
+        """The exponents of the tracked profiles."""
+        return self.settings.gamma
+
+    @property
+    def time_unit(self) -> str:
+        """``"steps"`` or ``"samples"``."""
+        return self.settings.time
 
     @property
     def sigma_rel(self) -> tuple[float, ...]:
         """The relative widths of the tracked profiles."""
         return tuple(P.gamma_to_sigma_rel(g) for g in self.gammas)
 
-    def update(self, step: int | None = None, *, samples: int | None = None) -> None:
+    def update(
+        self,
+        step: int | None = None,
+        *,
+        samples: int | None = None,
+        epoch: int | None = None,
+        optimizer: Any = None,
+    ) -> None:
         """Record an optimizer step (see :meth:`switchema.EMA.update`); average when due.
 
         With ``time="samples"``, ``samples`` is the number of samples this optimizer step used.
@@ -136,7 +139,7 @@ class PowerEMA(WeightAverager):
         if self.time_unit == "samples":
             self.samples += n  # before averaging: the update's time includes this step
         try:
-            super().update(step)
+            super().update(step, epoch=epoch, optimizer=optimizer)
         except BaseException:
             if self.time_unit == "samples":
                 self.samples -= n
@@ -166,6 +169,7 @@ class PowerEMA(WeightAverager):
         from .posthoc import as_store, snapshot_averager
 
         snapshot_averager(self, as_store(store), dtype)
+        self.events.record("snapshot", step=self.step, epoch=self.epoch)
 
     def snapshot_every(self, store: Any, every: int, *, dtype: torch.dtype | None = None) -> None:
         """Take a :meth:`snapshot` in ``update()`` whenever ``step`` reaches a multiple of ``every``."""
@@ -174,26 +178,9 @@ class PowerEMA(WeightAverager):
         self._snapshot_rule = (as_store(store), check_int(every, "every", minimum=1), dtype)
 
     # ------------------------------------------------------------------ state
-    def _config(self) -> dict[str, Any]:
-        return {**super()._config(), "gamma": list(self.gammas), "time": self.time_unit}
-
-    def _load_config(self, config: Mapping[str, Any]) -> None:
-        super()._load_config(config)
-        self.gammas = tuple(float(g) for g in config["gamma"])
-        self.time_unit = config["time"]
-        self.num_averages = len(self.gammas)
-
-    @staticmethod
-    def _num_averages(config: Mapping[str, Any]) -> int:
-        return len(config["gamma"])
-
     def _counters(self) -> dict[str, Any]:
         return {"time": self.time, "samples": self.samples}
 
     def _load_counters(self, state: Mapping[str, Any]) -> None:
         self.time = float(state["time"])
         self.samples = int(state["samples"])
-
-    def _init_kwargs(self) -> dict[str, Any]:
-        init = super()._init_kwargs()
-        return {**init, "gamma": self.gammas, "time": self.time_unit}

@@ -2,8 +2,9 @@
 
 A callback takes the averager itself, not its keywords: a factory called with the model when
 training starts (``functools.partial(EMA, decay=0.999, warmup="ema_paper")``, ``SWA``, any
-``model -> WeightAverager`` callable) or a ready averager bound to the model, plus a
-:class:`~switchema.switching.SwitchRule` (the same rule as the lab's ``sema`` method).
+``model -> WeightAverager`` callable) or a ready averager bound to the model, plus optionally a
+:class:`~switchema.switching.SwitchRule`, which it hands to the averager: the averager owns
+switching (the same rule and clock as the lab's ``sema`` method); the callback passes time in.
 ``decay=`` stays as a shortcut for ``functools.partial(EMA, decay=...)``.
 """
 
@@ -19,9 +20,16 @@ from torch import nn
 from .._binding import unwrap_model
 from .._checks import check_choice, check_int
 from ..averaging import EMA, WeightAverager
-from ..switching import SwitchRule
+from ..switching import SwitchRule, as_rule
 
-__all__ = ["AveragerSource", "resolve_averager", "resolve_switch", "check_evaluate", "check_index"]
+__all__ = [
+    "AveragerSource",
+    "resolve_averager",
+    "resolve_switch",
+    "apply_switch",
+    "check_evaluate",
+    "check_index",
+]
 
 EVALUATE_MODES = ("average", "online", "both")
 _KEY_FIELDS = ("decay", "half_life", "sigma_rel", "gamma")
@@ -97,10 +105,20 @@ def resolve_averager(averager: Any, decay: float | Sequence[float] | None) -> Av
 
 
 def resolve_switch(switch: Any) -> SwitchRule | None:
-    """``None`` (never), a :class:`SwitchRule`, or its interval (``1``, ``"5e"``, ``"50s"``)."""
-    if switch is None or isinstance(switch, SwitchRule):
-        return switch
-    return SwitchRule(switch)
+    """``None`` (never), a :class:`SwitchRule`, or its interval (``"5e"``, ``"50s"``)."""
+    return as_rule(switch)
+
+
+def apply_switch(averager: WeightAverager, rule: SwitchRule | None) -> None:
+    """Give the callback's switch rule to the averager, which owns switching and its clock."""
+    if rule is None or averager.switch_rule == rule:
+        return
+    if averager.switch_rule is not None:
+        raise ValueError(
+            f"the averager already switches ({averager.switch_rule.text}) and the callback was "
+            f"given switch={rule.text!r}: give the rule once, to the averager or the callback"
+        )
+    averager.configure(switch=rule)
 
 
 def check_evaluate(evaluate: str, eval_index: int) -> None:

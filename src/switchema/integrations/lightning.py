@@ -85,7 +85,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
 
 from ..averaging import WeightAverager, unwrap_model
 from ..switching import SwitchRule
-from ._common import check_evaluate, check_index, resolve_averager, resolve_switch
+from ._common import apply_switch, check_evaluate, check_index, resolve_averager, resolve_switch
 
 __all__ = ["EMACallback"]
 
@@ -121,8 +121,9 @@ class EMACallback(pl.Callback):
             already where it trains). Default: ``EMA(decay=0.999)``.
         decay: shortcut for ``averager=functools.partial(EMA, decay=decay)``.
         switch: Switch EMA: a :class:`~switchema.switching.SwitchRule`, or its interval
-            (``1`` or ``"1e"``: every epoch; ``"50s"``: every 50 optimizer steps); ``None``:
-            never. The rule also says which average is switched in and whether the optimizers'
+            (``"1e"``: every epoch; ``"50s"``: every 50 optimizer steps); ``None``: never. It
+            is handed to the averager, which owns switching; the callback passes the trainer's
+            steps and epochs in. The rule also says which average is switched in and whether the optimizers'
             state is reset.
         evaluate: ``"average"`` (default), ``"online"`` or ``"both"`` (see the module docs).
         eval_index: which average is evaluated.
@@ -139,7 +140,7 @@ class EMACallback(pl.Callback):
         averager: WeightAverager | Callable[[nn.Module], WeightAverager] | None = None,
         *,
         decay: float | Sequence[float] | None = None,
-        switch: SwitchRule | str | int | None = None,
+        switch: SwitchRule | str | None = None,
         evaluate: str = "average",
         eval_index: int = 0,
         online_prefix: str = "online/",
@@ -166,7 +167,6 @@ class EMACallback(pl.Callback):
         self._pending: dict[str, Any] | None = None  # loaded state waiting for the averager
         self._has_average = False  # the averager has been updated or restored
         self._seen_step = 0  # trainer.global_step at the last update
-        self._last_switch_epoch = -1  # 0-based index of the last epoch that switched
         self._swap_cm: Any = None  # the active swapped() context, between epoch hooks
         self._patched: list[str] = []  # instance attributes set on the module ("both")
 
@@ -181,11 +181,11 @@ class EMACallback(pl.Callback):
             check_index(self.averager, self.eval_index, "eval_index")
             if self.switch_rule is not None:
                 check_index(self.averager, self.switch_rule.index, "switch index")
+            apply_switch(self.averager, self.switch_rule)
             self._has_average = False
         if self._pending is not None:
             state, self._pending = self._pending, None
             self.averager.load_state_dict(state["averager"])
-            self._last_switch_epoch = int(state.get("last_switch_epoch", -1))
             self._has_average = True
         return self.averager
 
@@ -219,31 +219,23 @@ class EMACallback(pl.Callback):
     ) -> None:
         if self.averager is None:
             return
-        rule = self.switch_rule
         if trainer.global_step > self._seen_step:  # an optimizer step happened in this batch
             self._seen_step = trainer.global_step
-            self.averager.update()
+            self.averager.update(
+                trainer.global_step,
+                epoch=max(trainer.current_epoch, self.averager.epoch),
+                optimizer=self._optimizers(trainer),
+            )
             self._has_average = True
-            if rule is not None and rule.due(
-                epoch=trainer.current_epoch + 1, step=trainer.global_step
-            ):
-                self._switch(trainer)
-        if (
-            rule is not None
-            and rule.every.unit == "epochs"
-            and self._is_last_batch(trainer, batch_idx)
-        ):
-            self._maybe_switch(trainer)
+        if self._is_last_batch(trainer, batch_idx):
+            self._end_epoch(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Fallback for loops whose last batch could not be recognised in on_train_batch_end
         # (e.g. training_step(dataloader_iter)); not for epochs cut short by max_steps.
-        rule = self.switch_rule
-        if rule is None or rule.every.unit != "epochs" or self.averager is None:
+        if self.averager is None or 0 < trainer.max_steps <= trainer.global_step:
             return
-        if 0 < trainer.max_steps <= trainer.global_step:
-            return
-        self._maybe_switch(trainer)
+        self._end_epoch(trainer)
 
     @staticmethod
     def _is_last_batch(trainer: pl.Trainer, batch_idx: int) -> bool:
@@ -253,20 +245,15 @@ class EMACallback(pl.Callback):
         progress = getattr(trainer.fit_loop.epoch_loop, "batch_progress", None)
         return bool(getattr(progress, "is_last_batch", False))
 
-    def _maybe_switch(self, trainer: pl.Trainer) -> None:
-        epoch = trainer.current_epoch
-        if epoch <= self._last_switch_epoch or not self.switch_rule.due(epoch=epoch + 1):
-            return
-        self._last_switch_epoch = epoch
-        self._switch(trainer)
+    def _end_epoch(self, trainer: pl.Trainer) -> None:
+        # The averager ignores a second call for the same epoch (last batch, then fallback).
+        epochs = trainer.current_epoch + 1
+        if epochs > self.averager.epoch:
+            self.averager.end_epoch(epochs, optimizer=self._optimizers(trainer))
 
-    def _switch(self, trainer: pl.Trainer) -> None:
-        index = self.switch_rule.index
-        if self.switch_rule.reset_optimizer and trainer.optimizers:
-            for optimizer in trainer.optimizers:  # the copy is repeated; the states are cleared
-                self.averager.switch(index, optimizer=optimizer)
-        else:
-            self.averager.switch(index)
+    @staticmethod
+    def _optimizers(trainer: pl.Trainer) -> list[Any]:
+        return list(trainer.optimizers)
 
     # ------------------------------------------------------------------ evaluation
     def _swap_in(self) -> None:
@@ -361,11 +348,7 @@ class EMACallback(pl.Callback):
         finally:
             if swapped:
                 self._swap_in()
-        return {
-            "version": _STATE_VERSION,
-            "averager": averager_state,
-            "last_switch_epoch": self._last_switch_epoch,
-        }
+        return {"version": _STATE_VERSION, "averager": averager_state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:

@@ -86,7 +86,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 
 from ..averaging import WeightAverager
 from ..switching import SwitchRule
-from ._common import check_evaluate, check_index, resolve_averager, resolve_switch
+from ._common import apply_switch, check_evaluate, check_index, resolve_averager, resolve_switch
 
 __all__ = ["EMATrainerCallback"]
 
@@ -103,7 +103,8 @@ class EMATrainerCallback(TrainerCallback):
             to that model. Default: ``EMA(decay=0.999)``.
         decay: shortcut for ``averager=functools.partial(EMA, decay=decay)``.
         switch: Switch EMA: a :class:`~switchema.switching.SwitchRule`, or its interval
-            (``1`` / ``"1e"``: every epoch; ``"50s"``: every 50 optimizer steps); ``None``: never.
+            (``"1e"``: every epoch; ``"50s"``: every 50 optimizer steps); ``None``: never. It is
+            handed to the averager, which owns switching; the callback passes time in.
         evaluate: ``"average"`` (default), ``"online"`` or ``"both"`` (see the module docs).
         eval_index: which average is evaluated.
         online_prefix: with ``evaluate="both"``, the online metrics' prefix after ``eval_``.
@@ -118,7 +119,7 @@ class EMATrainerCallback(TrainerCallback):
         averager: WeightAverager | Callable[[Any], WeightAverager] | None = None,
         *,
         decay: float | Sequence[float] | None = None,
-        switch: SwitchRule | str | int | None = None,
+        switch: SwitchRule | str | None = None,
         evaluate: str = "average",
         eval_index: int = 0,
         online_prefix: str = "online",
@@ -147,7 +148,6 @@ class EMATrainerCallback(TrainerCallback):
         self._attached = False
         self._resume_dir: str | None = None  # set by the wrapped train() while it runs
         self._in_evaluate = False
-        self._last_switch_epoch = 0  # completed epochs at the last switch
 
     # ------------------------------------------------------------------ attach
     def attach(self, trainer: Any) -> EMATrainerCallback:
@@ -222,7 +222,7 @@ class EMATrainerCallback(TrainerCallback):
         check_index(self.averager, self.eval_index, "eval_index")
         if self.switch_rule is not None:
             check_index(self.averager, self.switch_rule.index, "switch index")
-        self._last_switch_epoch = 0
+        apply_switch(self.averager, self.switch_rule)
         if state.global_step > 0:  # resuming
             folder = self._resume_dir or os.path.join(
                 args.output_dir, f"checkpoint-{state.global_step}"
@@ -240,27 +240,19 @@ class EMATrainerCallback(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.averager is None:
             return
-        self.averager.update()
-        rule = self.switch_rule
-        epoch = max(1, math.ceil(state.epoch or 0.0))  # the epoch this step belongs to, 1-based
-        if rule is not None and rule.due(epoch=epoch, step=state.global_step):
-            self._switch(kwargs)
+        # state.epoch is fractional after the step: the epoch it belongs to, minus one, is
+        # the number of epochs complete before it.
+        epochs = max(0, math.ceil(state.epoch or 0.0) - 1, self.averager.epoch)
+        self.averager.update(state.global_step, epoch=epochs, optimizer=kwargs.get("optimizer"))
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        rule = self.switch_rule
-        if self.averager is None or rule is None or state.epoch is None:
+        if self.averager is None or state.epoch is None:
             return
         epochs_done = round(state.epoch)
         if not math.isclose(state.epoch, epochs_done, abs_tol=1e-6):
             return  # the epoch was cut short (max_steps)
-        if epochs_done <= self._last_switch_epoch or not rule.due(epoch=epochs_done):
-            return
-        self._last_switch_epoch = epochs_done
-        self._switch(kwargs)
-
-    def _switch(self, hook_kwargs: dict[str, Any]) -> None:
-        optimizer = hook_kwargs.get("optimizer") if self.switch_rule.reset_optimizer else None
-        self.averager.switch(self.switch_rule.index, optimizer=optimizer)
+        if epochs_done > self.averager.epoch:
+            self.averager.end_epoch(epochs_done, optimizer=kwargs.get("optimizer"))
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.averager is None or not args.should_save:
@@ -287,14 +279,10 @@ class EMATrainerCallback(TrainerCallback):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """The averager's state and the switch bookkeeping (what ``ema.pt`` holds)."""
+        """The averager's state (what ``ema.pt`` holds; its clock and switches included)."""
         if self.averager is None:
             raise RuntimeError("no averager yet: it is created when training begins")
-        return {
-            "version": _STATE_VERSION,
-            "averager": self.averager.state_dict(),
-            "last_switch_epoch": self._last_switch_epoch,
-        }
+        return {"version": _STATE_VERSION, "averager": self.averager.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if self.averager is None:
@@ -302,7 +290,6 @@ class EMATrainerCallback(TrainerCallback):
         if not isinstance(state, Mapping) or state.get("version") != _STATE_VERSION:
             raise ValueError(f"not an EMATrainerCallback state (version {_STATE_VERSION})")
         self.averager.load_state_dict(state["averager"])
-        self._last_switch_epoch = int(state.get("last_switch_epoch", 0))
 
     def load(self, path: str | os.PathLike) -> None:
         """Load an ``ema.pt`` written by :meth:`on_save`."""

@@ -54,6 +54,7 @@ __all__ = [
     "run_job",
     "job_status",
     "job_results",
+    "job_events",
     "epochs_done",
     "close_status",
     "build_study_data",
@@ -241,6 +242,13 @@ def job_results(run_dir: str | Path, job: Job) -> tuple[list[dict], dict, dict]:
     )
 
 
+def job_events(run_dir: str | Path, job: Job) -> list[dict[str, Any]]:
+    """What each averager of a job recorded: per method, ``{"method", "seed"}`` and its
+    :class:`~switchema.events.EventLog` (empty if the job wrote none)."""
+    path = job_dir(run_dir, job) / "events.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
 def _set_threads(study: Study) -> None:
     if study.config.threads:
         torch.set_num_threads(study.config.threads)
@@ -295,6 +303,11 @@ def run_job(
         def save(st: dict[str, Any]) -> None:
             if checkpoints or st["done"]:
                 save_checkpoint(ckpt, st)
+            # the averagers' own records of what they did, for reports (never re-derived)
+            events = [
+                {"method": m, "seed": job.seed, **log} for m, log in st.get("events", {}).items()
+            ]
+            atomic_write_text(folder / "events.json", json.dumps(events))
             new = st["rows"][written[0] :]
             written[0] = len(st["rows"])
             with open(metrics, "a") as f:

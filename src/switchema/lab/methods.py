@@ -1,8 +1,8 @@
 """The averaging methods the lab compares: every fact about each, and how to build it.
 
 Each method says which averager to keep and when to switch, all on the library's own
-:class:`~switchema.EMA` / :class:`~switchema.SWA` and :class:`~switchema.switching.SwitchRule`;
-there is no second implementation of EMA here. The training loop
+:class:`~switchema.EMA` / :class:`~switchema.SWA`, whose switch rule and clock decide when a
+switch happens; there is no second implementation of EMA or of switching here. The training loop
 (:mod:`switchema.lab.train`) calls :meth:`Method.after_step` after every optimizer step and
 :meth:`Method.after_epoch` after every epoch.
 
@@ -12,8 +12,9 @@ there is no second implementation of EMA here. The training loop
   steps) from epoch ``switch_start`` on.
 * ``sema-openmixup``: what the official OpenMixup ``SwitchEMAHook`` actually runs: its switch
   test is inverted, so at the end of epoch ``e`` (1-based) it switches when
-  ``e % switch_every != 0``; with ``switch_every=1`` it never switches (plain EMA). It uses the
-  official linear decay warm-up from ``0.9 * decay`` over the first 5 epochs.
+  ``e % switch_every != 0``; with ``switch_every=1`` it never switches (plain EMA). Its
+  interval must be in epochs. It uses the official linear decay warm-up from ``0.9 * decay``
+  over the first 5 epochs.
 * ``swa``: uniform average of the weights at epoch ends (or every ``swa_every``) from a
   fraction of training on; BatchNorm statistics recomputed for the averaged model.
 * ``posthoc``: post-hoc EMA (Karras et al., EDM2): two power-function EMAs are tracked and
@@ -35,6 +36,7 @@ of its methods uses it, as each setting's metadata in :mod:`switchema.lab.config
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -48,9 +50,9 @@ from ..averaging import EMA, SWA, WeightAverager
 from ..posthoc import MemoryStore, synthesize
 from ..power import PowerEMA
 from ..schedules import DecaySchedule, LinearWarmup
-from ..switching import Interval, SwitchRule, parse_interval
 from .config import SETTINGS, Study
 from .errors import ConfigError
+from .units import parse_interval
 
 __all__ = [
     "METHODS",
@@ -137,6 +139,22 @@ def decay_problems(methods: Iterable[str], decay: tuple[float, ...]) -> list[str
     return []
 
 
+def switch_problems(methods: Iterable[str], switch_every: Any) -> list[str]:
+    """The official OpenMixup hook switches at epoch ends: its interval is in epochs."""
+    if "sema-openmixup" not in methods or not isinstance(switch_every, str | int):
+        return []
+    try:
+        every = parse_interval(switch_every)
+    except ValueError:
+        return []  # reported by the setting's own check
+    if every.unit != "epochs":
+        return [
+            f"sema-openmixup switches at epoch ends, as the official hook does: give "
+            f"--switch-every in epochs ('{every.n}e'), got {switch_every!r}"
+        ]
+    return []
+
+
 def share_trajectories(methods: list[str], separate: bool = False) -> list[list[str]]:
     """Group methods that can share one training run.
 
@@ -165,36 +183,27 @@ def check_shared(methods: list[str], separate: bool = False) -> None:
 
 @dataclass
 class Method:
-    """A method's averager and its switching rule for one training run."""
+    """A method's averager for one training run; the averager owns its switch rule and clock."""
 
     name: str
     averager: WeightAverager | None
     labels: list[str]  # one label per average, e.g. ["avg"] or ["avg@0.99", "avg@0.999"]
-    switch: SwitchRule | None = None
-    openmixup: bool = False
 
     def after_step(self, step: int, epoch: int, optimizer: torch.optim.Optimizer) -> None:
         """After optimizer step ``step`` (1-based) during epoch ``epoch`` (1-based)."""
-        if self.averager is None:
-            return
-        self.averager.update()
-        if self.switch is not None and self.switch.due(epoch=epoch, step=step):
-            self._switch(optimizer)
+        if self.averager is not None:
+            self.averager.update(step, epoch=epoch - 1, optimizer=optimizer)
 
     def after_epoch(self, epoch: int, optimizer: torch.optim.Optimizer) -> bool:
-        """At the end of epoch ``epoch`` (1-based); returns whether a switch happened."""
-        if self.averager is None or self.switch is None:
+        """At the end of epoch ``epoch`` (1-based), before its evaluation; whether a switch
+        in epochs happened (switches in steps are in the averager's event log)."""
+        if self.averager is None:
             return False
-        due = self.switch.due(epoch=epoch)
-        if self.openmixup:  # the official hook's inverted test, reproduced on purpose
-            due = self.switch.started(epoch) and not due
-        if due:
-            self._switch(optimizer)
-        return due
+        return self.averager.end_epoch(epoch, optimizer=optimizer)
 
-    def _switch(self, optimizer: torch.optim.Optimizer) -> None:
-        rule = self.switch
-        self.averager.switch(rule.index, optimizer=optimizer if rule.reset_optimizer else None)
+    def events(self) -> dict[str, Any]:
+        """The averager's event log (:class:`switchema.events.EventLog`) as plain data."""
+        return self.averager.events.to_dict()
 
     def teacher(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """The target of a teacher objective: the method's first average (an EMA teacher; a
@@ -345,13 +354,7 @@ def build_method(name: str, model: nn.Module, study: Study, steps_per_epoch: int
     labels = ["avg"] if len(decay) == 1 else [f"avg@{d:g}" for d in decay]
     if name == "ema":
         return Method(name, EMA(model, decay=tuple(decay), **options), labels)
-    ema = EMA(model, decay=decay[0], **options)
-    if name == "sema":
-        return Method(name, ema, labels, study.switch)
-    # sema-openmixup: the official hook's interval, always in epochs
-    rule = SwitchRule(
-        Interval(study.switch.every.n, "epochs"),
-        start_epoch=study.switch.start_epoch,
-        reset_optimizer=study.switch.reset_optimizer,
-    )
-    return Method(name, ema, labels, rule, openmixup=True)
+    rule = study.switch
+    if name == "sema-openmixup":  # the official hook's test, inverted on purpose
+        rule = dataclasses.replace(rule, inverted=True)
+    return Method(name, EMA(model, decay=decay[0], switch=rule, **options), labels)

@@ -15,9 +15,9 @@ from ..schedules import DecaySchedule, LinearWarmup, resolve_schedule
 from ..switching import SwitchRule
 from .config import SETTINGS, Setting, Study, StudyConfig
 from .errors import ConfigError, UsageError
-from .methods import check_methods, decay_problems
+from .methods import check_methods, decay_problems, switch_problems
 from .tasks import Task, get_task
-from .units import parse_duration
+from .units import Duration, parse_duration, parse_interval
 
 __all__ = ["resolve"]
 
@@ -51,8 +51,8 @@ def resolve(config: StudyConfig) -> Study:
         config=config,
         task=task,
         switch=SwitchRule(
-            config.switch_every,
-            start_epoch=config.switch_start,
+            parse_interval(config.switch_every),
+            start=Duration(config.switch_start, "epochs"),
             reset_optimizer=config.reset_optimizer,
         ),
         ema_warmup=_warmup(config),
@@ -90,6 +90,7 @@ def _value_problems(name: str, s: Setting, value: Any) -> list[str]:
 def _rules(cfg: StudyConfig, task: Task | None) -> list[str]:
     """The checks that involve more than one setting."""
     problems = decay_problems(cfg.methods, cfg.decay) if isinstance(cfg.decay, tuple) else []
+    problems += switch_problems(cfg.methods, cfg.switch_every)
     noise_ok = SETTINGS["label_noise"].problem("label_noise", cfg.label_noise) is None
     if task is not None and noise_ok and cfg.label_noise and task.kind != "classification":
         problems.append(f"label noise needs a classification task; {cfg.task!r} is {task.kind}")

@@ -34,7 +34,7 @@ from .checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, 
 from .config import SETTINGS, Study, StudyConfig, canonical_keys
 from .errors import MissingFileError, RunExistsError, UsageError
 from .executors import run_jobs
-from .jobs import Job, epochs_done, job_results, job_status, study_jobs
+from .jobs import Job, epochs_done, job_events, job_results, job_status, study_jobs
 from .lock import FolderLock
 from .options import RunOptions
 from .preflight import check_studies, check_writable
@@ -392,6 +392,7 @@ def assemble_cell(
     rows: list[dict[str, Any]] = []
     arrays: dict[str, np.ndarray] = {}
     states: dict[str, Any] = {}
+    events: list[dict[str, Any]] = []  # each averager's event log, with its method and seed
     failures = []
     wall = 0.0
     for job in jobs:
@@ -404,6 +405,7 @@ def assemble_cell(
             )
             continue
         job_rows, job_arrays, job_states = job_results(run_dir, job)
+        events += job_events(run_dir, job)
         rows += job_rows
         arrays.update(job_arrays)
         states.update(job_states)
@@ -413,6 +415,7 @@ def assemble_cell(
     atomic_write_text(cell_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     _save(cell_dir / "predictions.npz", arrays, npz=True)
     _save(cell_dir / "models.pt", states)
+    atomic_write_text(cell_dir / "events.json", json.dumps(events, indent=1))
     atomic_write_text(cell_dir / "timing.json", json.dumps({"wall_s": wall, "jobs": len(jobs)}))
     atomic_write_text(cell_dir / "failures.json", json.dumps(failures, indent=2))
     if rows:

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._checks import is_int, is_real
-from ..switching import parse_interval
-from .units import parse_duration
+from .units import parse_duration, parse_interval
 
 __all__ = ["ALWAYS", "KINDS", "Setting", "setting"]
 

@@ -292,6 +292,8 @@ def checkpoint_state(run: Run, info: dict[str, Any], out: Outcome) -> dict[str, 
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "averagers": [m.state_dict() for m in run.methods],
+        # what each averager did (switches, averaging updates), as it recorded it
+        "events": {m.name: m.events() for m in run.methods if m.averager is not None},
         "rng": {
             "torch": torch.get_rng_state(),
             "order": run.order.get_state(),

@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ...switching import Interval, SwitchRule, parse_interval
 from ..tasks import TASKS
-from ..units import parse_duration
+from ..units import parse_duration, parse_interval
 
 __all__ = [
     "MIN_SWA_MODELS",
@@ -29,6 +28,8 @@ __all__ = [
     "settings_sentence",
     "swa_models",
     "switches",
+    "switch_steps",
+    "logs_of",
     "warnings_for",
 ]
 
@@ -63,41 +64,39 @@ def run_facts(config: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, i
     return {"steps_per_epoch": per_epoch, "total_steps": per_epoch * int(cfg["epochs"])}
 
 
-def swa_models(cfg: dict[str, Any], steps_per_epoch: int = 0) -> int:
-    """Models in SWA's average at the end (0: the average is the last model); an interval
-    in steps needs ``steps_per_epoch``."""
-    every = parse_interval(cfg.get("swa_every", "1e"))
-    epochs = int(cfg["epochs"]) - int(round(cfg["swa_start"] * cfg["epochs"]))
-    if every.unit == "epochs":
-        return epochs // every.n
-    return epochs * steps_per_epoch // every.n
+def logs_of(events: list[dict[str, Any]], method: str) -> list[dict[str, Any]]:
+    """The event logs ``method``'s averagers recorded, one per seed (``events.json``)."""
+    return [e for e in events if e.get("method") == method]
 
 
-def _rule(cfg: dict[str, Any], method: str) -> tuple[SwitchRule, bool]:
+def switch_steps(events: list[dict[str, Any]], method: str) -> list[list[int]]:
+    """Per seed, the optimizer steps at which ``method`` switched, as its averager recorded."""
+    return [
+        [e["step"] for e in log["events"] if e["kind"] == "switch"]
+        for log in logs_of(events, method)
+    ]
+
+
+def switches(events: list[dict[str, Any]], method: str) -> int | None:
+    """How many times ``method`` switched (the most over seeds); ``None``: not recorded."""
+    per_seed = switch_steps(events, method)
+    return max(map(len, per_seed)) if per_seed else None
+
+
+def swa_models(events: list[dict[str, Any]]) -> int | None:
+    """Models in SWA's average at the end, as its averager counted them; ``None``: not
+    recorded (a run folder written before averagers kept event logs)."""
+    logs = logs_of(events, "swa")
+    return min(int(log["n_updates"]) for log in logs) if logs else None
+
+
+def _period_steps(cfg: dict[str, Any], events: list[dict[str, Any]], method: str, spe: int) -> int:
+    """Optimizer steps between switches: as recorded (the most common gap), else as set."""
+    gaps = [b - a for steps in switch_steps(events, method) for a, b in zip(steps, steps[1:])]
+    if gaps:
+        return max(set(gaps), key=gaps.count)
     every = parse_interval(cfg["switch_every"])
-    if method == "sema-openmixup":  # the official hook: an interval in epochs, inverted
-        return SwitchRule(Interval(every.n, "epochs"), start_epoch=cfg["switch_start"]), True
-    return SwitchRule(every, start_epoch=cfg["switch_start"]), False
-
-
-def switches(cfg: dict[str, Any], method: str, steps_per_epoch: int) -> int:
-    """How many times a switching method switched during the run."""
-    rule, inverted = _rule(cfg, method)
-    n = 0
-    for epoch in range(1, int(cfg["epochs"]) + 1):
-        if rule.every.unit == "steps":
-            first = (epoch - 1) * steps_per_epoch + 1
-            n += sum(rule.due(epoch=epoch, step=s) for s in range(first, first + steps_per_epoch))
-        elif inverted:
-            n += rule.started(epoch) and not rule.due(epoch=epoch)
-        else:
-            n += rule.due(epoch=epoch)
-    return n
-
-
-def _period_steps(cfg: dict[str, Any], steps_per_epoch: int) -> int:
-    every = parse_interval(cfg["switch_every"])
-    return every.n * (steps_per_epoch if every.unit == "epochs" else 1)
+    return every.n * (spe if every.unit == "epochs" else 1)
 
 
 def _every(cfg: dict[str, Any]) -> int:
@@ -205,7 +204,9 @@ def _warmup_text(cfg: dict[str, Any], spe: int) -> str:
     )
 
 
-def averaging_lines(config: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+def averaging_lines(
+    config: dict[str, Any], rows: list[dict[str, Any]], events: list[dict[str, Any]]
+) -> list[str]:
     """The averaging settings of this run's methods as they ran: decay per update, update
     interval and window, warm-up (kind, length, ratio), start, buffer policy, switching, SWA."""
     cfg, methods = config["config"], set(config["config"]["methods"])
@@ -241,17 +242,24 @@ def averaging_lines(config: dict[str, Any], rows: list[dict[str, Any]]) -> list[
             + f", optimizer state {reset} at each switch."
         )
     if "swa" in methods:
-        n = swa_models(cfg, spe)
+        n = swa_models(events)
+        counted = (
+            "models averaged not recorded"
+            if n is None
+            else (f"{max(1, n)} model{'s' * (n > 1)} averaged")
+        )
         lines.append(
             f"SWA: from {cfg['swa_start']:.0%} of training, every "
-            f"{_words(cfg.get('swa_every', '1e'))} "
-            f"({max(1, n)} model{'s' * (n > 1)} averaged), {buffers}."
+            f"{_words(cfg.get('swa_every', '1e'))} ({counted}), {buffers}."
         )
     return [" ".join(lines)] if lines else []
 
 
 def warnings_for(
-    config: dict[str, Any], summary: dict[str, Any], rows: list[dict[str, Any]]
+    config: dict[str, Any],
+    summary: dict[str, Any],
+    rows: list[dict[str, Any]],
+    events: list[dict[str, Any]],
 ) -> list[str]:
     """Plain-words warnings: what this run cannot show, and why."""
     cfg = config["config"]
@@ -274,9 +282,9 @@ def warnings_for(
     for m in ("sema", "sema-openmixup"):
         if m not in methods or not spe:
             continue
-        period = _period_steps(cfg, spe)
+        period = _period_steps(cfg, events, m, spe)
         window = every / (1.0 - cfg["decay"][0])
-        n = switches(cfg, m, spe)
+        n = switches(events, m)
         if n == 0:
             why = (
                 f"--switch-start {cfg['switch_start']} is at or after the last epoch "
@@ -294,8 +302,8 @@ def warnings_for(
                 f"period ({period} steps): each switch pulls the model back towards weights "
                 f"from several periods ago."
             )
-    n = swa_models(cfg, spe)
-    if "swa" in methods and n < MIN_SWA_MODELS:
+    n = swa_models(events)
+    if "swa" in methods and n is not None and n < MIN_SWA_MODELS:
         each = "epoch-end model" if _swa_in_epochs(cfg) else "model"
         what = (
             f"only {n} {each}s"
@@ -311,7 +319,9 @@ def warnings_for(
     return out
 
 
-def _equal_to_baseline(cfg: dict[str, Any], summary: dict[str, Any], n_swa: int) -> list[str]:
+def _equal_to_baseline(
+    cfg: dict[str, Any], summary: dict[str, Any], n_swa: int | None
+) -> list[str]:
     entries, key = summary["entries"], summary["key"]
     base = next((e for e in entries if e["method"] == "baseline" and e["model"] == "online"), None)
     if base is None or cfg["lr_schedule"] != "cosine":
@@ -320,7 +330,9 @@ def _equal_to_baseline(cfg: dict[str, Any], summary: dict[str, Any], n_swa: int)
     for e in entries:
         if not e["main"] or e is base or e["seeds"] != base["seeds"]:
             continue
-        if e["method"] == "swa" and n_swa <= 1:  # said above, for another reason
+        if (
+            e["method"] == "swa" and n_swa is not None and n_swa <= 1
+        ):  # said above, for another reason
             continue
         a, b = e["final"].get(key, []), base["final"].get(key, [])
         same = len(a) == len(b) and all(
@@ -336,13 +348,15 @@ def _equal_to_baseline(cfg: dict[str, Any], summary: dict[str, Any], n_swa: int)
     return out
 
 
-def sema_lines(config: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+def sema_lines(
+    config: dict[str, Any], rows: list[dict[str, Any]], events: list[dict[str, Any]]
+) -> list[str]:
     """For each Switch EMA run: the fraction of a period's progress a switch keeps."""
     cfg = config["config"]
     spe = run_facts(config, rows)["steps_per_epoch"]
     if "sema" not in cfg["methods"] or not spe:
         return []
-    d, period = cfg["decay"][0], _period_steps(cfg, spe)
+    d, period = cfg["decay"][0], _period_steps(cfg, events, "sema", spe)
     k = max(1, period // _every(cfg))  # averaging updates per period
     f = sema_keep_fraction(d, k)
     slower = f"about {1 / f:.1f} times slower" if f > 0 else "not at all"

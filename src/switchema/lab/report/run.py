@@ -30,6 +30,7 @@ __all__ = [
     "correct",
     "has_results",
     "holm_family",
+    "load_events",
     "load_run",
     "main_label",
     "summarise",
@@ -73,6 +74,13 @@ def load_run(
         with np.load(run / "predictions.npz") as z:
             arrays = {k: z[k] for k in z.files}
     return config, rows, arrays
+
+
+def load_events(run_dir: str | Path) -> list[dict[str, Any]]:
+    """What the run's averagers recorded (``events.json``: per method and seed, its event log
+    with switches and averaging updates); empty for a folder written before they kept one."""
+    path = Path(run_dir) / "events.json"
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def has_results(run_dir: str | Path) -> bool:

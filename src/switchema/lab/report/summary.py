@@ -27,7 +27,7 @@ from . import notes as N
 from . import run_plots
 from .export import write_csv, write_tensorboard
 from .posthoc import plot_posthoc, posthoc_data, posthoc_lines
-from .run import PRIMARY, load_run, summarise
+from .run import PRIMARY, load_events, load_run, summarise
 from .samples import plot_samples
 from .style import Figures
 
@@ -85,21 +85,24 @@ def render_summary(
     rows: list[dict[str, Any]] | None = None,
     arrays: dict[str, np.ndarray] | None = None,
     figures: Figures | None = None,
+    events: list[dict[str, Any]] | None = None,
 ) -> str:
     """``summary.md``: the settings and data used, warnings, the final-epoch, calibration and
-    early-stopping tables, a reading, and what the columns mean."""
+    early-stopping tables, a reading, and what the columns mean. ``events``: what the
+    averagers recorded (``events.json``): switch and SWA counts are read there."""
     cfg = config["config"]
     rows, arrays, f = rows or [], arrays or {}, figures or Figures()
+    events = events or []
     entries = run_plots.shown_entries(summary)
     kind = summary["kind"]
-    warnings = N.warnings_for(config, summary, rows)
+    warnings = N.warnings_for(config, summary, rows, events)
     m = summary["family"]["m"]
     lines = [
         f"# {config['task']['name']}: {', '.join(cfg['methods'])}",
         "",
         f"{N.description(config)}. {N.data_sentence(config, arrays)}".strip(),
         N.settings_sentence(config, rows, timing),
-        *N.averaging_lines(config, rows),
+        *N.averaging_lines(config, rows, events),
         "",
         *(["## Warnings", "", *(f"- {w}" for w in warnings), ""] if warnings else []),
         "Mean ± sample std over seeds; Δ is the paired difference to the baseline's online "
@@ -117,7 +120,7 @@ def render_summary(
         *_label_noise_table(entries),
         *_reading(summary, entries),
         *_posthoc_section(summary, rows),
-        *N.sema_lines(config, rows),
+        *N.sema_lines(config, rows, events),
         "",
         "## Columns",
         "",
@@ -320,7 +323,7 @@ def write_report(
     timing = (
         json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else None
     )
-    text = render_summary(config, summary, timing, rows, arrays, figures)
+    text = render_summary(config, summary, timing, rows, arrays, figures, load_events(run))
     if status:
         head, rest = text.split("\n", 1)
         text = f"{head}\n\n**Run state:** {status}\n{rest}"

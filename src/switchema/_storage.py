@@ -1,0 +1,303 @@
+"""An averager's storage: the tensors it binds to, its grouped flat buffers, and their checks.
+
+:class:`Storage` binds to a model's tensors by name (:mod:`switchema._binding`), keeps the K
+averages of each (device, source dtype, average dtype) group in one ``(K, N)`` buffer
+(:class:`switchema._kernels.FlatGroup`) and moves values between the model and the averages
+with the kernels. It checks, in C through ``map()``, that the model still holds the tensors it
+bound to (identity of the registered object, ``data_ptr`` of the storage), follows FSDP2 when it
+moves a shard without changing it, and refuses anything else with what to do.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import _kernels as K
+from ._binding import Entry, collect_entries, same_layout
+from ._dtensor import dtensor_type, fsdp_modules
+from .settings import Options
+
+__all__ = ["Storage", "WeightCache"]
+
+_data_ptr = Tensor.data_ptr
+_local_tensor = operator.attrgetter("_local_tensor")  # a DTensor's local shard
+
+
+@dataclass
+class WeightCache:
+    """One group's update weights: the last host values and their device copy.
+
+    ``device`` is ``(2, K)``: row 0 the weights ``w_k``, row 1 ``1 - w_k``; for K > 1 the
+    cache-sized ``blocks`` of storage and their ``sources`` come with views of both rows shaped
+    for the blocks, so the K averages are updated in one pass over the weights.
+    """
+
+    host: list[float]
+    device: Tensor
+    wviews: list[Tensor] = field(default_factory=list)
+    keepviews: list[Tensor] = field(default_factory=list)
+    blocks: list[Tensor] = field(default_factory=list)
+    sources: list[Tensor] = field(default_factory=list)
+
+
+def _weight_cache(g: K.FlatGroup) -> WeightCache:
+    buf = torch.zeros((2, g.k), dtype=g.dtype, device=g.flat.device)
+    if g.k == 1:
+        return WeightCache([math.nan], buf)
+    blocks, sources = g.chunks()
+    return WeightCache(
+        [math.nan] * g.k,
+        buf,
+        g.weight_views(buf[0], blocks),
+        g.weight_views(buf[1], blocks),
+        blocks,
+        sources,
+    )
+
+
+def plan(entries: list[Entry], dtype: torch.dtype | None) -> dict[tuple, list[Entry]]:
+    """The averaged entries grouped by (device, source dtype, average dtype)."""
+    by_key: dict[tuple, list[Entry]] = {}
+    for e in entries:
+        if e.policy != "average":
+            continue
+        src = e.source  # a DTensor's local shard: each rank averages only its shards
+        avg_dtype = src.dtype if dtype is None else torch.promote_types(src.dtype, dtype)
+        by_key.setdefault((src.device, src.dtype, avg_dtype), []).append(e)
+    return by_key
+
+
+def averaged_entries(model: nn.Module, settings: Options) -> tuple[list[Entry], list[Entry]]:
+    """Every entry of ``model`` under ``settings``' policies, and the averaged ones in order."""
+    entries = collect_entries(
+        model, buffers=settings.buffers, params=settings.params, frozen=settings.frozen
+    )
+    return entries, [e for group in plan(entries, settings.dtype).values() for e in group]
+
+
+class Storage:
+    """The K averages of ``model``'s averaged tensors under ``settings`` (see the module doc)."""
+
+    def __init__(self, model: nn.Module, settings: Options) -> None:
+        self.model = model
+        entries = collect_entries(
+            model, buffers=settings.buffers, params=settings.params, frozen=settings.frozen
+        )
+        if not any(e.is_param and e.tensor.is_floating_point() for e in entries):
+            raise ValueError(
+                f"model {type(model).__name__} has no floating-point parameters to average"
+            )
+        by_key = plan(entries, settings.dtype)
+        if not by_key:
+            raise ValueError(
+                "no parameter to average: every floating-point parameter is frozen "
+                "(requires_grad=False) or excluded by the params policy; pass frozen='average' "
+                "to average frozen parameters anyway"
+            )
+        for e in (e for group in by_key.values() for e in group):
+            if e.source.is_inference():
+                raise ValueError(
+                    f"{'parameter' if e.is_param else 'buffer'} {e.name!r} is an inference "
+                    "tensor (the model was created or loaded under torch.inference_mode()), "
+                    "which can never be written outside inference mode; build the model "
+                    "outside torch.inference_mode() (torch.no_grad() is fine)"
+                )
+        self.entries = entries
+        self.averaged = [e for group in by_key.values() for e in group]
+        k = settings.num_averages
+        # Built outside inference mode, so an averager made under torch.inference_mode()
+        # still works after the block.
+        with torch.inference_mode(False):
+            self.groups = [
+                K.FlatGroup([e.source for e in group], k, key[2]) for key, group in by_key.items()
+            ]
+            if settings.flat_params:
+                self._flatten_params(list(by_key.values()))
+        self.names = [e.name for e in self.averaged]
+        self.where: dict[int, tuple[K.FlatGroup, int]] = {}
+        for g, group in zip(self.groups, by_key.values()):
+            for i, e in enumerate(group):
+                self.where[id(e.tensor)] = (g, i)
+        self.policy_by_id = {id(e.tensor): e.policy for e in entries}
+        # Buffers the averager does not store: swapped() backs them up and restores them.
+        self.other_buffers = [e for e in entries if not e.is_param and e.policy != "average"]
+        self._live = [e.tensor for e in self.averaged]
+        self._owners = [e.owner for e in self.averaged]
+        self._keys = [e.key for e in self.averaged]
+        self._live_plain = [e.tensor for e in self.averaged if not e.sharded]
+        self._ptrs = list(map(_data_ptr, self._live_plain))
+        self.live_dt = [e.tensor for e in self.averaged if e.sharded]
+        self._ptrs_dt = list(map(_data_ptr, map(_local_tensor, self.live_dt)))
+        self._fsdp_modules = fsdp_modules(model) if self.live_dt else []
+        self.caches = [_weight_cache(g) for g in self.groups]
+
+    def _flatten_params(self, groups: list[list[Entry]]) -> None:
+        """Make the averaged tensors views into one buffer per group (``flat_params=True``).
+
+        The parameter objects stay the same (``param.data`` changes), so an optimizer built
+        before keeps working; a later ``model.to(...)`` replaces their data and is caught by
+        the binding check like any other replacement.
+        """
+        if any(e.sharded for group in groups for e in group):
+            raise ValueError(
+                "flat_params=True is not supported for sharded (DTensor) parameters; FSDP2 "
+                "already keeps each rank's shards in its own flat buffers"
+            )
+        for g, group in zip(self.groups, groups):
+            for e, view in zip(group, g.flatten_sources()):
+                e.tensor.data = view
+
+    # ------------------------------------------------------------------ binding checks
+    def check(self) -> None:
+        """Raise if the model no longer holds the tensors bound to (with what to do)."""
+        if (
+            list(map(_data_ptr, self._live_plain)) == self._ptrs
+            and list(map(_data_ptr, map(_local_tensor, self.live_dt))) == self._ptrs_dt
+            and all(map(operator.is_, map(dict.get, self._owners, self._keys), self._live))
+        ):
+            return
+        self.reshard()  # FSDP2 may have its unsharded parameters registered
+        dtensor = dtensor_type()
+        plain_ptrs, dt_ptrs = iter(self._ptrs), iter(self._ptrs_dt)
+        fix = (
+            "create the averager after moving, converting or loading the model "
+            "(model.to(...), load_state_dict(assign=True)), then load its state_dict if resuming"
+        )
+        for e in self.averaged:
+            ptr = next(dt_ptrs) if e.sharded else next(plain_ptrs)
+            current = e.owner.get(e.key)
+            if current is not e.tensor:
+                what = "was replaced by a new tensor"
+                if dtensor is not None and isinstance(current, dtensor) and not e.sharded:
+                    what = "is now a DTensor: the model was sharded (e.g. by fully_shard)"
+                    fix = "create the averager after sharding the model"
+            elif e.sharded:
+                local = _local_tensor(e.tensor)
+                if _data_ptr(local) == ptr:
+                    continue
+                if same_layout(local, e.source):
+                    # FSDP2 moved the shard (re-padding, pinning) without changing it: follow.
+                    self._rebind_source(e, local)
+                    continue
+                what = (
+                    f"had its local shard replaced (now {tuple(local.shape)} {local.dtype} on "
+                    f"{local.device})"
+                )
+            elif _data_ptr(e.tensor) != ptr:
+                what = f"had its data replaced (now {e.tensor.dtype} on {e.tensor.device})"
+            else:
+                continue
+            raise ValueError(
+                f"{'parameter' if e.is_param else 'buffer'} {e.name!r} {what} after the averager "
+                f"was created; {fix}"
+            )
+
+    def _rebind_source(self, e: Entry, local: Tensor) -> None:
+        """Point the kernels at a DTensor's new local shard (same layout; off the hot path)."""
+        g, i = self.where[id(e.tensor)]
+        e.source = g.tensors[i] = local.detach()
+        gi = next(j for j, h in enumerate(self.groups) if h is g)
+        self.caches[gi] = _weight_cache(g)
+        self._ptrs_dt = list(map(_data_ptr, map(_local_tensor, self.live_dt)))
+
+    def reshard(self) -> None:
+        """Register FSDP2's sharded parameters where it holds unsharded ones (no-op otherwise).
+
+        The root module keeps its unsharded parameters after a forward without backward. The
+        averager reads and writes the sharded parameters (which the optimizer updates); after
+        ``reshard()`` the next forward all-gathers them, so it sees what the averager wrote.
+        """
+        for m in self._fsdp_modules:
+            m.reshard()
+
+    # ------------------------------------------------------------------ moving values
+    def fill_from_model(self) -> None:
+        """Every average <- the model (before the start step)."""
+        for g in self.groups:
+            avg, src = g.row_pairs(0)
+            K.copy_(avg, src)
+            if g.k > 1:
+                g.flat[1:].copy_(g.flat[0])
+
+    def lerp(self, weights: list[float]) -> None:
+        """``avg_k <- avg_k + w_k (x - avg_k)`` for every group, reading the weights once."""
+        for g, cache in zip(self.groups, self.caches):
+            if g.k == 1:
+                avg, src = g.row_pairs(0)
+                K.lerp_(avg, src, weights[0])
+                continue
+            if cache.host != weights:
+                # Only changes during warm-up; afterwards no host-to-device copy per step.
+                buf = cache.device
+                host_w = torch.tensor([weights, [1.0 - w for w in weights]], dtype=buf.dtype)
+                if buf.is_cuda:  # pinned + non_blocking: no host-device sync on this copy
+                    host_w = host_w.pin_memory()
+                buf.copy_(host_w, non_blocking=buf.is_cuda)
+                cache.host = list(weights)
+            K.multi_lerp_(cache.blocks, cache.sources, cache.wviews, cache.keepviews)
+
+    def copy_into_model(self, index: int) -> None:
+        """The model's averaged tensors <- average ``index`` (cast to their dtype)."""
+        for g in self.groups:
+            avg, src = g.row_pairs(index)
+            K.copy_(src, avg)
+
+    def move_model(self, index: int, weight: float) -> None:
+        """``x <- x + weight * (avg - x)`` for the model's averaged tensors."""
+        for g in self.groups:
+            avg, src = g.row_pairs(index)
+            K.lerp_(src, avg, weight)
+
+    def backup_model(self) -> list[tuple[list[Tensor], list[Tensor]]]:
+        """Copies of the model's averaged tensors and other buffers, with where they go back."""
+        backups = []
+        for g in self.groups:
+            if g.src_flat is not None:
+                backups.append(([g.src_flat], [g.src_flat.clone()]))
+            else:
+                flat = torch.empty(g.numel, dtype=g.source_dtype, device=g.flat.device)
+                saved = [K.dense_view(flat, t, o) for t, o in zip(g.tensors, g.offsets)]
+                K.copy_(saved, g.tensors)
+                backups.append((g.tensors, saved))
+        buffers = [e.source for e in self.other_buffers]
+        backups.append((buffers, [b.clone() for b in buffers]))
+        return backups
+
+    # ------------------------------------------------------------------ what is stored
+    def kview(self, e: Entry) -> Tensor:
+        """Entry ``e``'s K averages, shape ``(K, *local shape)``."""
+        g, i = self.where[id(e.tensor)]
+        return g.kviews[i]
+
+    def view(self, e: Entry, index: int) -> Tensor:
+        g, i = self.where[id(e.tensor)]
+        return g.views[index][i]
+
+    def layout(self) -> list[dict[str, Any]]:
+        """Per group, its ``(K, N)`` buffer and where each tensor lies in it."""
+        slots: dict[int, list[Any]] = {}
+        for e in self.averaged:
+            g, i = self.where[id(e.tensor)]
+            src = g.tensors[i]
+            slots.setdefault(id(g), [None] * len(g.tensors))[i] = {
+                "name": e.name,
+                "shape": list(src.shape),
+                "stride": list(src.stride()),
+                "offset": g.offsets[i],
+                "full_shape": list(e.tensor.shape),
+            }
+        return [{"flat": g.flat, "tensors": slots[id(g)]} for g in self.groups]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(g.flat.numel() * g.flat.element_size() for g in self.groups)
+
+    @property
+    def numel(self) -> int:
+        return sum(g.numel for g in self.groups)

@@ -1,0 +1,258 @@
+"""The averagers' settings, each written once: validation, saving, loading and copies follow.
+
+Every option of an averager is one field of a frozen dataclass here. The constructors
+(``EMA(model, decay, **options)``) build the settings, which check their values where they
+enter; ``state_dict()["config"]`` is :meth:`Options.to_dict`; loading, ``deepcopy`` and
+pickling rebuild from :meth:`Options.from_dict`; the integrations and the lab pass the same
+keywords. Adding an option means adding a field (and, where it changes the update, using it).
+
+Fields marked ``layout`` decide the averages' storage (which tensors, in which dtype): a state
+saved with another layout rebuilds the storage when loaded.
+
+    >>> s = EMASettings(decay=(0.99,), switch="1e")
+    >>> s.switch.every, EMASettings.from_dict(s.to_dict()) == s
+    (Interval(n=1, unit='epochs'), True)
+    >>> sorted(option_names(EMASettings))[:4]
+    ['buffers', 'decay', 'dtype', 'flat_params']
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+
+from ._checks import check_choice, check_int, check_real
+from .policies import check_policy_spec
+from .schedules import Constant, DecaySchedule, check_decay, resolve_schedule, schedule_from_dict
+from .switching import SwitchRule, as_rule
+
+__all__ = [
+    "Options",
+    "EMASettings",
+    "SWASettings",
+    "PowerSettings",
+    "TIME_UNITS",
+    "option_names",
+    "settings_from_options",
+]
+
+TIME_UNITS = ("steps", "samples")
+FROZEN_POLICIES = ("copy", "average", "skip")
+
+
+def _layout(default: Any, **kw: Any) -> Any:
+    return field(default=default, metadata={"layout": True}, **kw)
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str | None:
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def _dtype_from_name(name: str | None) -> torch.dtype | None:
+    return None if name is None else getattr(torch, name)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What every averager takes.
+
+    Attributes:
+        update_every: average every N optimizer steps (N >= 1).
+        start_step: until this many optimizer steps, the averages copy the model.
+        switch: a :class:`~switchema.switching.SwitchRule` or its interval (``"1e"``,
+            ``"50s"``): Switch EMA, the average copied into the model when due.
+        dtype: the averages' minimum precision (float32 by default; ``None``: the model's).
+        buffers: buffer policy, ``"copy"``, ``"average"``, ``"skip"`` or ``{pattern: policy}``.
+        params: parameter policy by name (``{pattern: policy}`` or one policy); unmatched
+            parameters are averaged when trainable and follow ``frozen`` otherwise.
+        frozen: frozen parameters: ``"copy"`` (from the model), ``"average"`` or ``"skip"``.
+        flat_params: make the model's averaged parameters views into one buffer per group.
+    """
+
+    update_every: int = 1
+    start_step: int = 0
+    switch: SwitchRule | None = None
+    dtype: torch.dtype | None = _layout(torch.float32)
+    buffers: str | dict[str, str] = _layout("copy")
+    params: str | dict[str, str] | None = _layout(None)
+    frozen: str = _layout("copy")
+    flat_params: bool = False
+
+    kind = "base"
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        check_int(self.update_every, "update_every", minimum=1)
+        check_int(self.start_step, "start_step", minimum=0)
+        set_(self, "switch", as_rule(self.switch))
+        dtype = self.dtype
+        if dtype is not None and not (
+            isinstance(dtype, torch.dtype) and (dtype.is_floating_point or dtype.is_complex)
+        ):
+            raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
+        set_(self, "buffers", check_policy_spec(self.buffers, "buffers"))
+        if self.params is not None:
+            set_(self, "params", check_policy_spec(self.params, "params"))
+        check_choice(self.frozen, "frozen", FROZEN_POLICIES)
+        if not isinstance(self.flat_params, bool):
+            raise TypeError(f"flat_params must be a bool, got {self.flat_params!r}")
+        if self.switch is not None and self.switch.index >= self.num_averages:
+            raise ValueError(
+                f"switch index {self.switch.index} out of range: this averager keeps "
+                f"{self.num_averages} average(s)"
+            )
+
+    @property
+    def num_averages(self) -> int:
+        """K, the number of averages kept."""
+        return 1
+
+    def layout(self) -> tuple:
+        """What decides the storage: the number of averages and the ``layout`` fields."""
+        return (self.num_averages,) + tuple(
+            _encode(getattr(self, f.name)) for f in fields(self) if f.metadata.get("layout")
+        )
+
+    def replace(self, **changes: Any) -> Options:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (JSON- and ``weights_only``-loadable) of every field."""
+        return {f.name: _encode(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Options:
+        """The settings :meth:`to_dict` wrote (also a state saved before settings were typed)."""
+        d = dict(d)
+        if "switch_every" in d:  # older states: an int, in optimizer steps
+            every = d.pop("switch_every")
+            d.setdefault("switch", None if every is None else {"every": f"{every}s"})
+        names = {f.name: f for f in fields(cls)}
+        kwargs = {k: _decode(k, v) for k, v in d.items() if k in names}
+        return cls(**kwargs)
+
+    def differences(self, other: Options) -> list[str]:
+        """``"decay: 0.5 here, 0.993 there"`` for every field that differs."""
+        return [
+            f"{f.name}: {getattr(self, f.name)!r} here, {getattr(other, f.name)!r} there"
+            for f in fields(self)
+            if _encode(getattr(self, f.name)) != _encode(getattr(other, f.name))
+        ]
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, torch.dtype):
+        return _dtype_name(value)
+    if isinstance(value, (SwitchRule, DecaySchedule)):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _decode(name: str, value: Any) -> Any:
+    if name == "dtype":
+        return _dtype_from_name(value)
+    if name == "switch":
+        return None if value is None else SwitchRule.from_dict(value)
+    if name == "warmup":
+        return schedule_from_dict(value)
+    if name in ("decay", "gamma"):
+        return tuple(float(v) for v in value)
+    return value
+
+
+@dataclass(frozen=True)
+class EMASettings(Options):
+    """:class:`Options` and the EMA's own.
+
+    Attributes:
+        decay: the decays, one per average kept (each in [0, 1)).
+        warmup: the decay warm-up, a :class:`~switchema.schedules.DecaySchedule` or its name.
+    """
+
+    decay: tuple[float, ...] = (0.999,)
+    warmup: DecaySchedule = field(default_factory=Constant)
+
+    kind = "ema"
+
+    def __post_init__(self) -> None:
+        decay = self.decay
+        values = decay if isinstance(decay, (tuple, list)) else (decay,)
+        if not values:
+            raise ValueError("decay must be a float or a non-empty sequence of floats, got []")
+        object.__setattr__(self, "decay", tuple(check_decay(d) for d in values))
+        object.__setattr__(self, "warmup", resolve_schedule(self.warmup))
+        super().__post_init__()
+
+    @property
+    def num_averages(self) -> int:
+        return len(self.decay)
+
+
+@dataclass(frozen=True)
+class SWASettings(Options):
+    """:class:`Options` of the uniform average (SWA has no options of its own)."""
+
+    kind = "swa"
+
+
+@dataclass(frozen=True)
+class PowerSettings(Options):
+    """:class:`Options` and the power EMA's own.
+
+    Attributes:
+        gamma: the power profiles' exponents, one per average (each >= 0).
+        time: ``"steps"`` or ``"samples"`` (``update(samples=n)`` gives each step's samples).
+    """
+
+    gamma: tuple[float, ...] = (6.94,)
+    time: str = "steps"
+
+    kind = "power"
+
+    def __post_init__(self) -> None:
+        values = self.gamma if isinstance(self.gamma, (tuple, list)) else (self.gamma,)
+        if not values:
+            raise ValueError("gamma must be a number or a non-empty sequence of numbers")
+        object.__setattr__(
+            self, "gamma", tuple(check_real(g, "gamma", minimum=0.0) for g in values)
+        )
+        check_choice(self.time, "time", TIME_UNITS)
+        if self.start_step != 0:
+            raise ValueError(
+                f"PowerEMA takes no start_step (got {self.start_step}): its profile weighs every "
+                "step from 0; use PowerEMA's snapshots and synthesize() for a later start"
+            )
+        super().__post_init__()
+
+    @property
+    def num_averages(self) -> int:
+        return len(self.gamma)
+
+
+def option_names(cls: type[Options]) -> list[str]:
+    """The names of every option of ``cls``, in declaration order."""
+    return [f.name for f in fields(cls)]
+
+
+def settings_from_options(cls: type[Options], what: str, **options: Any) -> Options:
+    """``cls(**options)``; an unknown keyword is refused naming the closest option."""
+    allowed = option_names(cls)
+    for key in options:
+        if key not in allowed:
+            if key == "switch_every":
+                raise TypeError(
+                    f"{what} takes switch= (a SwitchRule or an interval with its unit, '100s' or "
+                    "'1e'), not switch_every="
+                )
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(
+                f"{what} got an unexpected option {key!r}{hint} (options: {', '.join(allowed)})"
+            )
+    return cls(**options)
