@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from switchema.lab.probe import extract_features, linear_probe, split_by_labels, split_task
+from switchema.lab.probe import extract_features, linear_probe, split_by_labels
 from switchema.lab.tasks import TaskData
+from switchema.lab.tasks.transfer import split_task
 
 
 def blobs(n: int, seed: int, classes: int = 3, d: int = 5, sep: float = 10.0):
