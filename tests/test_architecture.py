@@ -1,8 +1,8 @@
 """The package's layers, read from the source with ``ast``: no import cycles (a package's
 ``__init__`` counts as imported with any of its modules), no private names imported across
 modules, no private module imported from outside the package that owns it (the core's internals
-stay in the core), analysis below the lab, reports drawn from saved folders, short functions in
-the lab."""
+stay in the core), each layer reaching only the layers below it, analysis below the lab, reports
+drawn from saved folders, modules of at most 600 lines, short functions in the lab."""
 
 from __future__ import annotations
 
@@ -241,6 +241,19 @@ def test_layers():
     for path, _ in MODULES.values():
         if "analysis" in path.parts:
             assert "matplotlib" not in path.read_text(), path
+
+
+# Modules over the limit that another change is splitting; remove an entry when it lands.
+KNOWN_LONG_MODULES = {"switchema/averaging.py"}
+
+
+def test_modules_are_short():
+    long = {
+        str(path.relative_to(SRC))
+        for path, _ in MODULES.values()
+        if len(path.read_text().splitlines()) > 600
+    }
+    assert long <= KNOWN_LONG_MODULES, sorted(long - KNOWN_LONG_MODULES)
 
 
 def test_lab_functions_are_short():
