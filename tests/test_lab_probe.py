@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from switchema.lab.probe import extract_features, linear_probe, split_by_labels, split_task
+from switchema.lab.probe import extract_features, linear_probe, split_by_labels
 from switchema.lab.tasks import TaskData
+from switchema.lab.tasks.transfer import split_task
 
 
 def blobs(n: int, seed: int, classes: int = 3, d: int = 5, sep: float = 10.0):
@@ -120,3 +124,12 @@ def test_split_task_digits_0_4_and_5_9():
     assert source.n_train == target.n_train == 15
     with pytest.raises(ValueError, match="at least 2 classes"):
         split_task(d, [3])
+
+
+def test_the_probe_imports_first_on_its_own():
+    # The probe sits below the tasks (the transfer task imports it, never the other way), so it
+    # imports in a fresh interpreter before anything else; an import cycle would fail here.
+    code = "import switchema.lab.probe as p; print(p.linear_probe.__name__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "linear_probe"

@@ -15,6 +15,12 @@
 from .averaging import EMA, SWA, WeightAverager, unwrap_model
 from .batchnorm import BUFFER_POLICIES, has_batchnorm, recompute_bn
 from .power import PowerEMA
+from .profiles import (
+    decay_to_sigma_rel,
+    gamma_to_sigma_rel,
+    sigma_rel_to_decay,
+    sigma_rel_to_gamma,
+)
 from .schedules import (
     Constant,
     DecaySchedule,
@@ -43,5 +49,9 @@ __all__ = [
     "LinearWarmup",
     "half_life_to_decay",
     "decay_to_half_life",
+    "sigma_rel_to_gamma",
+    "gamma_to_sigma_rel",
+    "sigma_rel_to_decay",
+    "decay_to_sigma_rel",
     "__version__",
 ]

@@ -10,10 +10,9 @@ tracked exactly by ``avg <- beta avg + (1 - beta) x`` with ``beta = (1 - dt / t)
 (``t``: time after the update, ``dt``: time since the previous one): the weight an update puts on
 its iterate is the profile's integral over ``(t - dt, t]``.
 
-Its relative width (standard deviation of ``tau`` over ``t``) is
-``sigma_rel = sqrt((gamma + 1) / ((gamma + 2)^2 (gamma + 3)))``, which decreases from
-``1/sqrt(12)`` at ``gamma = 0`` towards 0 (profiles with ``-1 < gamma < 0`` put infinite density
-at ``tau = 0`` and are not used). Two profiles have the inner product::
+Its relative width ``sigma_rel`` and the conversions between ``sigma_rel``, ``gamma`` and a
+constant decay are public, in :mod:`switchema.profiles` (re-exported here for the library's own
+modules). Two profiles have the inner product::
 
     <p_a, p_b> = (ga + 1)(gb + 1) / ((ga + gb + 1) max(ta, tb)) * (ta / tb)^e,
     e = gb if ta < tb else -ga
@@ -22,10 +21,11 @@ Synthesis: snapshots ``theta_i`` with profiles ``(gamma_i, t_i)`` approximate a 
 ``(gamma_r, t_r)`` by ``sum_i x_i theta_i`` where ``A x = b``, ``A_ij = <p_i, p_j>``,
 ``b_i = <p_i, p_r>`` (least squares, float64).
 
-    >>> round(gamma_to_sigma_rel(sigma_rel_to_gamma(0.05)), 12)
-    0.05
-    >>> round(sigma_rel_to_gamma(0.10), 4)
-    6.9372
+    >>> profile_inner(0.0, 1.0, 0.0, 1.0)  # the uniform profile on (0, 1]: the integral of 1 * 1
+    1.0
+    >>> fit = solve_coefficients([(5.0, 100.0), (10.0, 100.0)], (10.0, 100.0))
+    >>> [abs(round(float(x), 6)) for x in fit.coefficients], fit.residual < 1e-6, fit.outside
+    ([0.0, 1.0], True, False)
 """
 
 from __future__ import annotations
@@ -36,10 +36,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_real
+from .profiles import (
+    SIGMA_REL_MAX,
+    decay_to_sigma_rel,
+    gamma_to_sigma_rel,
+    sigma_rel_to_decay,
+    sigma_rel_to_gamma,
+)
 
 __all__ = [
-    "SIGMA_REL_MAX",
+    "SIGMA_REL_MAX",  # this and the four conversions: from switchema.profiles
     "gamma_to_sigma_rel",
     "sigma_rel_to_gamma",
     "sigma_rel_to_decay",
@@ -49,59 +55,6 @@ __all__ = [
     "Fit",
     "solve_coefficients",
 ]
-
-SIGMA_REL_MAX = 1.0 / math.sqrt(12.0)  # gamma = 0: a uniform average over [0, t]
-
-
-def gamma_to_sigma_rel(gamma: float) -> float:
-    """Relative width of the power profile with exponent ``gamma >= 0``."""
-    g = check_real(gamma, "gamma", minimum=0.0)
-    return math.sqrt((g + 1.0) / ((g + 2.0) ** 2 * (g + 3.0)))
-
-
-def sigma_rel_to_gamma(sigma_rel: float) -> float:
-    """Exponent of the power profile with relative width ``sigma_rel`` in ``(0, 1/sqrt(12)]``.
-
-    The largest real root of ``g^3 + 7 g^2 + (16 - s^-2) g + (12 - s^-2) = 0``.
-    """
-    s = check_real(sigma_rel, "sigma_rel", minimum=0.0, maximum=SIGMA_REL_MAX, min_open=True)
-    inv = s**-2
-    roots = np.roots([1.0, 7.0, 16.0 - inv, 12.0 - inv])
-    real = roots[np.abs(roots.imag) <= 1e-9 * np.maximum(1.0, np.abs(roots.real))].real
-    return max(float(real.max()), 0.0)
-
-
-def decay_to_sigma_rel(decay: float, t: float, update_every: int = 1) -> float:
-    """Relative width at time ``t`` (optimizer steps) of a constant-decay EMA.
-
-    A constant-decay EMA that has run long enough (``t`` well past ``update_every / (1 - d)``)
-    weighs the iterate ``k`` averaging updates back with ``(1 - d) d^k``: a geometric lag with
-    standard deviation ``sqrt(d) / (1 - d)`` updates, that is ``update_every * sqrt(d) / (1 - d)``
-    steps; relative to ``t``, its width is that over ``t``. It grows with ``t`` as the power
-    profile's does not: the two EMAs match at one ``t`` only.
-
-    >>> round(decay_to_sigma_rel(0.999, t=100_000), 4)
-    0.01
-    """
-    d = check_real(decay, "decay", minimum=0.0, maximum=1.0, max_open=True)
-    t = check_real(t, "t", minimum=0.0, min_open=True)
-    return update_every * math.sqrt(d) / ((1.0 - d) * t)
-
-
-def sigma_rel_to_decay(sigma_rel: float, t: float, update_every: int = 1) -> float:
-    """The constant decay whose EMA has relative width ``sigma_rel`` at time ``t`` (steps).
-
-    Inverse of :func:`decay_to_sigma_rel`: with ``s = sigma_rel * t / update_every`` lags of one
-    averaging update, ``sqrt(d) = (sqrt(1 + 4 s^2) - 1) / (2 s)``.
-
-    >>> round(sigma_rel_to_decay(0.05, t=100_000), 6)
-    0.9998
-    """
-    s = check_real(sigma_rel, "sigma_rel", minimum=0.0, min_open=True)
-    t = check_real(t, "t", minimum=0.0, min_open=True)
-    s = s * t / update_every
-    u = (math.sqrt(1.0 + 4.0 * s * s) - 1.0) / (2.0 * s)
-    return u * u
 
 
 def power_beta(gamma: float, t: float, dt: float) -> float:

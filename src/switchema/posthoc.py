@@ -3,8 +3,8 @@
 Track two power EMAs during training (:class:`switchema.PowerEMA`), write snapshots now and
 then, and after training build the EMA of any relative width ``sigma_rel`` (or exponent
 ``gamma``) as a weighted sum of the snapshots, with weights solved by least squares in float64
-so that the snapshots' profiles add up to the target profile (the math is in
-:mod:`switchema._profiles`)::
+so that the snapshots' profiles add up to the target profile (the widths and their conversions
+are in :mod:`switchema.profiles`)::
 
     >>> import torch
     >>> from switchema import PowerEMA

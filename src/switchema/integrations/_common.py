@@ -17,9 +17,8 @@ from typing import Any
 
 from torch import nn
 
-from .._binding import unwrap_model
 from .._checks import check_choice, check_int
-from ..averaging import EMA, WeightAverager
+from ..averaging import EMA, WeightAverager, unwrap_model
 from ..switching import SwitchRule, as_rule
 
 __all__ = [

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from .._checks import is_int, is_real
-from .._profiles import SIGMA_REL_MAX
+from ..profiles import SIGMA_REL_MAX
 from ..schedules import DecaySchedule, LinearWarmup
 from ..switching import SwitchRule
 from .errors import ConfigError

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_choice, check_generator, check_int
-from ..analysis._objective import training_mode
+from ..analysis.objective import training_mode
 
 __all__ = [
     "SAMPLERS",

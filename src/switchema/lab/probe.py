@@ -7,8 +7,10 @@ features on a target task and fitting only a linear classifier on them. Here:
   mode and without gradients, each submodule's train/eval flag restored afterwards;
 * :func:`linear_probe`: standardise the features (mean and std of the probe's training set),
   fit a multinomial logistic regression with an L2 penalty, return test accuracy;
-* :func:`split_by_labels` / :func:`split_task`: keep some classes and renumber them, for
-  "pretrain on digits 0-4, probe on 5-9".
+* :func:`split_by_labels`: keep some classes and renumber them, for "pretrain on digits 0-4,
+  probe on 5-9" (:func:`switchema.lab.tasks.transfer.split_task` does it to a whole task).
+
+Nothing here knows the lab's tasks: the tasks import the probe, never the other way.
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ import torch
 from torch import nn
 
 from .._checks import check_int, check_real, is_int
-from ..analysis._objective import training_mode
-from .tasks.base import TaskData
+from ..analysis.objective import training_mode
 
-__all__ = ["extract_features", "linear_probe", "split_by_labels", "split_task"]
+__all__ = ["check_classes", "extract_features", "linear_probe", "split_by_labels"]
 
 
 def _check_batch(x: Any, name: str) -> torch.Tensor:
@@ -134,7 +135,8 @@ def linear_probe(
     return float(np.mean(clf.predict(scaler.transform(xte)) == yte))
 
 
-def _check_classes(classes: Any) -> list[int]:
+def check_classes(classes: Any) -> list[int]:
+    """``classes`` as a list of distinct non-negative ints (a usage error names the bad value)."""
     if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence) or not classes:
         raise TypeError(f"classes must be a non-empty sequence of class indices, got {classes!r}")
     if not all(is_int(c) and c >= 0 for c in classes) or len(set(classes)) != len(classes):
@@ -163,7 +165,7 @@ def split_by_labels(
         raise ValueError(
             f"y must be 1-D integer labels, one per row of x, got {y.dtype} {tuple(y.shape)}"
         )
-    wanted = _check_classes(classes)
+    wanted = check_classes(classes)
     present = set(torch.unique(y).tolist())
     missing = [c for c in wanted if c not in present]
     if missing:
@@ -178,25 +180,3 @@ def split_by_labels(
             new[ys == c] = i
         ys = new
     return xs, ys
-
-
-def split_task(data: TaskData, classes: Sequence[int]) -> TaskData:
-    """A classification :class:`TaskData` restricted to ``classes`` (both splits, relabelled).
-
-    Example::
-
-        >>> d = TaskData(torch.zeros(4, 2), torch.tensor([0, 1, 2, 3]), torch.zeros(2, 2),
-        ...              torch.tensor([3, 2]), "classification", 4)
-        >>> s = split_task(d, [2, 3])
-        >>> s.num_classes, s.y_train.tolist(), s.y_test.tolist(), s.meta["classes"]
-        (2, [0, 1], [1, 0], [2, 3])
-    """
-    if not isinstance(data, TaskData) or data.kind != "classification":
-        raise TypeError(f"data must be a classification TaskData, got {data!r:.80}")
-    wanted = _check_classes(classes)
-    if len(wanted) < 2:
-        raise ValueError(f"a classification task needs at least 2 classes, got {wanted}")
-    x_train, y_train = split_by_labels(data.x_train, data.y_train, wanted)
-    x_test, y_test = split_by_labels(data.x_test, data.y_test, wanted)
-    meta = {**data.meta, "classes": wanted}
-    return TaskData(x_train, y_train, x_test, y_test, data.kind, len(wanted), meta)

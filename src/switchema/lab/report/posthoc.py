@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..._profiles import sigma_rel_to_decay
+from ...profiles import sigma_rel_to_decay
 from ..stats import format_ci, format_mean_std, mean_std, paired_difference
 from .style import STYLE, Figures, color, line_style, plain_log_axis
 

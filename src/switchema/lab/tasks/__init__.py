@@ -6,7 +6,8 @@
 * :mod:`.data`, :mod:`.models`: the built-in tasks' data sets and networks;
 * :mod:`.noise`: label noise;
 * :mod:`.split`: the validation split carved from the training data;
-* :mod:`.builtin`: the built-in tasks, registered on import.
+* :mod:`.builtin`: the built-in tasks, registered on import (and :mod:`.teacher`,
+  :mod:`.chargpt`, :mod:`.flows`, :mod:`.transfer`, likewise).
 """
 
 from . import (
@@ -20,6 +21,7 @@ from .flows import FLOW_TASKS  # noqa: F401  (registers the generative tasks)
 from .noise import apply_label_noise
 from .registry import ENTRY_POINT_GROUP, TASKS, get_task, load_plugins, register_task, task_names
 from .split import split_validation
+from .transfer import transfer_data  # noqa: F401  (registers mnist1d-transfer)
 
 __all__ = [
     "CHARLM_SOURCES",
@@ -37,5 +39,3 @@ __all__ = [
     "task_loss",
     "task_names",
 ]
-
-from . import transfer  # noqa: E402, F401  (registers mnist1d-transfer)

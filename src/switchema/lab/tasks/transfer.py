@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ..._checks import check_int, is_int
-from ..probe import extract_features, linear_probe, split_task
+from ..probe import check_classes, extract_features, linear_probe, split_by_labels
 from .base import TaskData, expect_kind, keyword_options, task_defaults
 from .data import MNIST1D_CANONICAL, MNIST1D_CANONICAL_SEED, mnist1d_data
 from .models import MNIST1DCNN
@@ -55,6 +55,7 @@ __all__ = [
     "Penultimate",
     "parse_classes",
     "probe_scores",
+    "split_task",
     "target_data",
     "transfer_data",
     "transfer_metrics",
@@ -95,6 +96,28 @@ def parse_classes(value: Any, name: str) -> tuple[int, ...]:
             f"got {value!r}"
         )
     return tuple(int(c) for c in classes)
+
+
+def split_task(data: TaskData, classes: Sequence[int]) -> TaskData:
+    """A classification :class:`TaskData` restricted to ``classes`` (both splits, relabelled).
+
+    Example::
+
+        >>> d = TaskData(torch.zeros(4, 2), torch.tensor([0, 1, 2, 3]), torch.zeros(2, 2),
+        ...              torch.tensor([3, 2]), "classification", 4)
+        >>> s = split_task(d, [2, 3])
+        >>> s.num_classes, s.y_train.tolist(), s.y_test.tolist(), s.meta["classes"]
+        (2, [0, 1], [1, 0], [2, 3])
+    """
+    if not isinstance(data, TaskData) or data.kind != "classification":
+        raise TypeError(f"data must be a classification TaskData, got {data!r:.80}")
+    wanted = check_classes(classes)
+    if len(wanted) < 2:
+        raise ValueError(f"a classification task needs at least 2 classes, got {wanted}")
+    x_train, y_train = split_by_labels(data.x_train, data.y_train, wanted)
+    x_test, y_test = split_by_labels(data.x_test, data.y_test, wanted)
+    meta = {**data.meta, "classes": wanted}
+    return TaskData(x_train, y_train, x_test, y_test, data.kind, len(wanted), meta)
 
 
 @functools.lru_cache(maxsize=2)

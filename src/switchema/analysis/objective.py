@@ -1,13 +1,44 @@
-"""The objective shared by :mod:`~switchema.analysis.sharpness` and
-:mod:`~switchema.analysis.landscape`: the batch-size weighted mean loss over fixed batches as a
-function of a flat vector of model tensors, and the argument checks both modules use.
+"""The objective every analysis instrument measures, and the train/eval switch they use.
+
+:class:`Objective` is the batch-size weighted mean loss over a fixed list of batches as a
+function of a flat vector :math:`w` of chosen model tensors (by default the trainable
+parameters, in ``named_parameters()`` order):
 
 .. math::
 
     L(w) = \\sum_b \\frac{n_b}{N} \\, \\ell\\big(f(x_b; w), y_b\\big), \\qquad N = \\sum_b n_b
 
-Nothing here writes to the model: losses at other weights are evaluated with
-:func:`torch.func.functional_call` and buffers are copied.
+where ``loss_fn`` (:math:`\\ell`) returns the mean loss of one batch and :math:`n_b` is its
+size, so the value is the mean over all samples however the batches are split. It gives the
+loss, the gradient and Hessian-vector products at any :math:`w` without writing to the model:
+losses at other weights are evaluated with :func:`torch.func.functional_call` and buffers are
+copied. :mod:`~switchema.analysis.sharpness` and :mod:`~switchema.analysis.landscape` are built
+on it.
+
+:func:`training_mode` puts a model in train or eval mode for a block and gives every submodule
+its own flag back afterwards (``model.train(flag)`` alone would lose a submodule frozen in
+eval mode); the lab uses it to extract features and to sample.
+
+Example: a bias-free linear model on the inputs (1, 0) and (0, 2) with target 0 has the mean
+squared error :math:`L(w) = (w_1^2 + 4 w_2^2) / 2`, gradient :math:`(w_1, 4 w_2)` and Hessian
+:math:`\\operatorname{diag}(1, 4)`; a submodule left in eval mode stays so::
+
+    >>> import torch
+    >>> from torch import nn
+    >>> x, y = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.zeros(2, 1)
+    >>> model = nn.Linear(2, 1, bias=False)
+    >>> obj = Objective(model, nn.MSELoss(), [(x, y)], device=None, where="example")
+    >>> w = torch.tensor([1.0, 1.0])
+    >>> loss, grad = obj.loss_and_grad(w)
+    >>> loss, grad.tolist(), obj.hvp(torch.tensor([1.0, 1.0])).tolist()
+    (2.5, [1.0, 4.0], [1.0, 4.0])
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    >>> _ = net[1].eval()
+    >>> with training_mode(net, False):
+    ...     net.training, net[1].training
+    (False, False)
+    >>> net.training, net[1].training
+    (True, False)
 """
 
 from __future__ import annotations
@@ -21,109 +52,21 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-__all__ = [
-    "Objective",
-    "check_bool",
-    "check_callable",
-    "check_loss",
-    "check_model",
-    "cpu_generator",
-    "prepare_batches",
-    "resolve_device",
-    "training_mode",
-]
+from ._arguments import check_callable, check_loss, check_model, prepare_batches, resolve_device
 
-# ---------------------------------------------------------------------------
-# Argument checks
-# ---------------------------------------------------------------------------
-
-
-def check_model(model: Any, where: str) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}")
-    return model
-
-
-def check_callable(fn: Any, name: str, where: str, *, allow_none: bool = False) -> Any:
-    if fn is None and allow_none:
-        return None
-    if not callable(fn):
-        raise TypeError(f"{where}: {name} must be callable(output, target), got {fn!r}")
-    return fn
-
-
-def check_bool(value: Any, name: str, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{where}: {name} must be True or False, got {value!r}")
-    return value
-
-
-def resolve_device(model: nn.Module, device: Any, where: str) -> torch.device:
-    if device is None:
-        first = next(iter(model.parameters()), None)
-        if first is None:
-            first = next(iter(model.buffers()), None)
-        return first.device if first is not None else torch.device("cpu")
-    try:
-        return torch.device(device)
-    except (TypeError, RuntimeError) as e:
-        raise ValueError(
-            f"{where}: device must be a torch.device, a device string or None, got {device!r}"
-        ) from e
-
-
-def cpu_generator(seed: int) -> torch.Generator:
-    # Random vectors are drawn on the CPU and then moved, so a seed gives the same
-    # directions on every device.
-    return torch.Generator(device="cpu").manual_seed(seed)
-
-
-def _to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.to(device)
-    if isinstance(obj, Mapping):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj
-
-
-def _batch_size(x: Any, y: Any, i: int, where: str) -> int:
-    for t in (y, x):
-        if isinstance(t, Tensor) and t.ndim >= 1:
-            n = int(t.shape[0])
-            if n == 0:
-                raise ValueError(f"{where}: batches[{i}] is empty")
-            return n
-    raise TypeError(
-        f"{where}: cannot tell the size of batches[{i}]; x or y must be a tensor with a batch "
-        "dimension"
-    )
-
-
-def prepare_batches(batches: Any, device: torch.device, where: str) -> list[tuple[Any, Any, int]]:
-    if isinstance(batches, (Tensor, Mapping, str)) or not isinstance(batches, Iterable):
-        raise TypeError(
-            f"{where}: batches must be a list of (x, y) tuples, got {type(batches).__name__}"
-        )
-    out = []
-    for i, b in enumerate(batches):
-        if not isinstance(b, (tuple, list)) or len(b) != 2:
-            raise TypeError(
-                f"{where}: batches[{i}] must be an (x, y) tuple, got "
-                f"{type(b).__name__}{'' if not isinstance(b, (tuple, list)) else f' of length {len(b)}'}"
-            )
-        x, y = b
-        n = _batch_size(x, y, i, where)
-        out.append((_to_device(x, device), _to_device(y, device), n))
-    if not out:
-        raise ValueError(f"{where}: batches is empty; pass a list of at least one (x, y) tuple")
-    return out
+__all__ = ["Objective", "training_mode"]
 
 
 @contextlib.contextmanager
 def training_mode(model: nn.Module, train: bool) -> Iterator[None]:
-    """Put ``model`` in train/eval mode and restore every submodule's own flag afterwards."""
+    """Put ``model`` in train (``train=True``) or eval mode for the block, then give every
+    submodule its own ``training`` flag back, whatever it was before (see the module example)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"training_mode: model must be a torch.nn.Module, got {type(model).__name__}"
+        )
+    if not isinstance(train, bool):
+        raise TypeError(f"training_mode: train must be True or False, got {train!r}")
     flags = [(m, m.training) for m in model.modules()]
     model.train(train)
     try:
@@ -131,16 +74,6 @@ def training_mode(model: nn.Module, train: bool) -> Iterator[None]:
     finally:
         for m, flag in flags:
             m.training = flag
-
-
-def check_loss(value: Any, where: str) -> Tensor:
-    if not isinstance(value, Tensor) or value.numel() != 1:
-        raise TypeError(
-            f"{where}: loss_fn must return a scalar tensor (the batch's mean loss), got "
-            f"{type(value).__name__}"
-            + (f" of shape {tuple(value.shape)}" if isinstance(value, Tensor) else "")
-        )
-    return value.reshape(())
 
 
 # ---------------------------------------------------------------------------
