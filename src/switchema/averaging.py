@@ -435,11 +435,11 @@ class WeightAverager:
 
         ``weight=1`` (the default) copies the average into the model in place. A partial switch
         ``0 < weight < 1`` moves the model part of the way, ``x <- x + weight * (avg - x)``, in
-        the model's precision (Lookahead's slow-weight step; ema-pytorch's
-        ``update_model_with_ema``). With ``optimizer``, the optimizer state (momentum, Adam
-        moments, step) of the averaged parameters is cleared, so it restarts from there. A full
-        switch also copies the BatchNorm statistics :meth:`recompute_bn` kept for this average,
-        if any: they belong to the weights the model now holds.
+        the average's precision and rounded once into the model (Lookahead's slow-weight step;
+        ema-pytorch's ``update_model_with_ema``). With ``optimizer``, the optimizer state
+        (momentum, Adam moments, step) of the averaged parameters is cleared, so it restarts
+        from there. A full switch also copies the BatchNorm statistics :meth:`recompute_bn` kept
+        for this average, if any: they belong to the weights the model now holds.
         """
         self._check_binding()
         self._check_not_swapped("switch")
@@ -454,7 +454,7 @@ class WeightAverager:
             if weight == 1.0:
                 K.copy_(src, avg)
             else:
-                K.lerp_(src, avg, weight)
+                K.partial_switch_(src, avg, weight)
         if weight == 1.0:
             self._load_bn_stats(index)
         if optimizer is not None:
