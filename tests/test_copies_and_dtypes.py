@@ -149,10 +149,22 @@ def test_averager_built_under_inference_mode_works_afterwards():
     model = make_model()
     with torch.inference_mode():
         ema = EMA(model, decay=0.5)
-    run(model, ema, 2, seed=0)
-    ema.switch()
+    # by hand, in float64: avg <- 0.5 * avg + 0.5 * x after each of the updates outside the block
+    ref = {n: p.detach().double() for n, p in model.named_parameters()}
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        perturb(model, gen)
+        ema.update()
+        ref = {n: 0.5 * ref[n] + 0.5 * p.detach().double() for n, p in model.named_parameters()}
+    averaged = ema.averaged_state_dict()
+    for n, v in ref.items():
+        torch.testing.assert_close(averaged[n].double(), v, rtol=1e-6, atol=1e-6)
+    online = {n: p.detach().clone() for n, p in model.named_parameters()}
     with ema.swapped():
-        pass
+        assert all(torch.equal(p, averaged[n]) for n, p in model.named_parameters())
+    assert all(torch.equal(p, online[n]) for n, p in model.named_parameters())
+    ema.switch()
+    assert all(torch.equal(p, averaged[n]) for n, p in model.named_parameters())
 
 
 def test_model_made_of_inference_tensors_is_refused_with_what_to_do():

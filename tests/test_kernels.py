@@ -3,11 +3,74 @@ import torch
 
 from switchema import _kernels as K
 
+F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
+C64, C128 = torch.complex64, torch.complex128
+# (model dtype, average dtype): the pairs an averager builds (dtype=None gives the same-dtype
+# pairs of low-precision models; the default float32 or dtype=float64 give the mixed ones).
+SAME = [(F32, F32), (F64, F64), (BF16, BF16), (F16, F16), (C64, C64)]
+MIXED = [(BF16, F32), (F16, F32), (F32, F64), (C64, C128)]
+PAIRS = SAME + MIXED
+# grouped: the sources are separate tensors (a list per group); flat: they are views into one
+# buffer laid out like a row of the storage (flat_params=True), so a group is one flat op.
+LAYOUTS = ["grouped", "flat"]
+# Dyadic weights (and 1 - w): w * x is exact, so a fused multiply-add rounds like separate ops.
+WEIGHTS = (0.5, 0.046875, 0.0078125)
+
 
 def _tensors(seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     shapes = [(3, 4), (5,), (2, 3, 3, 3), (1,), (7, 1)]
-    return [torch.randn(s, generator=g).to(dtype) for s in shapes]
+    draw = torch.complex64 if dtype.is_complex else torch.float32
+    return [torch.randn(s, generator=g, dtype=draw).to(dtype) for s in shapes]
+
+
+def _ids(pair):
+    return "->".join(str(d).removeprefix("torch.") for d in pair)
+
+
+def _group(pair, layout, k=1, seed=0):
+    """A FlatGroup of ``pair[1]`` averages over ``pair[0]`` sources, in ``layout``.
+
+    Includes a channels-last tensor and one larger than the block size used below; the K
+    averages start apart from the sources and from each other.
+    """
+    model_dtype, avg_dtype = pair
+    g = torch.Generator().manual_seed(seed + 100)
+    draw = torch.complex64 if model_dtype.is_complex else torch.float32
+    src = _tensors(seed, model_dtype) + [
+        torch.randn(2, 8, 3, 3, generator=g, dtype=draw)
+        .to(model_dtype)
+        .to(memory_format=torch.channels_last),
+        torch.randn(100, generator=g, dtype=draw).to(model_dtype),
+    ]
+    group = K.FlatGroup(src, k=k, dtype=avg_dtype)
+    if layout == "flat":
+        group.tensors = group.flatten_sources()
+    group.flat.copy_(torch.randn(group.flat.shape, generator=g, dtype=draw).to(avg_dtype))
+    return group
+
+
+def _move_sources(group, seed):
+    """New values for the sources, written in place (as an optimizer step would)."""
+    new = _tensors(seed, group.source_dtype)
+    g = torch.Generator().manual_seed(seed + 200)
+    draw = torch.complex64 if group.source_dtype.is_complex else torch.float32
+    for t in group.tensors[len(new) :]:
+        new.append(torch.randn(t.shape, generator=g, dtype=draw).to(group.source_dtype))
+    torch._foreach_copy_(group.tensors, new)
+
+
+def _assert_matches(fast, ref, exact):
+    """Bit for bit where the two do the same operations; otherwise within 8 eps of the dtype.
+
+    The reference rounds up to three times per step (two products and a sum) where ``lerp``
+    rounds once; on values of magnitude up to ~4, three steps stay within 8 eps (measured: 6).
+    """
+    if exact:
+        assert torch.equal(fast, ref)
+    else:
+        eps = torch.finfo(fast.real.dtype).eps
+        torch.testing.assert_close(fast, ref, rtol=8 * eps, atol=8 * eps)
 
 
 def test_flat_group_views_cover_storage_in_order():
@@ -34,15 +97,78 @@ def test_channels_last_views_match_source_layout():
         assert torch.equal(g.kviews[1][j], g.views[j][1])
 
 
-def test_lerp_matches_reference_loop():
-    avgs_fast = _tensors(0)
-    avgs_ref = [a.clone() for a in avgs_fast]
-    for step in range(5):
-        src = _tensors(step + 1)
-        K.lerp_(avgs_fast, src, 1 - 0.9)
-        K.reference_lerp_(avgs_ref, src, 0.9)
-    for a, b in zip(avgs_fast, avgs_ref):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("pair", PAIRS, ids=_ids)
+def test_lerp_matches_reference_loop(pair, layout):
+    fast, ref = _group(pair, layout), _group(pair, layout)
+    for step, w in enumerate(WEIGHTS):
+        _move_sources(fast, step)
+        _move_sources(ref, step)
+        K.lerp_(*fast.row_pairs(0), w)
+        K.reference_lerp_(ref.views[0], ref.tensors, 1 - w)
+    # mixed dtypes: avg * (1 - w) then + w * x, the reference's two roundings
+    _assert_matches(fast.flat, ref.flat, exact=pair in MIXED)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("pair", PAIRS, ids=_ids)
+def test_chunked_multi_lerp_matches_reference_loop(pair, layout):
+    fast, ref = _group(pair, layout, k=3), _group(pair, layout, k=3)
+    w = torch.tensor(WEIGHTS, dtype=pair[1])
+    blocks, sources = fast.chunks(size=16)
+    wviews, keepviews = fast.weight_views(w, blocks), fast.weight_views(1 - w, blocks)
+    for step in range(3):
+        _move_sources(fast, step)
+        _move_sources(ref, step)
+        K.multi_lerp_(blocks, sources, wviews, keepviews)
+        K.reference_multi_lerp_(ref.kviews, ref.tensors, WEIGHTS)
+    # mixed dtypes: avg * (1 - w) then + x * w (addcmul), the reference's two roundings
+    _assert_matches(fast.flat, ref.flat, exact=pair in MIXED)
+
+
+@pytest.mark.parametrize("direction", ["into_average", "into_model"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("pair", PAIRS, ids=_ids)
+def test_copy_matches_reference_loop_bit_for_bit(pair, layout, direction):
+    fast, ref = _group(pair, layout, k=2), _group(pair, layout, k=2)
+    _move_sources(fast, 1)
+    _move_sources(ref, 1)
+    avg, src = fast.row_pairs(1)
+    if direction == "into_average":  # update() before start_step
+        K.copy_(avg, src)
+        K.reference_copy_(ref.views[1], ref.tensors)
+    else:  # a full switch, or loading the average in swapped()
+        K.copy_(src, avg)
+        K.reference_copy_(ref.tensors, ref.views[1])
+    assert torch.equal(fast.flat, ref.flat)
+    assert all(torch.equal(a, b) for a, b in zip(fast.tensors, ref.tensors))
+
+
+@pytest.mark.parametrize("weight", [0.3, 0.75])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("pair", PAIRS, ids=_ids)
+def test_partial_switch_matches_reference_loop(pair, layout, weight):
+    fast, ref = _group(pair, layout, k=2), _group(pair, layout, k=2)
+    _move_sources(fast, 1)
+    _move_sources(ref, 1)
+    avg, src = fast.row_pairs(1)
+    K.partial_switch_(src, avg, weight)
+    K.reference_partial_switch_(ref.tensors, ref.views[1], weight)
+    assert torch.equal(fast.flat, ref.flat)  # the average is unchanged
+    for a, b in zip(fast.tensors, ref.tensors):
+        # mixed dtypes: the same three operations in the average's dtype, one rounding after
+        _assert_matches(a, b, exact=pair in MIXED)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("pair", PAIRS, ids=_ids)
+def test_partial_switch_towards_an_equal_average_leaves_the_model_bit_for_bit(pair, layout):
+    g = _group(pair, layout, k=1)
+    avg, src = g.row_pairs(0)
+    K.copy_(avg, src)  # the average holds the model's values exactly
+    before = [t.clone() for t in g.tensors]
+    K.partial_switch_(src, avg, 0.3)
+    assert all(torch.equal(a, b) for a, b in zip(g.tensors, before))
 
 
 def test_lerp_mixed_dtype_keeps_average_precision():
@@ -138,6 +264,7 @@ def test_kernels_accept_empty_lists_and_zero_element_tensors():
     K.lerp_([], [], 0.5)
     K.multi_lerp_([], [], [])
     K.copy_([], [])
+    K.partial_switch_([], [], 0.5)
     g = K.FlatGroup([torch.zeros(0), torch.zeros(0, 3)], k=2, dtype=torch.float32)
     assert g.numel == 0 and g.chunks() == ([], [])
 

@@ -1,6 +1,8 @@
 """The averaged weights as a model: ``averaged_model()`` and ``forward()`` (EMA teachers)."""
 
 import copy
+import io
+import pickle
 
 import pytest
 import torch
@@ -163,3 +165,73 @@ def test_views_refuse_inside_swapped():
     ema = EMA(make())
     with ema.swapped(), pytest.raises(RuntimeError, match="inside swapped"):
         ema.averaged_model()
+
+
+def _torch_save(module):
+    buf = io.BytesIO()
+    torch.save(module, buf)
+    assert b"switchema" not in buf.getvalue()  # loads where this package is not installed
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+def _pickle(module):
+    return pickle.loads(pickle.dumps(module))
+
+
+def _trained_ema(dtype):
+    """An EMA (float32 averages) whose average and online BatchNorm statistics have moved."""
+    model = make(dtype=dtype)
+    ema = EMA(model, decay=0.9)
+    view = ema.averaged_model()
+    for x in data(2, dtype=dtype):
+        model(x)  # train mode: the running statistics move
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1)
+        ema.update()
+    return model, ema, view
+
+
+@pytest.mark.parametrize("how", [_torch_save, _pickle, copy.deepcopy])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_saved_view_loads_as_a_plain_module_holding_the_average(dtype, how):
+    model, ema, view = _trained_ema(dtype)  # saved with no forward since the last update
+    loaded = how(view)
+    assert type(loaded) is type(model)
+    sd, exported = loaded.state_dict(), ema.averaged_state_dict()
+    assert sd.keys() == exported.keys()
+    assert all(sd[k].dtype == exported[k].dtype and torch.equal(sd[k], exported[k]) for k in sd)
+    x = data(1, seed=7, dtype=dtype)[0]
+    assert torch.equal(loaded.eval()(x), view.eval()(x))
+    # plain: its own tensors, no hooks, nothing tied to the averager
+    views = {t.untyped_storage().data_ptr() for t in [*view.parameters(), *view.buffers()]}
+    assert not views & {t.untyped_storage().data_ptr() for t in loaded.state_dict().values()}
+    assert not loaded._forward_pre_hooks and not loaded._state_dict_pre_hooks
+    assert "__reduce_ex__" not in vars(loaded)
+    assert not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_a_copied_view_is_a_snapshot_and_the_view_stays_live():
+    model, ema, view = _trained_ema(torch.bfloat16)
+    snapshot = copy.deepcopy(view)
+    _torch_save(view)
+    before = ema.averaged_state_dict()
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    ema.update()
+    assert torch.equal(snapshot.head.weight, before["head.weight"])
+    x = data(1, seed=7, dtype=torch.bfloat16)[0]
+    ref = copy.deepcopy(model).eval()
+    ref.load_state_dict(ema.averaged_state_dict())
+    assert torch.equal(view.eval()(x), ref(x))  # still refreshed before its forward
+
+
+def test_a_saved_view_keeps_tied_parameters_tied():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 5, bias=False))
+    model[1].weight = model[0].weight
+    ema = EMA(model, decay=0.9, dtype=torch.float64)  # a wider average: a cast copy
+    loaded = _torch_save(ema.averaged_model())
+    assert loaded[1].weight is loaded[0].weight
+    assert torch.equal(loaded[0].weight, ema.averaged_state_dict()["0.weight"])

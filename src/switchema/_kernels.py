@@ -14,7 +14,14 @@ Recurrences (``d`` is the decay, the weight kept by the old average):
 * EMA:   ``avg <- d * avg + (1 - d) * x``, computed as ``avg.lerp_(x, 1 - d)``.
 * SWA:   ``avg <- avg + (x - avg) / (n + 1)``, i.e. a lerp with weight ``1 / (n + 1)``.
 * switch: ``x <- avg`` (the average is unchanged); a partial switch with weight ``a`` is
-  ``x <- x + a * (avg - x)``, the same lerp in the other direction.
+  ``x <- x + a * (avg - x)``, computed in the average's precision and rounded once into the
+  model (:func:`partial_switch_`).
+* swap: three copies (:func:`copy_`): back the model up, load the average, restore.
+
+The reference twins compute the formula as written, in the average's dtype, one operation at a
+time. Where the fast kernel does the same operations (copies; a partial switch between two
+dtypes) the two agree bit for bit; where it uses ``lerp``/``addcmul`` (one rounding, or a fused
+multiply-add) they agree to a few units in the last place of the average's dtype.
 
 Flat sources: when the source tensors are themselves views into one contiguous buffer laid out
 like the averages (:meth:`FlatGroup.flatten_sources`), a whole group is one flat op.
@@ -33,7 +40,11 @@ __all__ = [
     "lerp_",
     "multi_lerp_",
     "copy_",
+    "partial_switch_",
     "reference_lerp_",
+    "reference_multi_lerp_",
+    "reference_copy_",
+    "reference_partial_switch_",
 ]
 
 # Elements per column block in the K-average update: 2**18 float32 = 1 MiB per row, so a
@@ -178,9 +189,10 @@ class FlatGroup:
 def lerp_(averages: list[Tensor], sources: list[Tensor], weight: float) -> None:
     """``avg <- avg + weight * (src - avg)`` for each pair; one fused call.
 
-    Same dtypes use ``_foreach_lerp_``; otherwise (a float32 average of a bf16 model, or a bf16
-    model moved towards its float32 average) ``avg * (1 - weight) + weight * src``, computed in
-    the precision of ``averages``.
+    Same dtypes use ``_foreach_lerp_``; otherwise (a float32 average of a bf16 model)
+    ``avg * (1 - weight) + weight * src``, computed in the precision of ``averages``, which must
+    be at least that of ``sources`` (to move a model towards a wider average use
+    :func:`partial_switch_`). Twin: :func:`reference_lerp_` with ``decay = 1 - weight``.
     """
     if not averages:
         return
@@ -206,6 +218,7 @@ def multi_lerp_(
     ``weights[i]`` (and ``keep[i] = 1 - weights[i]``) are views of a ``(K,)`` tensor shaped to
     broadcast against ``kviews[i]``. Each source is read once for all K averages, which is the
     saving over K separate averagers. ``keep`` is needed only when the dtypes differ.
+    Twin: :func:`reference_multi_lerp_`.
     """
     if not kviews:
         return
@@ -220,7 +233,10 @@ def multi_lerp_(
 
 @torch.no_grad()
 def copy_(dst: list[Tensor], src: list[Tensor]) -> None:
-    """``dst[i] <- src[i]`` for every pair, casting dtype where needed; one fused call."""
+    """``dst[i] <- src[i]`` for every pair, casting dtype where needed; one fused call.
+
+    Twin: :func:`reference_copy_`.
+    """
     if len(dst) == 1:
         dst[0].copy_(src[0])
     elif dst:
@@ -228,7 +244,70 @@ def copy_(dst: list[Tensor], src: list[Tensor]) -> None:
 
 
 @torch.no_grad()
+def partial_switch_(sources: list[Tensor], averages: list[Tensor], weight: float) -> None:
+    """A partial switch: ``x <- x + weight * (avg - x)`` for each pair ``(x, avg)``.
+
+    Computed in the precision of ``averages`` and rounded once into ``sources``: a bf16 model
+    moved towards its float32 average gets the float32 result rounded to bf16, and an average
+    equal to the model leaves the model unchanged bit for bit. Same dtypes use
+    ``_foreach_lerp_`` (one rounding); otherwise the difference ``avg - x`` is formed in a
+    temporary in the averages' dtype (one group's worth of memory, once per switch).
+    Twin: :func:`reference_partial_switch_`.
+
+    Example::
+
+        >>> x = [torch.tensor([1.0, 2.0], dtype=torch.bfloat16)]
+        >>> partial_switch_(x, [torch.tensor([1.0, 2.5])], 0.5)
+        >>> x[0]
+        tensor([1.0000, 2.2500], dtype=torch.bfloat16)
+    """
+    if not sources:
+        return
+    if sources[0].dtype == averages[0].dtype:
+        lerp_(sources, averages, weight)
+        return
+    step = torch._foreach_sub(averages, sources)  # avg - x, in the averages' dtype
+    torch._foreach_mul_(step, weight)
+    torch._foreach_add_(step, sources)  # x + weight * (avg - x), still in that dtype
+    copy_(sources, step)  # the one rounding into the model's dtype
+
+
+@torch.no_grad()
 def reference_lerp_(averages: Sequence[Tensor], sources: Sequence[Tensor], decay: float) -> None:
-    """The EMA recurrence written out per tensor: ``avg = decay * avg + (1 - decay) * src``."""
+    """The EMA recurrence written out per tensor: ``avg = decay * avg + (1 - decay) * src``.
+
+    Twin of :func:`lerp_` with ``weight = 1 - decay``, in the precision of ``averages``.
+    """
     for avg, src in zip(averages, sources):
         avg.copy_(decay * avg + (1.0 - decay) * src.to(avg.dtype))
+
+
+@torch.no_grad()
+def reference_multi_lerp_(
+    kviews: Sequence[Tensor], sources: Sequence[Tensor], weights: Sequence[float]
+) -> None:
+    """Twin of :func:`multi_lerp_`: for each average ``j``, the EMA recurrence with decay
+    ``1 - weights[j]`` on row ``j`` of every ``kviews[i]`` (shape ``(K, ...)``), one at a time.
+    """
+    for kview, src in zip(kviews, sources):
+        for j, w in enumerate(weights):
+            reference_lerp_([kview[j]], [src.reshape(kview[j].shape)], 1.0 - w)
+
+
+@torch.no_grad()
+def reference_copy_(dst: Sequence[Tensor], src: Sequence[Tensor]) -> None:
+    """Twin of :func:`copy_`: ``dst[i] <- src[i]`` (cast to ``dst[i]``'s dtype), one at a time."""
+    for d, s in zip(dst, src):
+        d.copy_(s.to(d.dtype))
+
+
+@torch.no_grad()
+def reference_partial_switch_(
+    sources: Sequence[Tensor], averages: Sequence[Tensor], weight: float
+) -> None:
+    """Twin of :func:`partial_switch_`: ``x = x + weight * (avg - x)`` in ``avg``'s dtype, then
+    rounded into ``x``'s dtype, one tensor at a time.
+    """
+    for x, avg in zip(sources, averages):
+        wide = x.to(avg.dtype)
+        x.copy_(wide + weight * (avg - wide))

@@ -249,10 +249,11 @@ class Storage:
             K.copy_(src, avg)
 
     def move_model(self, index: int, weight: float) -> None:
-        """``x <- x + weight * (avg - x)`` for the model's averaged tensors."""
+        """``x <- x + weight * (avg - x)`` for the model's averaged tensors, computed in the
+        average's precision and rounded once into the model."""
         for g in self.groups:
             avg, src = g.row_pairs(index)
-            K.lerp_(src, avg, weight)
+            K.partial_switch_(src, avg, weight)
 
     def backup_model(self) -> list[tuple[list[Tensor], list[Tensor]]]:
         """Copies of the model's averaged tensors and other buffers, with where they go back."""

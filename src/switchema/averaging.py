@@ -327,8 +327,9 @@ class WeightAverager:
         """Switch EMA: move the model to average ``index``; the average is unchanged.
 
         ``weight=1`` (the default) copies the average into the model in place. A partial switch
-        ``0 < weight < 1`` moves the model part of the way, ``x <- x + weight * (avg - x)``
-        (Lookahead's slow-weight step; ema-pytorch's ``update_model_with_ema``). With
+        ``0 < weight < 1`` moves the model part of the way, ``x <- x + weight * (avg - x)``,
+        computed in the average's precision and rounded once into the model (Lookahead's
+        slow-weight step; ema-pytorch's ``update_model_with_ema``). With
         ``optimizer`` (one or a list), the optimizer state (momentum, Adam moments, step) of the
         averaged parameters is cleared, so it restarts from there. A full switch also copies
         the BatchNorm statistics :meth:`recompute_bn` kept for this average, if any: they
