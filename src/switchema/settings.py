@@ -19,7 +19,7 @@ saved with another layout rebuilds the storage when loaded.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -27,7 +27,14 @@ import torch
 
 from ._checks import check_choice, check_int, check_real
 from .policies import check_policy_spec
-from .schedules import Constant, DecaySchedule, check_decay, resolve_schedule, schedule_from_dict
+from .schedules import (
+    Constant,
+    DecaySchedule,
+    check_decay,
+    half_life_to_decay,
+    resolve_schedule,
+    schedule_from_dict,
+)
 from .switching import SwitchRule, as_rule
 
 __all__ = [
@@ -37,6 +44,7 @@ __all__ = [
     "PowerSettings",
     "TIME_UNITS",
     "option_names",
+    "resolve_decays",
     "settings_from_options",
 ]
 
@@ -233,6 +241,31 @@ class PowerSettings(Options):
     @property
     def num_averages(self) -> int:
         return len(self.gamma)
+
+
+def resolve_decays(decay: Any, half_life: Any, update_every: int) -> tuple[float, ...]:
+    """The decays from ``decay`` (default 0.999) or ``half_life`` (optimizer steps), not both."""
+    if decay is not None and half_life is not None:
+        raise ValueError(
+            f"give decay or half_life, not both (got decay={decay!r}, half_life={half_life!r})"
+        )
+    if half_life is not None:
+        values = (
+            half_life
+            if isinstance(half_life, Sequence) and not isinstance(half_life, str)
+            else [half_life]
+        )
+        decays = tuple(half_life_to_decay(h, update_every) for h in values)
+    else:
+        if decay is None:
+            decay = 0.999
+        values = decay if isinstance(decay, Sequence) and not isinstance(decay, str) else [decay]
+        decays = tuple(check_decay(d) for d in values)
+    if not decays:
+        raise ValueError(
+            "decay must be a float or a non-empty sequence of floats, got an empty sequence"
+        )
+    return decays
 
 
 def option_names(cls: type[Options]) -> list[str]:
