@@ -39,9 +39,9 @@ EXAMPLES = {
     "time": "samples",
 }
 BUILD = {
-    EMASettings: lambda m, o: EMA(m, decay=o.pop("decay"), **o),
+    EMASettings: lambda m, o: EMA(m, decay=o.pop("decay", None), **o),
     SWASettings: lambda m, o: SWA(m, **o),
-    PowerSettings: lambda m, o: PowerEMA(m, gamma=o.pop("gamma"), **o),
+    PowerSettings: lambda m, o: PowerEMA(m, gamma=o.pop("gamma", 1.0), **o),
 }
 
 
