@@ -234,18 +234,21 @@ class WeightAverager(AverageInUse):
         A ``step`` equal to the last one is ignored (several calls per optimizer step, e.g.
         once per micro-batch under gradient accumulation); a smaller one is an error.
         """
-        if isinstance(step, nn.Module):
-            raise TypeError(
-                f"update() takes the step count, not the model: this averager was bound to its "
-                f"{type(step).__name__} when it was created (EMA(model)); call ema.update() after "
-                "each optimizer step, or ema.update(step) with the number of steps done"
-            )
-        self._store.check()
-        self._check_not_swapped("update")
+        store, settings = self._store, self.settings
+        store.check()
+        if self._swapped_index is not None:
+            self._check_not_swapped("update")
         prev = self.step
         if step is None:
             new = prev + 1
         else:
+            if isinstance(step, nn.Module):
+                raise TypeError(
+                    f"update() takes the step count, not the model: this averager was bound to "
+                    f"its {type(step).__name__} when it was created (EMA(model)); call "
+                    "ema.update() after each optimizer step, or ema.update(step) with the number "
+                    "of steps done"
+                )
             new = check_int(step, "step", minimum=0)
             if new < prev:
                 raise ValueError(
@@ -255,16 +258,16 @@ class WeightAverager(AverageInUse):
             if new == prev:
                 return
         epochs = self.epoch if epoch is None else self._next_epoch(epoch, minimum=0)
-        settings = self.settings
-        switch = _clock.switch_after_step(settings.switch, prev, new, epochs)
+        rule = settings.switch
+        switch = rule is not None and _clock.switch_after_step(rule, prev, new, epochs)
         if switch:
             self._check_rule_optimizer(optimizer)  # before anything changes
         self.step, self.epoch = new, epochs
         if new <= settings.start_step:
-            self._store.fill_from_model()
+            store.fill_from_model()
             self._changed()
         elif _clock.crossed(prev, new, settings.update_every, settings.start_step):
-            self._store.lerp(self._lerp_weights())
+            store.lerp(self._lerp_weights())
             self.events.counted_update(step=new)
             self._changed()
         if switch:
@@ -335,7 +338,7 @@ class WeightAverager(AverageInUse):
         self._check_not_swapped("switch")
         index = check_index(index, self.num_averages)
         weight = check_real(weight, "weight", minimum=0.0, maximum=1.0)
-        optimizers = _optimizers(optimizer)
+        optimizers = _optimizers(optimizer) if optimizer is not None else ()
         if weight == 1.0:
             self._store.copy_into_model(index)
             self._load_bn_stats(index)

@@ -18,29 +18,25 @@ host-side list append: no device synchronisation on the training path.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["Event", "EventLog", "EVENT_KINDS"]
 
 EVENT_KINDS = ("switch", "recompute_bn", "snapshot", "reset")
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """``kind`` at optimizer step ``step`` with ``epoch`` epochs complete (``None``: the caller
-    gives no epochs), on average ``index`` (``None``: every average)."""
+    gives no epochs), on average ``index`` (``None``: every average). A tuple: recording one
+    on the training path costs well under a microsecond."""
 
     kind: str
     step: int
     epoch: int | None = None
     index: int | None = None
 
-    def __post_init__(self) -> None:
-        if self.kind not in EVENT_KINDS:
-            raise ValueError(f"event kind must be one of {EVENT_KINDS}, got {self.kind!r}")
-
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "step": self.step, "epoch": self.epoch, "index": self.index}
+        return self._asdict()
 
 
 @dataclass
@@ -55,6 +51,8 @@ class EventLog:
     def record(
         self, kind: str, *, step: int, epoch: int | None = None, index: int | None = None
     ) -> None:
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"event kind must be one of {EVENT_KINDS}, got {kind!r}")
         self.events.append(Event(kind, step, epoch, index))
 
     def counted_update(self, *, step: int) -> None:
@@ -84,7 +82,7 @@ class EventLog:
         if not d:
             return cls()
         return cls(
-            [Event(**e) for e in d.get("events", [])],
+            [Event(**e) for e in d.get("events", []) if e["kind"] in EVENT_KINDS],
             int(d.get("n_updates", 0)),
             d.get("first_update"),
             d.get("last_update"),
