@@ -31,6 +31,7 @@ import json
 import mmap
 import sys
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,22 +185,17 @@ def _drop_mapped_pages(piece: Tensor) -> None:
 class _TorchReader(Reader):
     def __init__(self, path: Path, key: str | None, weights_only: bool) -> None:
         self.path = path
-        self.mapped = True
+        self.mapped = zipfile.is_zipfile(path)  # torch's format since 1.6: it can be mapped
         try:
-            try:
-                obj = torch.load(path, map_location="cpu", mmap=True, weights_only=weights_only)
-            except RuntimeError as e:
-                if "mmap" not in str(e):
-                    raise
-                warnings.warn(
-                    f"{path} is in torch's pre-1.6 format, which cannot be memory-mapped: it is "
-                    "loaded whole (save it again with torch.save to average it in less memory)",
-                    stacklevel=4,
-                )
-                obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-                self.mapped = False
-        except Exception as e:  # corrupt, truncated, or refused by weights_only
-            raise CheckpointReadError(f"cannot read {path}: {_first_line(e)}{_hint(e)}") from e
+            obj = torch.load(path, map_location="cpu", mmap=self.mapped, weights_only=weights_only)
+        except Exception as e:  # corrupt, truncated, not a checkpoint, or refused by weights_only
+            raise CheckpointReadError(f"cannot read {path}: {_reason(e)}") from e
+        if not self.mapped:
+            warnings.warn(
+                f"{path} is in torch's pre-1.6 format, which cannot be memory-mapped: it is "
+                "loaded whole (save it again with torch.save to average it in less memory)",
+                stacklevel=4,
+            )
         self._state = _select(obj, key, path)
         self.entries = {k: Entry(tuple(v.shape), v.dtype) for k, v in self._state.items()}
 
@@ -219,13 +215,19 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
-def _hint(e: BaseException) -> str:
-    if "weights_only" in str(e):
-        return (
+def _reason(e: BaseException) -> str:
+    """One line out of torch.load's error (whose weights_only message spans a page)."""
+    text = str(e)
+    marker = "WeightsUnpickler error:"
+    if marker not in text:
+        return _first_line(e)
+    reason = text.split(marker, 1)[1].strip().splitlines()[0].split(". ")[0]
+    if "Unsupported global" in reason:
+        reason += (
             " (the file holds objects other than tensors and plain containers; if you trust "
             "it, pass weights_only=False)"
         )
-    return ""
+    return f"not a weights-only torch checkpoint: {reason}"
 
 
 def _safetensors() -> Any:
