@@ -424,14 +424,17 @@ print(hwm() - base)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
-def test_peak_memory_does_not_grow_with_the_number_of_checkpoints(tmp_path):
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_peak_memory_does_not_grow_with_the_number_of_checkpoints(tmp_path, suffix):
     mib = 1 << 20
     shapes = [(1024, 2048), (512, 2048), (2048,)]  # 8 MiB + 4 MiB + 8 KiB of float32
     for i in range(8):
-        torch.save(
-            {f"t{j}": torch.full(s, float(i)) for j, s in enumerate(shapes)},
-            tmp_path / f"step={i}.pt",
-        )
+        sd = {f"t{j}": torch.full(s, float(i)) for j, s in enumerate(shapes)}
+        if suffix == ".pt":
+            torch.save(sd, tmp_path / f"step={i}.pt")
+        else:
+            safetensors_torch = pytest.importorskip("safetensors.torch")
+            safetensors_torch.save_file(sd, str(tmp_path / f"step={i}.safetensors"))
     done = subprocess.run(
         [sys.executable, "-c", _MEMORY, str(tmp_path)], capture_output=True, text=True, timeout=120
     )

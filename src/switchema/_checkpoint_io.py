@@ -182,6 +182,23 @@ def _drop_mapped_pages(piece: Tensor) -> None:
         _MADVISE(lo, hi - lo, mmap.MADV_DONTNEED)
 
 
+def _in_file_mapping(tensor: Tensor, path: Path) -> bool:
+    """Whether ``tensor``'s memory lies in a mapping of the file ``path`` (Linux only)."""
+    if _MADVISE is None or tensor.numel() == 0:
+        return False
+    ptr = tensor.data_ptr()
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                parts = line.split(maxsplit=5)
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                if lo <= ptr < hi:
+                    return len(parts) == 6 and Path(parts[5].strip()) == path.resolve()
+    except (OSError, ValueError):
+        pass
+    return False
+
+
 class _TorchReader(Reader):
     def __init__(self, path: Path, key: str | None, weights_only: bool) -> None:
         self.path = path
@@ -244,6 +261,7 @@ def _safetensors() -> Any:
 class _SafetensorsReader(Reader):
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._mapped = False
         self._open = _safetensors().safe_open
         try:
             with self._open(str(path), framework="pt") as f:
@@ -262,7 +280,15 @@ class _SafetensorsReader(Reader):
     def read(self, name: str) -> Tensor:
         # opened per tensor: the file's mapping is closed once this tensor is no longer used
         with self._open(str(self.path), framework="pt") as f:
-            return f.get_tensor(name)
+            tensor = f.get_tensor(name)
+        # safetensors maps the file (and the tensor is a view of it) in the versions we know;
+        # its pages are dropped only where that is so
+        self._mapped = _in_file_mapping(tensor, self.path)
+        return tensor
+
+    def drop(self, piece: Tensor) -> None:
+        if self._mapped:
+            _drop_mapped_pages(piece)
 
 
 def _st_dtype(code: str, name: str, path: Path) -> torch.dtype:
