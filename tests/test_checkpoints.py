@@ -401,6 +401,18 @@ def test_bad_arguments(tmp_path, kwargs, error, message):
         average(tmp_path, **kwargs)
 
 
+def test_safetensors_is_optional(tmp_path, monkeypatch):
+    paths = _save_all(_states(2), tmp_path)
+    (tmp_path / "x.safetensors").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"needs the safetensors package \(pip install"):
+        average([tmp_path / "x.safetensors"] * 2)
+    with pytest.raises(ImportError, match="needs the safetensors package"):
+        average(paths, out=tmp_path / "avg.safetensors")
+    assert not (tmp_path / "avg.safetensors").exists()
+    average(paths, out=tmp_path / "avg.pt")  # torch files need nothing else
+
+
 def test_unreadable_file(tmp_path):
     _touch(tmp_path, ["step=1.pt"])
     (tmp_path / "step=2.pt").write_bytes(b"not a checkpoint")

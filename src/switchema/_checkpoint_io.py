@@ -50,6 +50,7 @@ __all__ = [
     "MemoryReader",
     "is_checkpoint_folder",
     "open_checkpoint",
+    "require_safetensors",
     "save_state_dict",
 ]
 
@@ -247,7 +248,8 @@ def _reason(e: BaseException) -> str:
     return f"not a weights-only torch checkpoint: {reason}"
 
 
-def _safetensors() -> Any:
+def require_safetensors() -> Any:
+    """The ``safetensors`` package, or an ImportError that says how to install it."""
     try:
         import safetensors
     except ImportError as e:
@@ -262,7 +264,7 @@ class _SafetensorsReader(Reader):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._mapped = False
-        self._open = _safetensors().safe_open
+        self._open = require_safetensors().safe_open
         try:
             with self._open(str(path), framework="pt") as f:
                 slices = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
@@ -442,7 +444,7 @@ def save_state_dict(state: dict[str, Tensor], path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         if path.suffix == ".safetensors":
-            _safetensors()
+            require_safetensors()
             from safetensors.torch import save_file
 
             save_file(state, str(tmp), metadata={"format": "pt"})

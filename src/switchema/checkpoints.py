@@ -80,6 +80,7 @@ from ._checkpoint_io import (
     Reader,
     is_checkpoint_folder,
     open_checkpoint,
+    require_safetensors,
     save_state_dict,
 )
 from ._checks import check_choice, check_int, check_real, is_real
@@ -368,6 +369,8 @@ def _check_out(out: str | Path | None, overwrite: bool) -> Path | None:
             f"cannot tell the output format from {out.name!r}: end it with "
             f"{' or '.join(OUTPUT_SUFFIXES)}"
         )
+    if out.suffix == ".safetensors":
+        require_safetensors()  # before any work
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another name or allow overwriting it")
     if not out.parent.is_dir():
