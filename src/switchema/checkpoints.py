@@ -29,7 +29,7 @@ the error names the tensor and the files. Each result tensor is accumulated in `
 
 Memory: one tensor at a time. Peak memory above what the process held before is the output
 state dict plus one accumulator the size of the largest tensor, plus what one reader holds
-(a piece of at most 16 MiB of a mapped file, or one tensor of a DCP folder); the number of
+(a piece of 4M elements of a mapped file, or one tensor of a DCP folder); the number of
 checkpoints does not enter (``benchmarks/bench_checkpoint_average.py`` measures it).
 
 Which checkpoints (:func:`select_checkpoints`): given a folder, the checkpoint files
@@ -185,7 +185,7 @@ def _check_steps(steps: Sequence[float] | None, n: int) -> list[float]:
     if steps is None:
         raise ValueError(
             "power weights need each checkpoint's step: name the files with their step "
-            "(e.g. step=1500.pt) or pass steps="
+            "(e.g. step=1500.pt) or give the steps (steps=, --steps)"
         )
     t = [check_real(s, "steps", minimum=0.0, min_open=True) for s in steps]
     if len(t) != n:

@@ -88,6 +88,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--gamma", type=float, default=None, metavar="G", help="power EMA exponent, >= 0"
     )
     p.add_argument(
+        "--steps",
+        default=None,
+        metavar="T1,T2,...",
+        help="each checkpoint's optimizer step (or epoch), oldest first, for power weights "
+        "(default: the numbers in the names)",
+    )
+    p.add_argument(
         "--key",
         default=None,
         help="where the state dict sits inside each file, e.g. ema or model/module "
@@ -116,15 +123,21 @@ _ORDERS = {
 
 
 def _weights(text: str) -> str | list[float]:
-    from .lab.errors import UsageError
-
     if text in ("uniform", "ema", "power"):
         return text
+    return _numbers(text, "--weights", "uniform, ema, power or ")
+
+
+def _numbers(text: str | None, flag: str, other: str = "") -> list[float] | None:
+    from .lab.errors import UsageError
+
+    if text is None:
+        return None
     try:
         return [float(w) for w in text.split(",")]
     except ValueError:
         raise UsageError(
-            f"--weights must be uniform, ema, power or numbers separated by commas, got {text!r}"
+            f"{flag} must be {other}numbers separated by commas, got {text!r}"
         ) from None
 
 
@@ -143,6 +156,7 @@ def _average(args: argparse.Namespace) -> int:
             decay=args.decay,
             sigma_rel=args.sigma_rel,
             gamma=args.gamma,
+            steps=_numbers(args.steps, "--steps"),
             last=args.last,
             out=args.out,
             overwrite=args.force,
