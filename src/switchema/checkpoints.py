@@ -245,7 +245,7 @@ def select_checkpoints(
         for p in paths:
             if not p.exists():
                 raise FileNotFoundError(f"checkpoint {p} does not exist")
-        order, steps = _numbers(paths)
+        _, steps = _numbers(paths)
         selection = Selection(tuple(paths), None if steps is None else tuple(steps), "given")
     n = len(selection.paths)
     if last is None or last == n:
@@ -280,9 +280,10 @@ def _search(folder: Path) -> Selection:
         paths = sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name))
         return Selection(tuple(paths), None, "mtime")
     order, steps = _numbers(numbered)
-    pairs = sorted(zip(steps, numbered), key=lambda sp: (sp[0], _natural(sp[1].name)))
-    if order == "number":
-        pairs = sorted(pairs, key=lambda sp: _natural(sp[1].name))
+    if order == "number":  # natural sort: checkpoint-9 before checkpoint-10
+        pairs = sorted(zip(steps, numbered), key=lambda sp: _natural(sp[1].name))
+    else:
+        pairs = sorted(zip(steps, numbered), key=lambda sp: (sp[0], _natural(sp[1].name)))
     for (a, pa), (b, pb) in zip(pairs, pairs[1:]):
         if a == b and order != "number":
             raise ValueError(
