@@ -33,6 +33,7 @@ def test_every_python_block_is_tested():
     tags = [tag for tag, _ in blocks()]
     assert None not in tags, "a ```python block in README.md has no <!-- test: ... --> marker"
     known = {"quickstart", "teacher", "batchnorm", "posthoc", "lightning", "transformers"}
+    known.add("checkpoints")
     known.add("pandas")  # run by tests/test_lab_exports.py on a run folder it makes
     for tag in tags:
         assert tag in known or tag.startswith("excerpt "), tag
@@ -103,6 +104,26 @@ def test_posthoc(tmp_path, monkeypatch):
     w = best.state_dict["weight"]
     assert float((w - a0).norm()) < float((a1 - a0).norm())
     assert 0.98 < ns["sigma_rel_to_decay"](0.07, t=1000) < 0.99
+
+
+def test_checkpoints(tmp_path, monkeypatch):
+    pytest.importorskip("safetensors")
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(tmp_path)  # it writes checkpoints/ and ema.safetensors
+    ns = run(_block("checkpoints"))
+    lawa, ema, model = ns["lawa"], ns["ema"], ns["model"]
+    saved = [torch.load(tmp_path / f"checkpoints/epoch={e}.pt")["model"] for e in range(6, 11)]
+    assert [p.name for p in lawa.checkpoints] == [f"epoch={e}.pt" for e in range(6, 11)]
+    for k in saved[0]:
+        torch.testing.assert_close(lawa.state_dict[k], sum(sd[k] for sd in saved) / 5)
+        assert torch.equal(model.state_dict()[k], lawa.state_dict[k])
+    assert ema.weights == (0.0625, 0.0625, 0.125, 0.25, 0.5)
+    written = load_file(tmp_path / "ema.safetensors")
+    for k in saved[0]:
+        expected = sum(w * sd[k] for w, sd in zip(ema.weights, saved))
+        torch.testing.assert_close(written[k], expected)
+        assert torch.equal(written[k], ema.state_dict[k])
 
 
 def test_distributed_excerpt():

@@ -12,6 +12,7 @@
 (1, 1)
 """
 
+from . import checkpoints
 from .averaging import EMA, SWA, WeightAverager, unwrap_model
 from .batchnorm import BUFFER_POLICIES, has_batchnorm, recompute_bn
 from .power import PowerEMA
@@ -37,6 +38,7 @@ __all__ = [
     "EMA",
     "SWA",
     "PowerEMA",
+    "checkpoints",
     "WeightAverager",
     "unwrap_model",
     "recompute_bn",

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__, cli_reports
+from . import __version__, cli_average, cli_reports
 
 EXIT_STATUS = (
     "exit status: 0 done (compare, sweep: every job finished); 2 usage error (bad flag, "
@@ -447,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.set_defaults(func=_tasks)
     _add_nqm(sub)
     cli_reports.add_parsers(sub, EXIT_STATUS)
+    cli_average.add_parser(sub)
     parser.set_defaults(subcommands=sub.choices)
     return parser
 

@@ -297,10 +297,19 @@ class StudyConfig:
         requirement=f"relative widths in (0, {SIGMA_REL_MAX:.4f}]",
         help="widths also tracked directly during training, to check the synthesis against",
     )
+    lawa_k: int = setting(
+        5,
+        kind="int",
+        minimum=1,
+        unit="epoch ends",
+        methods=("lawa",),
+        label="lawa k",
+        help="LAWA averages the weights at the last k epoch ends, uniformly",
+    )
     bn_recompute: bool = setting(
         True,
         kind="bool",
-        methods=(*_AVERAGING, "posthoc"),
+        methods=(*_AVERAGING, "posthoc", "lawa"),
         help="recompute BatchNorm statistics for averaged models before evaluating (always for SWA)",
     )
     label_noise: float = setting(

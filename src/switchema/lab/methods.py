@@ -22,6 +22,9 @@ switch happens; there is no second implementation of EMA or of switching here. T
   ``posthoc_grid`` is synthesised from the snapshots and evaluated (``posthoc@<width>``). The
   widths of ``posthoc_check`` are also tracked directly (``tracked@<width>``), to check the
   synthesis against.
+* ``lawa``: latest weight averaging: after every epoch, the uniform average of the weights at
+  the last ``lawa_k`` epoch ends, by :func:`switchema.checkpoints.average_state_dicts` (the
+  same weights and rounding as averaging saved checkpoints).
 
 Every averaging setting reaches the averager through :func:`averager_options`: the EMA's
 warm-up (kind, length, ratio), ``start_step`` (``ema_start``), ``update_every``
@@ -47,6 +50,7 @@ import torch
 from torch import nn
 
 from ..averaging import EMA, SWA, WeightAverager
+from ..checkpoints import average_state_dicts
 from ..posthoc import MemoryStore, synthesize
 from ..power import PowerEMA
 from ..schedules import DecaySchedule, LinearWarmup
@@ -61,6 +65,7 @@ __all__ = [
     "Method",
     "MethodSpec",
     "PosthocMethod",
+    "LawaMethod",
     "averager_options",
     "build_method",
     "check_methods",
@@ -96,6 +101,12 @@ SPECS: dict[str, MethodSpec] = {
         MethodSpec(
             "posthoc",
             "post-hoc EMA: any width synthesised after training",
+            passive=True,
+            single_average=False,
+        ),
+        MethodSpec(
+            "lawa",
+            "the uniform average of the last k epoch ends",
             passive=True,
             single_average=False,
         ),
@@ -293,6 +304,32 @@ class PosthocMethod(Method):
         self.store.load_state_dict(state["snapshots"])
 
 
+@dataclass
+class LawaMethod(Method):
+    """LAWA (Kaddour, "Stop wasting my time!", 2022): after every epoch, the uniform average of
+    the model's state at the last ``k`` epoch ends (the ``e`` there are while ``e < k``).
+    Floating tensors are averaged in float32 and rounded once; integer buffers are the latest
+    epoch's (:func:`switchema.checkpoints.average_state_dicts`)."""
+
+    model: nn.Module | None = None
+    k: int = 5
+    window: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+    def after_epoch(self, epoch: int, optimizer: torch.optim.Optimizer) -> bool:
+        state = {n: t.detach().clone() for n, t in self.model.state_dict().items()}
+        self.window = [*self.window, state][-self.k :]
+        return False
+
+    def evaluated(self, last: bool) -> Iterator[Evaluated]:
+        yield Evaluated(self.labels[0], average_state_dicts(self.window))
+
+    def state_dict(self) -> Any:
+        return {"window": self.window}
+
+    def load_state_dict(self, state: Any) -> None:
+        self.window = [dict(s) for s in state["window"]]
+
+
 def _relative_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     """``||a - b|| / ||b||`` over the tensors of ``a`` (the averaged ones), in float64."""
     num = sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in a)
@@ -348,6 +385,8 @@ def build_method(name: str, model: nn.Module, study: Study, steps_per_epoch: int
         raise ConfigError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
     if name == "posthoc":
         return _posthoc(model, study, steps_per_epoch)
+    if name == "lawa":
+        return LawaMethod(name, None, ["avg"], model=model, k=study.config.lawa_k)
     options = averager_options(name, study, steps_per_epoch)
     if name == "swa":
         return Method(name, SWA(model, **options), ["avg"])
