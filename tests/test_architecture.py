@@ -157,7 +157,7 @@ def _layer(module: str) -> str:
     top = ".".join(parts[:2])
     if MODULES.get(top, (None, False))[1]:
         return top
-    return "cli" if parts[1] in ("cli", "cli_reports", "__main__") else "switchema"
+    return "cli" if parts[1] in ("cli", "cli_reports", "cli_average", "__main__") else "switchema"
 
 
 def _may_import(module: str, target: str) -> bool:
