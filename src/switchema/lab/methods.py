@@ -51,6 +51,7 @@ from ..schedules import DecaySchedule, LinearWarmup
 from ..switching import Interval, SwitchRule, parse_interval
 from .config import SETTINGS, Study
 from .errors import ConfigError
+from .keys import ModelLabel
 
 __all__ = [
     "METHODS",
@@ -233,7 +234,7 @@ class Evaluated:
 
 
 def _width_label(prefix: str, width: float) -> str:
-    return f"{prefix}@{width:g}"
+    return ModelLabel(prefix, width).format()
 
 
 @dataclass
@@ -342,7 +343,7 @@ def build_method(name: str, model: nn.Module, study: Study, steps_per_epoch: int
     options = averager_options(name, study, steps_per_epoch)
     if name == "swa":
         return Method(name, SWA(model, **options), ["avg"])
-    labels = ["avg"] if len(decay) == 1 else [f"avg@{d:g}" for d in decay]
+    labels = ["avg"] if len(decay) == 1 else [ModelLabel("avg", d).format() for d in decay]
     if name == "ema":
         return Method(name, EMA(model, decay=tuple(decay), **options), labels)
     ema = EMA(model, decay=decay[0], **options)
