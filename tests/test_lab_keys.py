@@ -162,3 +162,28 @@ def test_training_writes_the_names_the_rows_give():
         assert {n for n in arrays if n.startswith(f"{prefix}/")} >= {
             f"{prefix}/{e}" for e in expected
         }
+
+
+def test_reports_read_measures_of_a_named_model(tmp_path):
+    """``analysis.<measure>`` of ``method/model`` comes from analysis.json, seed by seed; a
+    model other than the one measured, or a malformed name, is a usage error naming it."""
+    import json
+
+    from switchema.lab.errors import UsageError
+    from switchema.lab.report.points import Run, values
+
+    measured = {
+        f"{m}/{s}": {"method": m, "model": label, "seed": s, "top_eigenvalue": 10.0 * s + k}
+        for k, (m, label) in enumerate([("baseline", "online"), ("ema", "avg@0.99")])
+        for s in (0, 1)
+    }
+    (tmp_path / "analysis.json").write_text(json.dumps({"models": measured}))
+    run = Run("r", tmp_path, {}, [], {})
+    assert values(run, "ema/avg@0.99", "analysis.top_eigenvalue") == ({0: 1.0, 1: 11.0}, "")
+    assert values(run, "baseline/online", "analysis.top_eigenvalue")[0] == {0: 0.0, 1: 10.0}
+    with pytest.raises(UsageError, match="measured ema/avg@0.99, not ema/avg@0.999"):
+        values(run, "ema/avg@0.999", "analysis.top_eigenvalue")
+    with pytest.raises(UsageError, match="has no 'trace'; it has: top_eigenvalue"):
+        values(run, "ema/avg@0.99", "analysis.trace")
+    with pytest.raises(UsageError, match="method/model.*'avg@0.990' is written 'avg@0.99'"):
+        values(run, "ema/avg@0.990", "analysis.top_eigenvalue")

@@ -219,12 +219,12 @@ def values(run: Run, model: str, metric: str, at: str = "final") -> tuple[dict[i
 
 
 def _analysis_values(run: Run, model: str, key: str) -> dict[int, float]:
-    key = split_model(model)
-    measured = [r for r in run.analysis()["models"].values() if r["method"] == key.method]
+    name = split_model(model)
+    measured = [r for r in run.analysis()["models"].values() if r["method"] == name.method]
     if not measured:
-        raise UsageError(f"{run.name}/analysis.json measured no model of method {key.method!r}")
-    if any(r["model"] != key.label.format() for r in measured):
-        other = ModelKey(key.method, measured[0]["model"]).format()
+        raise UsageError(f"{run.name}/analysis.json measured no model of method {name.method!r}")
+    if any(r["model"] != name.label.format() for r in measured):
+        other = ModelKey(name.method, measured[0]["model"]).format()
         raise UsageError(f"{run.name}/analysis.json measured {other}, not {model}")
     if key not in measured[0]:
         known = sorted(k for k, v in measured[0].items() if isinstance(v, float))
