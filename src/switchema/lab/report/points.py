@@ -152,14 +152,13 @@ def split_model(model: str) -> ModelKey:
 def seed_rows(run: Run, model: str) -> dict[int, list[dict[str, Any]]]:
     """``{seed: rows by epoch}`` of one ``method/model``; a usage error lists the run's models."""
     try:
-        key = split_model(model)
-        why = ""
-    except UsageError as e:
+        key, why = split_model(model), ""
+    except UsageError as e:  # said below, with the models the run has
         key, why = None, f" ({e})"
-    label = None if key is None else key.label.format()
+    wanted = None if key is None else (key.method, key.label.format())
     out: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for r in run.rows:
-        if key is not None and r["method"] == key.method and r["model"] == label:
+        if (r["method"], r["model"]) == wanted:
             out[int(r["seed"])].append(r)
     if not out:
         raise UsageError(
