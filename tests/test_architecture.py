@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -259,6 +260,59 @@ def test_lab_functions_are_short():
             if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno + 1 > 85:
                 long.append(f"{path.relative_to(SRC)}:{node.name}")
     assert not long, long
+
+
+# How a model's name (``method/label/seed``, ``probs/...``, ``avg@0.99``) was built or taken
+# apart by hand before switchema.lab.keys owned it; each with a line of the old code it caught.
+AD_HOC_MODEL_NAMES = {
+    "a split on '/' or '@'": (
+        r"\.r?(?:split|partition)\(\s*['\"][/@]['\"]",
+        'float(r["model"].split("@", 1)[1])',
+    ),
+    "a decay or width written into a label": (r"@\{", 'f"avg@{d:g}"'),
+    "an array name spelled out": (
+        r"\b(?:probs|val_probs|grid|samples)/\{",
+        'arrays[f"samples/{method}/{model}/{seed}"]',
+    ),
+    "a name matched by its start": (
+        r"startswith\(\s*\(?\s*f?['\"](?:online|avg|pow|tracked|posthoc|probs|val_probs|grid"
+        r"|samples)[@/]",
+        'k.startswith("samples/")',
+    ),
+    "a method's names matched by their start": (
+        r"startswith\(\s*f['\"]\{[^}]*\}/",
+        'k.startswith(f"{m}/")',
+    ),
+    "method/label/seed spelled out": (
+        r"\{[^{}]*\}/\{[^{}]*\}/\{",
+        'self.states[f"{m}/{self.labels[m]}/{s}"]',
+    ),
+    "method/label spelled out": (
+        r"\{[^{}]*method[^{}]*\}/\{",
+        "f\"{r['method']}/{r['model']}\"",
+    ),
+    "a label spelled into a name": (
+        r"\}/(?:online|avg)\b",
+        'out.states[f"{method.name}/online/{seed}"]',
+    ),
+}
+
+
+def test_model_names_are_built_and_parsed_by_lab_keys_only():
+    """The lab names its models through :mod:`switchema.lab.keys` (one format, one parse);
+    no other module of the lab builds or splits such names by hand."""
+    for what, (pattern, old) in AD_HOC_MODEL_NAMES.items():
+        assert re.search(pattern, old), what  # the check would have caught the old code
+    found = []
+    for path in sorted((PACKAGE / "lab").rglob("*.py")):
+        if path == PACKAGE / "lab" / "keys.py":
+            continue
+        text = path.read_text()
+        for what, (pattern, _) in AD_HOC_MODEL_NAMES.items():
+            for m in re.finditer(pattern, text):
+                line = text.count("\n", 0, m.start()) + 1
+                found.append(f"{path.relative_to(SRC)}:{line}: {what}")
+    assert not found, "use switchema.lab.keys (ModelKey, ModelLabel):\n" + "\n".join(found)
 
 
 def test_python_dash_m_switchema(capsys):

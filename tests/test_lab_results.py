@@ -137,7 +137,14 @@ def test_regenerating_gives_the_same_bytes(runs, tmp_path):
     [
         ("<!-- tabel: experiments/00_default -->", "unknown directive <!-- tabel: -->"),
         ("<!-- value: experiments/00_default ema/avg -->", "value takes RUN A METRIC"),
-        ("<!-- value: experiments/00_default ema/avg - x/y test_acc -->", "no rows for 'x/y'"),
+        (
+            "<!-- value: experiments/00_default ema/avg - x/y test_acc -->",
+            "model key 'x/y': model label 'y' is not one of online, avg, avg@<decay>",
+        ),
+        (
+            "<!-- value: experiments/00_default ema/avg - x/online test_acc -->",
+            "no rows for 'x/online'",
+        ),
         ("<!-- value: experiments/00_default ema/avg test_acc at=worst -->", "at must be one of"),
         (
             "<!-- json: experiments/05_nqm nqm.json stationary.ema.z -->",

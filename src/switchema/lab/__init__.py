@@ -10,5 +10,6 @@ One way through, each step importing only what is below it::
 and, reading saved folders only, ``state`` (which jobs are done, failed, running or
 interrupted), ``report`` (tables, plots, exports, diff, the claims table and the results
 document), ``analyze`` and ``nqm``. Usage errors
-and the command line's exit statuses are in ``errors``.
+and the command line's exit statuses are in ``errors``; the names of a run's models
+(``ema/avg@0.999/0``), which training writes and every reader reads, are in ``keys``.
 """

@@ -32,6 +32,7 @@ from ..analysis.distance import solution_distance
 from .config import StudyConfig
 from .errors import MissingFileError, NoResultsError, UsageError
 from .jobs import build_study_data
+from .keys import ModelKey
 from .preflight import check_writable
 from .report import Figures, load_run, main_label, write_analysis_report
 from .resolve import resolve
@@ -94,10 +95,10 @@ class _Subject:
         self.metric_fn = _accuracy if data.kind == "classification" else None
         self.train_b = _batches(data.x_train, y_train, samples, batch_size)
         self.test_b = _batches(data.x_test, data.y_test, samples, batch_size)
-        states = self.states
-        self.methods = [m for m in cfg.methods if any(k.startswith(f"{m}/") for k in states)]
+        keys = [ModelKey.parse(k) for k in self.states]
+        self.methods = [m for m in cfg.methods if any(k.method == m for k in keys)]
         self.labels = {
-            m: main_label(m, sorted({k.split("/")[1] for k in states if k.startswith(f"{m}/")}))
+            m: main_label(m, sorted({k.label.format() for k in keys if k.method == m}))
             for m in self.methods
         }
         self.model = study.task.build_model(data, **cfg.model_options)
@@ -105,8 +106,12 @@ class _Subject:
     def loss_fn(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return task_loss(self.kind, out, y)
 
+    def key(self, m: str, s: int) -> str:
+        """The name in ``models.pt`` of method ``m``'s main model of seed ``s``."""
+        return ModelKey(m, self.labels[m], s).format()
+
     def state(self, m: str, s: int) -> dict[str, torch.Tensor]:
-        return self.states[f"{m}/{self.labels[m]}/{s}"]
+        return self.states[self.key(m, s)]
 
     def load(self, m: str, s: int) -> torch.nn.Module:
         self.model.load_state_dict(self.state(m, s))
@@ -141,9 +146,7 @@ def analyze_run(
     check_writable(out, "output folder")
     sub = _Subject(run, samples, batch_size)
     cfg = sub.config
-    jobs = [
-        (m, s) for m in sub.methods for s in cfg.seeds if f"{m}/{sub.labels[m]}/{s}" in sub.states
-    ]
+    jobs = [(m, s) for m in sub.methods for s in cfg.seeds if sub.key(m, s) in sub.states]
     bar = None
     if progress and sys.stderr.isatty():  # no carriage returns in a log file
         from tqdm.auto import tqdm
@@ -157,7 +160,7 @@ def analyze_run(
         results[f"{m}/{s}"] = _measure(sub, m, s, probes, rho, rise, directions, seed)
         tick()
     first = cfg.seeds[0]
-    present = [m for m in sub.methods if f"{m}/{first}" in results]
+    present = [m for m in sub.methods if (m, first) in jobs]
     distances = _distances(sub, present, first)
     interp = _interpolation(sub, present, first, path_points)
     tick()
@@ -218,8 +221,9 @@ def _distances(sub: _Subject, present: list[str], first: int) -> dict[str, Any]:
     out = {}
     for m in present:
         if m != "baseline" and "baseline" in present:
+            # the baseline's main model is its online one
             d = solution_distance(
-                sub.states[f"baseline/online/{first}"], sub.state(m, first), model=sub.model
+                sub.state("baseline", first), sub.state(m, first), model=sub.model
             )
             out[m] = {"l2": d.l2, "relative": d.relative, "cosine": d.cosine}
     return out

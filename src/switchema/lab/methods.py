@@ -56,6 +56,7 @@ from ..power import PowerEMA
 from ..schedules import DecaySchedule, LinearWarmup
 from .config import SETTINGS, Study
 from .errors import ConfigError
+from .keys import ModelLabel
 from .units import parse_interval
 
 __all__ = [
@@ -253,7 +254,7 @@ class Evaluated:
 
 
 def _width_label(prefix: str, width: float) -> str:
-    return f"{prefix}@{width:g}"
+    return ModelLabel(prefix, width).format()
 
 
 @dataclass
@@ -390,7 +391,7 @@ def build_method(name: str, model: nn.Module, study: Study, steps_per_epoch: int
     options = averager_options(name, study, steps_per_epoch)
     if name == "swa":
         return Method(name, SWA(model, **options), ["avg"])
-    labels = ["avg"] if len(decay) == 1 else [f"avg@{d:g}" for d in decay]
+    labels = ["avg"] if len(decay) == 1 else [ModelLabel("avg", d).format() for d in decay]
     if name == "ema":
         return Method(name, EMA(model, decay=tuple(decay), **options), labels)
     rule = study.switch

@@ -24,6 +24,7 @@ from torch import nn
 from ..batchnorm import recompute_bn
 from . import metrics as M
 from .config import Study, StudyConfig
+from .keys import ModelKey
 from .methods import Method, build_method, check_shared
 from .tasks import TaskData, task_loss
 
@@ -247,17 +248,16 @@ def evaluate_epoch(
             out.rows.append({**base, "model": label, **avg_row, **ev.extra})
             finals[label] = (avg_probs, _grid_probs(eval_model, grid_pts, bs, device))
             if last:  # the evaluated weights, BatchNorm statistics included
-                out.states[f"{method.name}/{label}/{seed}"] = _cpu_state(eval_model)
+                out.states[ModelKey(method.name, label, seed).format()] = _cpu_state(eval_model)
         if last:
-            out.states[f"{method.name}/online/{seed}"] = _cpu_state(model)
+            out.states[ModelKey(method.name, "online", seed).format()] = _cpu_state(model)
             for label, (p, g) in finals.items():
+                key = ModelKey(method.name, label, seed)
                 for split, prefix in (("test", "probs"), ("val", "val_probs")):
                     if split in p:
-                        out.arrays[f"{prefix}/{method.name}/{label}/{seed}"] = p[split].astype(
-                            np.float32
-                        )
+                        out.arrays[key.format(prefix)] = p[split].astype(np.float32)
                 if g is not None:
-                    out.arrays[f"grid/{method.name}/{label}/{seed}"] = g
+                    out.arrays[key.format("grid")] = g
     if last:  # what a report needs of the data, so it never rebuilds the data set
         out.arrays.update(data_arrays(data, y_train))
         out.arrays.update(_final_samples(run, out.states))
@@ -274,7 +274,8 @@ def _final_samples(run: Run, states: dict[str, dict[str, torch.Tensor]]) -> dict
         for key, state in states.items():
             model.load_state_dict(state)
             model.eval()
-            out[f"samples/{key}"] = task.samples(model, run.data).float().cpu().numpy()
+            name = ModelKey.parse(key).format("samples")
+            out[name] = task.samples(model, run.data).float().cpu().numpy()
     return out
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..checkpoint import atomic_write_text
 from ..errors import MissingDependencyError
+from ..keys import ModelKey
 
 __all__ = ["CSV_COLUMNS", "write_csv", "write_tensorboard", "tensorboard_writer"]
 
@@ -92,7 +93,8 @@ def write_tensorboard(rows: list[dict[str, Any]], folder: str | Path) -> Path:
     folder = Path(folder)
     by_run: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        by_run.setdefault(f"{r['method']}/{r['model']}/seed{r['seed']}", []).append(r)
+        model = ModelKey(r["method"], r["model"]).format()  # method/model
+        by_run.setdefault(f"{model}/seed{r['seed']}", []).append(r)
     skip = {"seed", "method", "model", "epoch", "step", "switched"}
     for name, run_rows in by_run.items():
         writer = writer_cls(log_dir=str(folder / name))

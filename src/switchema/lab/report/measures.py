@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -288,9 +288,9 @@ def _pairwise(claim: Mapping[str, Any], store: RunStore) -> Effect:
     per_side = []
     for t in _sides(claim):
         run = run_of(store, t.run)
-        method, label = split_model(t.model)
+        key = split_model(t.model)
         seeds = list(seed_rows(run, t.model))
-        probs = {s: run.arrays.get(f"probs/{method}/{label}/{s}") for s in seeds}
+        probs = {s: run.arrays.get(replace(key, seed=s).format("probs")) for s in seeds}
         if any(p is None for p in probs.values()):
             raise UsageError(f"{run.name}/predictions.npz lacks the final predictions of {t.model}")
         per_side.append((t.model, probs))

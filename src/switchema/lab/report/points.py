@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
+from ..keys import ModelKey
 from .run import has_results, load_run
 
 __all__ = [
@@ -107,7 +108,7 @@ class Run:
 
     def models(self) -> list[str]:
         """Every ``method/model`` in the rows, in the order they first appear."""
-        return list(dict.fromkeys(f"{r['method']}/{r['model']}" for r in self.rows))
+        return list(dict.fromkeys(ModelKey(r["method"], r["model"]).format() for r in self.rows))
 
 
 class RunStore:
@@ -135,28 +136,33 @@ class RunStore:
         return [r for r in self._runs.values() if r is not None]
 
 
-def split_model(model: str) -> tuple[str, str]:
-    """``"ema/avg@0.99"`` -> ``("ema", "avg@0.99")``; a usage error for anything else."""
-    if not isinstance(model, str) or model.count("/") != 1 or model.startswith("/"):
-        raise UsageError(
-            f"a model is written method/model, e.g. 'ema/avg' or 'baseline/online', got {model!r}"
-        )
-    method, label = model.split("/")
-    if not label:
-        raise UsageError(f"model {model!r} names no model after the '/' (e.g. 'ema/avg')")
-    return method, label
+def split_model(model: str) -> ModelKey:
+    """``"ema/avg@0.99"`` -> ``ModelKey("ema", "avg@0.99")`` (no seed); a usage error for
+    anything else."""
+    form = "a model is written method/model, e.g. 'ema/avg' or 'baseline/online'"
+    try:
+        key = ModelKey.parse(model)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{form}: {e}") from None
+    if key.seed is not None:
+        raise UsageError(f"{form}, without a seed, got {model!r}")
+    return key
 
 
 def seed_rows(run: Run, model: str) -> dict[int, list[dict[str, Any]]]:
     """``{seed: rows by epoch}`` of one ``method/model``; a usage error lists the run's models."""
-    method, label = split_model(model)
+    try:
+        key, why = split_model(model), ""
+    except UsageError as e:  # said below, with the models the run has
+        key, why = None, f" ({e})"
+    wanted = None if key is None else (key.method, key.label.format())
     out: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for r in run.rows:
-        if r["method"] == method and r["model"] == label:
+        if (r["method"], r["model"]) == wanted:
             out[int(r["seed"])].append(r)
     if not out:
         raise UsageError(
-            f"{run.name} has no rows for {model!r}; its models are: {', '.join(run.models())}"
+            f"{run.name} has no rows for {model!r}{why}; its models are: {', '.join(run.models())}"
         )
     return {s: sorted(rs, key=lambda r: r["epoch"]) for s, rs in sorted(out.items())}
 
@@ -212,14 +218,13 @@ def values(run: Run, model: str, metric: str, at: str = "final") -> tuple[dict[i
 
 
 def _analysis_values(run: Run, model: str, key: str) -> dict[int, float]:
-    method, label = split_model(model)
-    measured = [r for r in run.analysis()["models"].values() if r["method"] == method]
+    name = split_model(model)
+    measured = [r for r in run.analysis()["models"].values() if r["method"] == name.method]
     if not measured:
-        raise UsageError(f"{run.name}/analysis.json measured no model of method {method!r}")
-    if any(r["model"] != label for r in measured):
-        raise UsageError(
-            f"{run.name}/analysis.json measured {method}/{measured[0]['model']}, not {model}"
-        )
+        raise UsageError(f"{run.name}/analysis.json measured no model of method {name.method!r}")
+    if any(r["model"] != name.label.format() for r in measured):
+        other = ModelKey(name.method, measured[0]["model"]).format()
+        raise UsageError(f"{run.name}/analysis.json measured {other}, not {model}")
     if key not in measured[0]:
         known = sorted(k for k, v in measured[0].items() if isinstance(v, float))
         raise UsageError(f"analysis.json has no {key!r}; it has: {', '.join(known)}")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ...profiles import sigma_rel_to_decay
+from ..keys import ModelLabel
 from ..stats import format_ci, format_mean_std, mean_std, paired_difference
 from .style import STYLE, Figures, color, line_style, plain_log_axis
 
@@ -35,7 +36,7 @@ def posthoc_data(rows: list[dict[str, Any]], key: str, higher: bool) -> dict[str
     if not final:
         return None
     sel_key = "val_" + key.removeprefix("test_")
-    on_val = all(sel_key in r for r in final if r["model"].startswith("posthoc@"))
+    on_val = all(sel_key in r for r in final if _kind(r) == "posthoc")
     sel_key = sel_key if on_val else key
     base = {
         r["seed"]: r[key]
@@ -44,7 +45,7 @@ def posthoc_data(rows: list[dict[str, Any]], key: str, higher: bool) -> dict[str
     }
     widths: dict[float, dict[str, Any]] = defaultdict(lambda: defaultdict(dict))
     for r in final:
-        if r["model"].startswith("posthoc@"):
+        if _kind(r) == "posthoc":
             w = widths[r["sigma_rel"]]
             w["test"][r["seed"]] = r[key]
             w["select"][r["seed"]] = r[sel_key]
@@ -52,9 +53,9 @@ def posthoc_data(rows: list[dict[str, Any]], key: str, higher: bool) -> dict[str
             if "check_distance" in r:
                 w["distance"][r["seed"]] = r["check_distance"]
     tracked = {
-        (float(r["model"].split("@", 1)[1]), r["seed"]): r[key]
+        (ModelLabel.parse(r["model"]).value, r["seed"]): r[key]
         for r in final
-        if r["model"].startswith("tracked@")
+        if _kind(r) == "tracked"
     }
     table = {}
     for width, w in sorted(widths.items()):
@@ -168,7 +169,11 @@ def plot_posthoc(
 
 def final_only(model: str) -> bool:
     """Models evaluated after the last epoch only (synthesised or tracked for the check)."""
-    return model.startswith(("posthoc@", "tracked@"))
+    return ModelLabel.parse(model).kind in ("posthoc", "tracked")
+
+
+def _kind(row: dict[str, Any]) -> str:
+    return ModelLabel.parse(row["model"]).kind
 
 
 def _std(values: list[float]) -> float:

@@ -21,6 +21,7 @@ import numpy as np
 from .. import metrics as M
 from ..config import StudyConfig
 from ..errors import MissingFileError, UsageError
+from ..keys import ModelKey
 from ..stats import holm, paired_difference, pairwise_interval
 from .posthoc import final_only
 
@@ -193,7 +194,7 @@ def _entry(rows, arrays, which, metric_keys, keys, higher) -> dict[str, Any]:
     if "noisy_memorised" in metric_keys:
         mem = _series(rows, m, model, "noisy_memorised")
         entry["memorised_at_best"] = [mem[s][best_idx[s]] for s in seeds]
-    probs = [arrays.get(f"probs/{m}/{model}/{s}") for s in seeds]
+    probs = [arrays.get(ModelKey(m, model, s).format("probs")) for s in seeds]
     if all(p is not None for p in probs) and len(probs) >= 2:
         entry["churn"] = pairwise_interval(M.churn, probs)
         entry["js"] = pairwise_interval(M.js_divergence, probs)

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .. import metrics as M
+from ..keys import ModelKey
 from .posthoc import final_only
 from .style import STYLE, Figures, color, line_style, model_label, plain_log_axis
 
@@ -131,7 +132,9 @@ def plot_reliability(
         for e in summary["entries"]:
             models_of[e["method"]].append(e["model"])
         for ax, e in zip(axes.flat, entries):
-            probs = [arrays.get(f"probs/{e['method']}/{e['model']}/{s}") for s in e["seeds"]]
+            probs = [
+                arrays.get(ModelKey(e["method"], e["model"], s).format("probs")) for s in e["seeds"]
+            ]
             if labels is None or any(p is None for p in probs):
                 ax.set_axis_off()
                 continue
@@ -185,7 +188,7 @@ def plot_boundaries(
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, len(entries), figsize=(2.7 * len(entries), 2.9), squeeze=False)
         for ax, e in zip(axes[0], entries):
-            p = arrays.get(f"grid/{e['method']}/{e['model']}/{seed}")
+            p = arrays.get(ModelKey(e["method"], e["model"], seed).format("grid"))
             if p is None:
                 ax.set_axis_off()
                 continue

@@ -14,6 +14,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..keys import ModelKey, ModelLabel, saved_keys
 from .posthoc import posthoc_data
 from .style import STYLE, Figures, color, model_label
 
@@ -35,7 +36,7 @@ def sample_panels(
     >>> sample_panels(s, [], a)
     [('baseline', 'online')]
     """
-    saved = {tuple(k.split("/")[1:3]) for k in arrays if k.startswith("samples/")}
+    saved = {(k.method, k.label.format()) for k in saved_keys(arrays, "samples")}
     panels = [
         (e["method"], e["model"])
         for e in summary["entries"]
@@ -43,7 +44,7 @@ def sample_panels(
     ]
     data = posthoc_data(rows, summary["key"], summary["higher"]) if rows else None
     if data is not None:
-        panels.append(("posthoc", f"posthoc@{data['best']:g}"))
+        panels.append(("posthoc", ModelLabel("posthoc", data["best"]).format()))
     return [p for p in panels if p in saved]
 
 
@@ -63,7 +64,7 @@ def plot_samples(
     target = arrays.get("data/x_test")
     if not panels or target is None:
         return None
-    seed = min(int(k.rsplit("/", 1)[1]) for k in arrays if k.startswith("samples/"))
+    seed = min(k.seed for k in saved_keys(arrays, "samples"))
     key = summary["key"]
     ordered = sorted((r for r in rows if r["seed"] == seed), key=lambda r: r["epoch"])
     final = {(r["method"], r["model"]): r for r in ordered}  # the last epoch's row
@@ -81,7 +82,7 @@ def plot_samples(
         flat[0].scatter(target[:, 0], target[:, 1], s=2, alpha=0.5, color="0.3", lw=0)
         flat[0].set_title(f"held-out sample\n({len(target)} points)")
         for ax, (method, model) in zip(flat[1:], panels):
-            x = arrays[f"samples/{method}/{model}/{seed}"]
+            x = arrays[ModelKey(method, model, seed).format("samples")]
             ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5, color=color(method), lw=0)
             value = final.get((method, model), {}).get(key)
             text = "" if value is None else f"\n{key.replace('_', ' ')} {value:.4f}"

@@ -14,6 +14,7 @@ and the same comparison in the claims table are computed by one piece of code.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from ..stats import format_ci, format_mean_std, format_p, holm, mean_std, pairwise_interval
@@ -51,9 +52,9 @@ def _single(store: RunStore, run: str, model: str, metric: str, at: str) -> tupl
     t = _term(run, model)
     r = store.get(t["run"])
     if metric in PAIRWISE:
-        method, label = split_model(t["model"])
+        key = split_model(t["model"])
         seeds = list(seed_rows(r, t["model"]))
-        probs = [r.arrays[f"probs/{method}/{label}/{s}"] for s in seeds]
+        probs = [r.arrays[replace(key, seed=s).format("probs")] for s in seeds]
         p = pairwise_interval(PAIRWISE[metric], probs)
         return p["mean"], p["se"]
     vals, _ = values(r, t["model"], metric, at)
@@ -189,7 +190,8 @@ def run_table(
             scale, _, _, digits = display(k)
             mean, spread = _single(store, run.name, m, k, "final")
             cells.append(format_mean_std(mean * scale, spread * scale, digits))
-        lines.append("| " + " | ".join([*split_model(m), *cells]) + " |")
+        name = split_model(m)
+        lines.append("| " + " | ".join([name.method, name.label.format(), *cells]) + " |")
     return lines + _table_notes(run, points, len(diffs), extras)
 
 
