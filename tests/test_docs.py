@@ -99,7 +99,7 @@ def test_excerpts_are_in_the_files_they_quote():
         check_excerpt(path, code, ROOT / tag.split(" ", 1)[1])
 
 
-def test_loop_and_resume(tmp_path, monkeypatch):
+def test_loop_and_resume(tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)  # it saves ckpt.pt
     ns = run("loop")
     model, ema = ns["model"], ns["ema"]
@@ -130,7 +130,7 @@ def test_getting_started_switch_fraction():
     assert f"`f = {f:.2f}`" in (ROOT / "docs" / "getting-started.md").read_text()
 
 
-def test_teacher():
+def test_teacher(one_thread):
     ns = run("teacher")
     student, ema, teacher = ns["student"], ns["ema"], ns["teacher"]
     assert ema.step == 20

@@ -38,7 +38,7 @@ def test_readme_starts_with_the_two_commands():
     assert text.index("download.pytorch.org/whl/cpu") < text.index("```bash")
 
 
-def test_quickstart(tmp_path, monkeypatch):
+def test_quickstart(tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)  # the save block writes ckpt.pt
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
