@@ -70,6 +70,7 @@ def test_every_docstring_example_is_a_doctest():
 
 #: every tag a ```python block of README.md or docs/ may carry, and the test that runs it
 TAGS = {
+    "ten-lines": "test_readme.py::test_ten_lines",
     "quickstart": "test_readme.py::test_quickstart",
     "quickstart-save": "test_readme.py::test_quickstart",
     "loop": "test_loop_and_resume",

@@ -25,7 +25,7 @@ def test_readme_is_a_landing_page():
     assert len(lines) <= 250, (
         f"README.md has {len(lines)} lines (at most 250: move detail to docs/)"
     )
-    assert {tag for tag, _ in blocks(README)} == {"quickstart", "quickstart-save"}
+    assert {tag for tag, _ in blocks(README)} == {"ten-lines", "quickstart", "quickstart-save"}
 
 
 def test_readme_starts_with_the_two_commands():
@@ -36,6 +36,37 @@ def test_readme_starts_with_the_two_commands():
     assert [lang for lang, _ in fences[:2]] == ["bash", "bash"]
     assert fences[0][1].endswith("switchema compare") and "pytest" in fences[1][1]
     assert text.index("download.pytorch.org/whl/cpu") < text.index("```bash")
+
+
+def test_ten_lines():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    before = copy.deepcopy(model)
+    loader = [(torch.randn(16, 4), torch.randint(0, 2, (16,))) for _ in range(5)]
+    seen = []
+
+    def evaluate(m):
+        seen.append({k: v.clone() for k, v in m.state_dict().items()})
+
+    ns = run(
+        "ten-lines",
+        dict(
+            model=model,
+            loader=loader,
+            loss_fn=torch.nn.functional.cross_entropy,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            evaluate=evaluate,
+        ),
+    )
+    ema = ns["ema"]
+    assert ema.step == ema.n_updates == 5
+    averaged = ema.averaged_state_dict()
+    # the switch copied the average into the model; the block evaluated that same average
+    assert all(torch.equal(seen[0][k], averaged[k]) for k in averaged)
+    assert all(torch.equal(v, averaged[k]) for k, v in model.state_dict().items())
+    # the average of 5 steps at 0.999 is still almost the initial weights, not the trained ones
+    w0, w = before[0].weight, model[0].weight
+    assert (w - w0).abs().max() > 0 and torch.allclose(w, w0, atol=1e-3)
 
 
 def test_quickstart(tmp_path, monkeypatch, one_thread):
