@@ -115,7 +115,7 @@ def test_loop_and_resume(tmp_path, monkeypatch, one_thread):
     assert resumed_ema.step == ema.step and resumed_ema.n_updates == ema.n_updates
     for name, value in resumed_ema.averaged_state_dict().items():
         assert torch.equal(value, averaged[name]), name
-    x = torch.randn(8, 20)  # both continue identically
+    x = torch.randn(8, 20, device=ns["device"])  # both continue identically
     for m, e in ((model, ema), (resumed, resumed_ema)):
         with torch.no_grad():
             for p in m.parameters():
