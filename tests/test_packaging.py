@@ -30,6 +30,7 @@ def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     egg_info = ROOT / "src" / "switchema.egg-info"
     had_egg_info = egg_info.exists()  # an editable install keeps its metadata there
+    had_build = (ROOT / "build").exists()
     # --no-isolation: build with the installed setuptools, so nothing is downloaded
     r = subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out)],
@@ -39,7 +40,8 @@ def wheel(tmp_path_factory) -> Path:
         timeout=300,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    shutil.rmtree(ROOT / "build", ignore_errors=True)  # setuptools' scratch folder
+    if not had_build:
+        shutil.rmtree(ROOT / "build", ignore_errors=True)  # setuptools' scratch folder
     if not had_egg_info:
         shutil.rmtree(egg_info, ignore_errors=True)
     (found,) = out.glob("switchema-*.whl")
