@@ -18,8 +18,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "switchema"
 
-# The library's own part of issue 11 (averaging <-> distributed, and what they share), fixed on
-# its own branch; remove these lines when it is merged.
+# The library's own import cycles (averaging <-> distributed, and what they share), fixed on
+# their own branch; remove these lines when it is merged.
 KNOWN_LIBRARY_CYCLES: list[set[str]] = []
 KNOWN_LIBRARY_PRIVATE: set[tuple[str, str, str]] = set()
 

@@ -1,12 +1,18 @@
-"""Every docstring example in the package runs, and shows the state it claims."""
+"""Every example in the documentation runs and shows the state it claims: the docstrings'
+examples (doctest), and every Python block of the pages under docs/ (each checked after it
+runs, as tests/test_readme.py does for the README's)."""
 
+import copy
 import doctest
 import importlib
 import pkgutil
+import re
 
 import pytest
+import torch
 
 import switchema
+from markdown_blocks import ROOT, all_blocks, block, check_excerpt, run
 
 OPTIONAL = ("switchema.integrations.lightning", "switchema.integrations.transformers")
 
@@ -58,3 +64,205 @@ def test_every_docstring_example_is_a_doctest():
         where for where, block in found if not any(ln.strip().startswith(">>>") for ln in block)
     ]
     assert not bare, f"examples that doctest would not run: {bare}"
+
+
+# ------------------------------------------------------------------- the pages under docs/
+
+#: every tag a ```python block of README.md or docs/ may carry, and the test that runs it
+TAGS = {
+    "ten-lines": "test_readme.py::test_ten_lines",
+    "quickstart": "test_readme.py::test_quickstart",
+    "quickstart-save": "test_readme.py::test_quickstart",
+    "loop": "test_loop_and_resume",
+    "resume": "test_loop_and_resume",
+    "teacher": "test_teacher",
+    "batchnorm": "test_batchnorm",
+    "posthoc": "test_posthoc",
+    "peer-torch": "test_peer_torch",
+    "lightning": "test_lightning",
+    "transformers": "test_transformers",
+    "pandas": "test_lab_exports.py::test_the_docs_pandas_example_reads_a_run",
+    "switch-rule": "test_switch_rule",
+    "checkpoints": "test_checkpoints",
+}
+
+
+def test_every_python_block_is_tested():
+    found = all_blocks()
+    untagged = [str(path.relative_to(ROOT)) for path, tag, _ in found if tag is None]
+    assert not untagged, f"```python blocks without a <!-- test: ... --> marker in {untagged}"
+    tags = [tag for _, tag, _ in found if not tag.startswith("excerpt ")]
+    assert sorted(tags) == sorted(TAGS), "a tag without its test, or a test without its block"
+
+
+def test_excerpts_are_in_the_files_they_quote():
+    excerpts = [(p, t, c) for p, t, c in all_blocks() if t.startswith("excerpt ")]
+    assert len(excerpts) >= 2
+    for path, tag, code in excerpts:
+        check_excerpt(path, code, ROOT / tag.split(" ", 1)[1])
+
+
+def test_loop_and_resume(tmp_path, monkeypatch, one_thread):
+    monkeypatch.chdir(tmp_path)  # it saves ckpt.pt
+    ns = run("loop")
+    model, ema = ns["model"], ns["ema"]
+    assert ema.step == ema.n_updates == 3 * len(ns["loader"]) == 96
+    # the last epoch ended with a switch, and swapped() restored the model: model == average
+    averaged = ema.averaged_state_dict()
+    for name, p in model.named_parameters():
+        assert torch.equal(p, averaged[name]), name
+    assert ns["accuracy"] == ns["evaluate"](model)
+    ns = run("resume", ns)
+    resumed, resumed_ema = ns["resumed"], ns["resumed_ema"]
+    assert resumed_ema.step == ema.step and resumed_ema.n_updates == ema.n_updates
+    for name, value in resumed_ema.averaged_state_dict().items():
+        assert torch.equal(value, averaged[name]), name
+    x = torch.randn(8, 20, device=ns["device"])  # both continue identically
+    for m, e in ((model, ema), (resumed, resumed_ema)):
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.01)
+        e.update()
+    assert torch.equal(ema.forward(x), resumed_ema.forward(x))
+
+
+def test_getting_started_switch_fraction():
+    """The fraction of an epoch's progress a switch keeps, as the page states it."""
+    d, k = 0.99, 40
+    f = 1 - d * (1 - d**k) / (k * (1 - d))
+    assert f"`f = {f:.2f}`" in (ROOT / "docs" / "getting-started.md").read_text()
+
+
+def test_teacher(one_thread):
+    ns = run("teacher")
+    student, ema, teacher = ns["student"], ns["ema"], ns["teacher"]
+    assert ema.step == 20
+    expected = copy.deepcopy(student).eval()
+    expected.load_state_dict(ema.averaged_state_dict())
+    x = torch.randn(16, 8)
+    teacher.eval()
+    assert torch.equal(teacher(x), expected(x))  # the teacher is the current average
+    assert all(not p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is not None for p in student.parameters())
+
+
+def test_batchnorm():
+    ns = run("batchnorm")
+    model, ema, export = ns["model"], ns["ema"], ns["export"]
+    assert torch.equal(model[1].running_mean, ns["online_stats"])
+    reference = copy.deepcopy(model)
+    reference.load_state_dict(ema.averaged_state_dict())
+    from switchema import recompute_bn
+
+    recompute_bn(reference, ns["train_batches"])
+    torch.testing.assert_close(export["1.running_mean"], reference[1].running_mean)
+    reference.eval()
+    torch.testing.assert_close(ns["averaged_out"], reference(ns["train_batches"][0]))
+
+
+@pytest.mark.filterwarnings("ignore:synthesising sigma_rel")  # 0.03 and 0.15 extrapolate
+def test_posthoc(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # it writes snapshots/
+    ns = run("posthoc")
+    ema, results, model = ns["ema"], ns["results"], ns["model"]
+    assert len(list((tmp_path / "snapshots").glob("*.json"))) == 20
+    assert [round(r.sigma_rel, 2) for r in results] == [0.03, 0.07, 0.15]
+    best = results[1]
+    assert best.fit.residual < 5e-3 and not best.fit.outside  # 20 snapshots
+    assert results[0].fit.outside and results[2].fit.outside
+    assert torch.equal(model.weight.detach(), best.state_dict["weight"])
+    # the synthesised width lies between the two tracked averages
+    a0, a1 = (ema.averaged_state_dict(k)["weight"] for k in range(2))
+    w = best.state_dict["weight"]
+    assert float((w - a0).norm()) < float((a1 - a0).norm())
+    assert 0.98 < ns["sigma_rel_to_decay"](0.07, t=1000) < 0.99
+
+
+def test_switch_rule(one_thread):
+    """The step-clock page: the rule in epochs fires at the epoch ends it says, from epoch 2,
+    and the model holds the average after the last one."""
+    ns = run("switch-rule")
+    ema, model = ns["ema"], ns["model"]
+    assert ns["switches"] == [(10, 2), (20, 4), (30, 6)]
+    assert ema.step == ema.n_updates == 30 and ema.epoch == 6
+    for name, p in model.named_parameters():
+        assert torch.equal(p, ema.averaged_state_dict()[name]), name
+
+
+def test_checkpoints(tmp_path, monkeypatch):
+    pytest.importorskip("safetensors")
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(tmp_path)  # it writes checkpoints/ and ema.safetensors
+    ns = run("checkpoints")
+    lawa, ema, model = ns["lawa"], ns["ema"], ns["model"]
+    saved = [torch.load(tmp_path / f"checkpoints/epoch={e}.pt")["model"] for e in range(6, 11)]
+    assert [p.name for p in lawa.checkpoints] == [f"epoch={e}.pt" for e in range(6, 11)]
+    for k in saved[0]:
+        torch.testing.assert_close(lawa.state_dict[k], sum(sd[k] for sd in saved) / 5)
+        assert torch.equal(model.state_dict()[k], lawa.state_dict[k])
+    assert ema.weights == (0.0625, 0.0625, 0.125, 0.25, 0.5)
+    written = load_file(tmp_path / "ema.safetensors")
+    for k in saved[0]:
+        expected = sum(w * sd[k] for w, sd in zip(ema.weights, saved))
+        torch.testing.assert_close(written[k], expected)
+
+
+def test_peer_torch():
+    """The migration page's claim: with start_step=1, EMA equals torch's AveragedModel."""
+    ns = run("peer-torch")
+    theirs, averaged = ns["theirs"], ns["averaged"]
+    assert ns["ours"].step == 10
+    for name, value in theirs.module.state_dict().items():
+        torch.testing.assert_close(averaged[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_lightning(tmp_path, monkeypatch):
+    L = pytest.importorskip("lightning.pytorch")
+    from test_integrations_lightning import Tiny, _loader
+
+    monkeypatch.chdir(tmp_path)
+    ns = run(
+        "lightning",
+        dict(L=L, torch=torch, model=Tiny(), train_loader=_loader(), val_loader=_loader(8, seed=1)),
+    )
+    ema, trainer = ns["ema"], ns["trainer"]
+    saved = torch.load(tmp_path / "ema_weights.pt")
+    avg = ema.averager.averaged_state_dict()
+    assert saved.keys() == avg.keys() and all(torch.equal(saved[k], avg[k]) for k in avg)
+    assert {"val_loss", "online/val_loss"} <= set(trainer.callback_metrics)
+    assert ema.averager.step == trainer.global_step > 0
+
+
+@pytest.mark.slow
+def test_transformers(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from transformers import Trainer
+
+    from test_integrations_transformers import EVAL, TRAIN, _args, _model
+
+    monkeypatch.chdir(tmp_path)
+    args = _args(tmp_path / "run", eval_strategy="epoch")
+    ns = run(
+        "transformers",
+        dict(Trainer=Trainer, model=_model(), args=args, train=TRAIN, val=EVAL),
+    )
+    ema = ns["ema"]
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "out" / "ema-model" / "model.safetensors")
+    avg = ema.averager.averaged_state_dict()
+    for k, v in saved.items():
+        assert torch.equal(v, avg[k]), k
+    logged = {k for row in ns["trainer"].state.log_history for k in row}
+    assert {"eval_loss", "eval_online_loss"} <= logged
+
+
+def test_no_page_quotes_a_run_folder_figure():
+    """Figures of the lab's runs are quoted from the generated files (published as pages), never
+    copied into the guide, where they would go stale: no interval like '+1.23 [+0.45, +2.01]'."""
+    interval = re.compile(r"[-+]\d+\.\d+ \[[-+]?\d+\.\d+, [-+]?\d+\.\d+\]")
+    for path in sorted((ROOT / "docs").rglob("*.md")):
+        assert not interval.search(path.read_text()), path.relative_to(ROOT)
+    assert block("loop")[0].name == "getting-started.md"

@@ -1,4 +1,5 @@
-"""The README's distributed example runs under torchrun on 2 CPU processes (gloo)."""
+"""The distributed example (examples/distributed.py, excerpted in docs/library/distributed.md) runs
+under torchrun on 2 CPU processes (gloo)."""
 
 import subprocess
 import sys

@@ -42,21 +42,20 @@ def test_metrics_csv_is_the_rows_as_a_documented_table(tmp_path):
     for got, want in zip(table, jsonl):
         assert float(got["test_acc"]) == want["test_acc"] and 0 <= want["test_acc"] <= 1
         assert got["switched"] == str(want.get("switched", ""))
-    readme = (ROOT / "README.md").read_text()
-    for column in columns:  # every column is documented in code and in the README
-        assert column in CSV_COLUMNS and f"`{column}`" in readme, column
+    page = (ROOT / "docs" / "lab" / "run-folders.md").read_text()
+    for column in columns:  # every column is documented in code and in the docs
+        assert column in CSV_COLUMNS and f"`{column}`" in page, column
 
 
-def test_the_readme_pandas_example_reads_a_run(tmp_path, monkeypatch):
+def test_the_docs_pandas_example_reads_a_run(tmp_path, monkeypatch):
     pytest.importorskip("pandas")
     folder = run(tmp_path, "run", methods=["baseline", "ema"])
-    code = re.search(
-        r"<!-- test: pandas -->\n```python\n(.*?)\n```", open(ROOT / "README.md").read(), re.S
-    )
-    assert code, "README.md shows reading results with pandas"
+    page = ROOT / "docs" / "lab" / "run-folders.md"
+    code = re.search(r"<!-- test: pandas -->\n```python\n(.*?)\n```", page.read_text(), re.S)
+    assert code, "docs/lab/run-folders.md shows reading results with pandas"
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
-    exec(compile(code[1].replace("runs/my-run", str(folder)), "README.md", "exec"), ns)
+    exec(compile(code[1].replace("runs/my-run", str(folder)), str(page), "exec"), ns)
     final = ns["final"]
     assert set(final.index.get_level_values("method")) == {"baseline", "ema"}
     assert ns["df"].shape[0] == len(open(folder / "metrics.jsonl").readlines())

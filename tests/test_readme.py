@@ -1,188 +1,138 @@
-"""Every Python example in README.md runs, and leaves the state it describes.
+"""README.md: a landing page whose example runs, leaves the state it describes, and whose
+figures are those of the generated findings.
 
-Each ```python block is preceded by ``<!-- test: NAME -->``; NAME says how it is run and what
-is checked after it. ``excerpt PATH`` blocks are excerpts of a file that another test runs:
-their code lines must appear in that file, in order.
+The Python blocks of the README and of the documentation share one convention (see
+``markdown_blocks``); the documentation's blocks are run by tests/test_docs.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import re
-from pathlib import Path
 
-import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(?:<!-- test: (?P<tag>[^>]*?) -->\n)?```python\n(?P<code>.*?)\n```", re.S)
+from markdown_blocks import ROOT, block, blocks, run
+
+README = ROOT / "README.md"
 
 
-def blocks() -> list[tuple[str | None, str]]:
-    text = (ROOT / "README.md").read_text()
-    return [(m["tag"], m["code"]) for m in BLOCK.finditer(text)]
+def test_readme_is_a_landing_page():
+    """The reference material lives in docs/; the README stays short enough to read."""
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 250, (
+        f"README.md has {len(lines)} lines (at most 250: move detail to docs/)"
+    )
+    assert {tag for tag, _ in blocks(README)} == {"ten-lines", "quickstart", "quickstart-save"}
 
 
-def run(code: str, namespace: dict | None = None) -> dict:
-    namespace = dict(namespace or {})
-    exec(compile(code, "README.md", "exec"), namespace)
-    return namespace
+def test_readme_starts_with_the_two_commands():
+    """Nothing but prose comes before the main-job and test commands (tests/test_repo.py checks
+    that CI runs the second); the CPU note comes before them, since the first downloads torch."""
+    text = README.read_text()
+    fences = re.findall(r"^```(\w*)\n(.*?)\n```", text, re.S | re.M)
+    assert [lang for lang, _ in fences[:2]] == ["bash", "bash"]
+    assert fences[0][1].endswith("switchema compare") and "pytest" in fences[1][1]
+    assert text.index("download.pytorch.org/whl/cpu") < text.index("```bash")
 
 
-def test_every_python_block_is_tested():
-    tags = [tag for tag, _ in blocks()]
-    assert None not in tags, "a ```python block in README.md has no <!-- test: ... --> marker"
-    known = {"quickstart", "teacher", "batchnorm", "posthoc", "lightning", "transformers"}
-    known.add("checkpoints")
-    known.add("pandas")  # run by tests/test_lab_exports.py on a run folder it makes
-    for tag in tags:
-        assert tag in known or tag.startswith("excerpt "), tag
+def test_ten_lines():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    before = copy.deepcopy(model)
+    loader = [(torch.randn(16, 4), torch.randint(0, 2, (16,))) for _ in range(5)]
+    seen = []
+
+    def evaluate(m):
+        seen.append({k: v.clone() for k, v in m.state_dict().items()})
+
+    ns = run(
+        "ten-lines",
+        dict(
+            model=model,
+            loader=loader,
+            loss_fn=torch.nn.functional.cross_entropy,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            evaluate=evaluate,
+        ),
+    )
+    ema = ns["ema"]
+    assert ema.step == ema.n_updates == 5
+    averaged = ema.averaged_state_dict()
+    # the switch copied the average into the model; the block evaluated that same average
+    assert all(torch.equal(seen[0][k], averaged[k]) for k in averaged)
+    assert all(torch.equal(v, averaged[k]) for k, v in model.state_dict().items())
+    # the average of 5 steps at 0.999 is still almost the initial weights, not the trained ones
+    w0, w = before[0].weight, model[0].weight
+    assert (w - w0).abs().max() > 0 and torch.allclose(w, w0, atol=1e-3)
 
 
-def _block(tag: str) -> str:
-    (code,) = [code for t, code in blocks() if t == tag]
-    return code
+def test_quickstart(tmp_path, monkeypatch, one_thread):
+    monkeypatch.chdir(tmp_path)  # the save block writes ckpt.pt
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        ns = run("quickstart")
+    printed = out.getvalue().strip()
+    assert f"It prints `{printed}`" in README.read_text(), printed  # the README says what it prints
+    model, ema, sema, sema_model = ns["model"], ns["ema"], ns["sema"], ns["sema_model"]
+    trained, ema_acc, sema_acc = ns["accuracy"](model), ns["ema_acc"], ns["sema_acc"]
+    # what the text says: the EMA is about 2 points ahead of the weights it averages, and
+    # Switch EMA is level with the EMA
+    assert ema_acc - trained > 0.015 and abs(sema_acc - ema_acc) < 0.005
+    assert ema.step == ema.n_updates == sema.step == 20 * 40
+    # swapped() restored the plain-EMA model: it is not its average
+    averaged = ema.averaged_state_dict()
+    assert not torch.equal(model[0].weight, averaged["0.weight"])
+    # the last switch (step 800) copied the average into the Switch EMA model
+    for name, p in sema_model.named_parameters():
+        assert torch.equal(p, sema.averaged_state_dict()[name]), name
+    assert ns["accuracy"](sema_model) == sema_acc
 
-
-def test_quickstart(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # it saves ckpt.pt
-    ns = run(_block("quickstart"))
-    model, ema, export = ns["model"], ns["ema"], ns["export"]
-    assert set(export) == {"0.weight", "0.bias", "2.weight", "2.bias"}
-    assert ema.step == 5 * len(ns["loader"]) == ema.n_updates
-    # the last epoch ended with a switch, and swapped() restored the model: model == average
-    for name, p in model.named_parameters():
-        assert torch.equal(p, export[name])
+    ns = run("quickstart-save", ns)
+    for name, p in model.named_parameters():  # the model now holds the average
+        assert torch.equal(p, averaged[name]), name
     saved = torch.load(tmp_path / "ckpt.pt")
     fresh = type(ema)(copy.deepcopy(model), decay=0.99)
     fresh.load_state_dict(saved["ema"])
-    assert fresh.step == ema.step and torch.equal(
-        fresh.averaged_state_dict()["0.weight"], export["0.weight"]
+    assert fresh.step == ema.step
+    assert torch.equal(fresh.averaged_state_dict()["0.weight"], averaged["0.weight"])
+    assert not torch.equal(saved["model"]["0.weight"], averaged["0.weight"])  # saved before
+
+
+# ------------------------------------------------------------------- the findings section
+
+CLAIMS = ROOT / "experiments" / "CLAIMS.md"
+RESULTS = ROOT / "experiments" / "RESULTS.md"
+INTERVAL = re.compile(r"[-+]?\d+\.\d+ \[[-+]?\d+\.\d+, [-+]?\d+\.\d+\]")
+
+
+def _findings() -> str:
+    text = README.read_text()
+    return text[text.index("## What the lab found") : text.index("## Install")]
+
+
+def test_findings_quote_the_generated_files():
+    """Every effect the README quotes is in CLAIMS.md or RESULTS.md as generated now: when the
+    runs are redone and the files regenerated, this fails until the README says the same."""
+    findings = _findings()
+    generated = CLAIMS.read_text() + RESULTS.read_text()
+    quoted = INTERVAL.findall(findings)
+    assert len(quoted) >= 2
+    for interval in quoted:
+        assert interval in generated, f"README quotes {interval}, not in the generated files"
+    counts = re.search(r"\d+ claims measured: [^.;]*", CLAIMS.read_text())
+    assert counts and counts[0] in " ".join(findings.split()), (
+        f"README must quote CLAIMS.md's count as it is now: {counts[0] if counts else None!r}"
     )
 
 
-def test_teacher():
-    ns = run(_block("teacher"))
-    student, ema, teacher = ns["student"], ns["ema"], ns["teacher"]
-    assert ema.step == 20
-    expected = copy.deepcopy(student).eval()
-    expected.load_state_dict(ema.averaged_state_dict())
-    x = torch.randn(16, 8)
-    teacher.eval()
-    assert torch.equal(teacher(x), expected(x))  # the teacher is the current average
-    assert all(not p.requires_grad for p in teacher.parameters())
-    assert all(p.grad is not None for p in student.parameters())
-
-
-def test_batchnorm():
-    ns = run(_block("batchnorm"))
-    model, ema, export = ns["model"], ns["ema"], ns["export"]
-    assert torch.equal(model[1].running_mean, ns["online_stats"])
-    reference = copy.deepcopy(model)
-    reference.load_state_dict(ema.averaged_state_dict())
-    from switchema import recompute_bn
-
-    recompute_bn(reference, ns["train_batches"])
-    torch.testing.assert_close(export["1.running_mean"], reference[1].running_mean)
-    reference.eval()
-    torch.testing.assert_close(ns["averaged_out"], reference(ns["train_batches"][0]))
-
-
-@pytest.mark.filterwarnings("ignore:synthesising sigma_rel")  # 0.03 and 0.15 extrapolate
-def test_posthoc(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # it writes snapshots/
-    ns = run(_block("posthoc"))
-    ema, results, model = ns["ema"], ns["results"], ns["model"]
-    assert len(list((tmp_path / "snapshots").glob("*.json"))) == 20
-    assert [round(r.sigma_rel, 2) for r in results] == [0.03, 0.07, 0.15]
-    best = results[1]
-    assert best.fit.residual < 5e-3 and not best.fit.outside  # 20 snapshots
-    assert results[0].fit.outside and results[2].fit.outside
-    assert torch.equal(model.weight.detach(), best.state_dict["weight"])
-    # the synthesised width lies between the two tracked averages
-    a0, a1 = (ema.averaged_state_dict(k)["weight"] for k in range(2))
-    w = best.state_dict["weight"]
-    assert float((w - a0).norm()) < float((a1 - a0).norm())
-    assert 0.98 < ns["sigma_rel_to_decay"](0.07, t=1000) < 0.99
-
-
-def test_checkpoints(tmp_path, monkeypatch):
-    pytest.importorskip("safetensors")
-    from safetensors.torch import load_file
-
-    monkeypatch.chdir(tmp_path)  # it writes checkpoints/ and ema.safetensors
-    ns = run(_block("checkpoints"))
-    lawa, ema, model = ns["lawa"], ns["ema"], ns["model"]
-    saved = [torch.load(tmp_path / f"checkpoints/epoch={e}.pt")["model"] for e in range(6, 11)]
-    assert [p.name for p in lawa.checkpoints] == [f"epoch={e}.pt" for e in range(6, 11)]
-    for k in saved[0]:
-        torch.testing.assert_close(lawa.state_dict[k], sum(sd[k] for sd in saved) / 5)
-        assert torch.equal(model.state_dict()[k], lawa.state_dict[k])
-    assert ema.weights == (0.0625, 0.0625, 0.125, 0.25, 0.5)
-    written = load_file(tmp_path / "ema.safetensors")
-    for k in saved[0]:
-        expected = sum(w * sd[k] for w, sd in zip(ema.weights, saved))
-        torch.testing.assert_close(written[k], expected)
-        assert torch.equal(written[k], ema.state_dict[k])
-
-
-def test_distributed_excerpt():
-    for tag, code in blocks():
-        if not (tag or "").startswith("excerpt "):
-            continue
-        source = (ROOT / tag.split(" ", 1)[1]).read_text().splitlines()
-        lines = [_code(line) for line in source]
-        pos = 0
-        for line in code.splitlines():
-            want = _code(line)
-            if not want or want == "...":
-                continue
-            assert want in lines[pos:], f"README excerpt line {want!r} not found in {tag}"
-            pos = lines.index(want, pos) + 1
-
-
-def _code(line: str) -> str:
-    """A line without indentation and trailing comment ('' for comments and blank lines)."""
-    return line.split("  #")[0].split("# ")[0].strip() if not line.strip().startswith("#") else ""
-
-
-@pytest.mark.slow
-def test_lightning(tmp_path, monkeypatch):
-    L = pytest.importorskip("lightning.pytorch")
-    from test_integrations_lightning import Tiny, _loader
-
-    monkeypatch.chdir(tmp_path)
-    ns = run(
-        _block("lightning"),
-        dict(L=L, torch=torch, model=Tiny(), train_loader=_loader(), val_loader=_loader(8, seed=1)),
-    )
-    ema, trainer = ns["ema"], ns["trainer"]
-    saved = torch.load(tmp_path / "ema_weights.pt")
-    avg = ema.averager.averaged_state_dict()
-    assert saved.keys() == avg.keys() and all(torch.equal(saved[k], avg[k]) for k in avg)
-    assert {"val_loss", "online/val_loss"} <= set(trainer.callback_metrics)
-    assert ema.averager.step == trainer.global_step > 0
-
-
-@pytest.mark.slow
-def test_transformers(tmp_path, monkeypatch):
-    pytest.importorskip("transformers")
-    from transformers import Trainer
-
-    from test_integrations_transformers import EVAL, TRAIN, _args, _model
-
-    monkeypatch.chdir(tmp_path)
-    args = _args(tmp_path / "run", eval_strategy="epoch")
-    ns = run(
-        _block("transformers"),
-        dict(Trainer=Trainer, model=_model(), args=args, train=TRAIN, val=EVAL),
-    )
-    ema = ns["ema"]
-    from safetensors.torch import load_file
-
-    saved = load_file(tmp_path / "out" / "ema-model" / "model.safetensors")
-    avg = ema.averager.averaged_state_dict()
-    for k, v in saved.items():
-        assert torch.equal(v, avg[k]), k
-    logged = {k for row in ns["trainer"].state.log_history for k in row}
-    assert {"eval_loss", "eval_online_loss"} <= logged
+def test_findings_say_what_the_claims_table_says():
+    """'No claim of the SEMA paper was supported': read it from the table, not from memory."""
+    assert "no claim of the SEMA paper was supported" in " ".join(_findings().split())
+    rows = [line.split(" | ") for line in CLAIMS.read_text().splitlines() if line.startswith("| ")]
+    sema = [row for row in rows if len(row) > 2 and row[1] == "SEMA"]
+    assert len(sema) > 20
+    assert not any("supported" in row[-1] and "not" not in row[-1] for row in sema)
+    assert block("quickstart")[0] == README

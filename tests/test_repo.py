@@ -20,7 +20,9 @@ def _ruff():
 
 def _code_dirs():
     return [
-        d for d in ("src", "tests", "benchmarks", "experiments", "examples") if (ROOT / d).is_dir()
+        d
+        for d in ("src", "tests", "benchmarks", "experiments", "examples", "docs/_hooks.py")
+        if (ROOT / d).exists()
     ]
 
 
@@ -50,4 +52,32 @@ def test_ci_runs_the_readme_test_command():
     main_job, tests = commands[0].strip(), commands[1].strip()
     assert main_job.endswith("switchema compare")
     assert "pytest" in tests and "torch==2.13.0" in tests
-    assert tests in (ROOT / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert tests in ci
+    assert "python -m mypy" in ci.split(tests, 1)[1], ".ci/run type-checks after the tests"
+
+
+#: what must not appear in the project's files: this machine's paths, and issue numbers (a
+#: file says what and why in its own words; the tracker's numbers mean nothing in a clone)
+PRIVATE = re.compile(r"(?i)\bissues?[ -]#?\d+|/(?:work|home|Users)/\w")
+#: edited by the claims' authors, who cite the tracker there
+PRIVATE_EXEMPT = {"experiments/claims.toml"}
+
+
+def test_no_machine_paths_or_issue_numbers():
+    r = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip("not a git checkout")
+    found = []
+    for name in r.stdout.splitlines():
+        path = ROOT / name
+        if name in PRIVATE_EXEMPT or not path.is_file() or path.suffix in {".png", ".pdf"}:
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            if PRIVATE.search(line):
+                found.append(f"{name}:{number}: {line.strip()[:100]}")
+    assert not found, "\n".join(found)

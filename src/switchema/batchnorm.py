@@ -36,7 +36,7 @@ def resolve_buffer_policy(
     return resolve_policy(buffers, name, default, "buffers")
 
 
-def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """The BatchNorm layers of ``model`` that track running statistics, in module order."""
     return [
         m
@@ -76,11 +76,13 @@ def _default_forward(model: nn.Module, batch: Any) -> None:
         )
 
 
-def _restore_buffers(layers: list[nn.Module], saved: list[dict[str, torch.Tensor]]) -> None:
+def _restore_buffers(
+    layers: list[nn.modules.batchnorm._BatchNorm], saved: list[dict[str, torch.Tensor]]
+) -> None:
     with torch.no_grad():
         for m, buffers in zip(layers, saved):
             for k, b in buffers.items():
-                m._buffers[k].copy_(b)
+                m.get_buffer(k).copy_(b)
 
 
 @torch.no_grad()

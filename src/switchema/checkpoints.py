@@ -115,10 +115,12 @@ def checkpoint_weights(
     """The weights ``w_1, ..., w_n`` (oldest checkpoint first, float64, summing to 1) that
     :func:`average` gives ``n`` checkpoints; the module docstring has the formulas.
 
-    >>> checkpoint_weights(4)
-    (0.25, 0.25, 0.25, 0.25)
-    >>> [round(w, 4) for w in checkpoint_weights(3, "power", gamma=1.0, steps=[100, 200, 300])]
-    [0.1111, 0.3333, 0.5556]
+    Example::
+
+        >>> checkpoint_weights(4)
+        (0.25, 0.25, 0.25, 0.25)
+        >>> [round(w, 4) for w in checkpoint_weights(3, "power", gamma=1.0, steps=[100, 200, 300])]
+        [0.1111, 0.3333, 0.5556]
     """
     n = check_int(n, "the number of checkpoints", minimum=1)
     if not isinstance(weights, str):
@@ -391,10 +393,12 @@ def average_state_dicts(
 ) -> dict[str, Tensor]:
     """:func:`average` of state dicts already in memory (oldest first), on their device.
 
-    >>> import torch
-    >>> a, b = {"w": torch.tensor([0.0, 2.0])}, {"w": torch.tensor([1.0, 4.0])}
-    >>> average_state_dicts([a, b])["w"]
-    tensor([0.5000, 3.0000])
+    Example::
+
+        >>> import torch
+        >>> a, b = {"w": torch.tensor([0.0, 2.0])}, {"w": torch.tensor([1.0, 4.0])}
+        >>> average_state_dicts([a, b])["w"]
+        tensor([0.5000, 3.0000])
     """
     check_choice(accumulate, "accumulate", (torch.float32, torch.float64))
     if not state_dicts:

@@ -119,7 +119,7 @@ def full_averaged_state_dict(
     out: dict[str, Tensor] = {}
     for name, value in sd.items():
         if dt is not None and isinstance(value, dt):
-            value = value.full_tensor()
+            value = value.full_tensor()  # type: ignore[attr-defined]  # dt is DTensor
         if keep:
             out[name] = value.cpu() if cpu_offload else value
     return out

@@ -155,7 +155,7 @@ class _MemoryReader:
 class FolderStore:
     """Snapshots as files in ``path``: ``snapshot-<step>.bin`` (raw data) + ``.json`` (meta)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
 
     def __len__(self) -> int:
@@ -212,7 +212,8 @@ class _FileReader:
             buf = self.buffers[dtype] = torch.empty(n, dtype=dtype)
         values = buf[:n]
         pos = self.base[gi] + (k * self.layout[gi]["numel"] + start) * dtype.itemsize
-        got = os.preadv(self.fd, [values.view(torch.uint8).numpy()], pos)
+        # numpy declares the buffer protocol in its stubs for Python >= 3.12 only
+        got = os.preadv(self.fd, [values.view(torch.uint8).numpy()], pos)  # type: ignore[list-item]
         if got != n * dtype.itemsize:
             raise ValueError(
                 f"snapshot file is truncated: read {got} of {n * dtype.itemsize} bytes"
@@ -266,7 +267,9 @@ def _write_dcp(averager: Any, store: FolderStore, meta: dict[str, Any], dtype: A
         os.replace(tmp, store.path / f"{name}.json")
 
 
-def _dcp_tensors(folder: Path, meta: dict[str, Any]) -> Iterator[tuple[int, int, dict, Tensor]]:
+def _dcp_tensors(
+    folder: Path, meta: dict[str, Any]
+) -> Iterator[tuple[int, int, dict[str, Any], Tensor]]:
     """Blocks of a DCP snapshot, read in one process as full tensors, one tensor at a time."""
     import torch.distributed.checkpoint as dcp
 
@@ -376,7 +379,16 @@ def synthesize(
 _MAX_OPEN = 256  # snapshot files read together (one chunk of each at a time)
 
 
-def _accumulate(store, metas, cols, accs, coefficients, layout, chunk, device) -> None:
+def _accumulate(
+    store: MemoryStore | FolderStore,
+    metas: list[dict[str, Any]],
+    cols: list[int],
+    accs: list[list[Tensor]],
+    coefficients: list[list[float]],
+    layout: list[dict[str, Any]],
+    chunk: int,
+    device: torch.device | str | None,
+) -> None:
     """``acc += x_i * snapshot_i``, chunk by chunk across all snapshots.
 
     The chunk of each accumulator stays in cache while every snapshot's matching block is read
@@ -402,11 +414,20 @@ def _accumulate(store, metas, cols, accs, coefficients, layout, chunk, device) -
                 r.close()
 
 
-def _open_reader(store, i, meta):
+def _open_reader(
+    store: MemoryStore | FolderStore, i: int, meta: dict[str, Any]
+) -> _MemoryReader | _FileReader:
     return store.reader(i, meta) if isinstance(store, FolderStore) else store.reader(i)
 
 
-def _accumulate_dcp(store, metas, cols, accs, coefficients, device) -> None:
+def _accumulate_dcp(
+    store: FolderStore,
+    metas: list[dict[str, Any]],
+    cols: list[int],
+    accs: list[list[Tensor]],
+    coefficients: list[list[float]],
+    device: torch.device | str | None,
+) -> None:
     """DCP snapshots (FSDP2) are read one whole tensor at a time, snapshot after snapshot."""
     for i, meta in enumerate(metas):
         for gi, k, where, values in _dcp_tensors(store.path / meta["file"], meta):

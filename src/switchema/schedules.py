@@ -66,7 +66,7 @@ def half_life_to_decay(half_life: float, update_every: int = 1) -> float:
             f"half_life must be a positive, finite number of optimizer steps, got {half_life!r}"
         )
     update_every = check_int(update_every, "update_every", minimum=1)
-    return 0.5 ** (update_every / half_life)
+    return float(0.5 ** (update_every / half_life))
 
 
 def decay_to_half_life(decay: float, update_every: int = 1) -> float:
@@ -128,7 +128,7 @@ class PowerWarmup(DecaySchedule):
             raise ValueError(f"power must be > 0, got {self.power!r}")
 
     def __call__(self, decay: float, t: int) -> float:
-        return min(decay, max(0.0, 1.0 - (1.0 + t / self.gamma) ** -self.power))
+        return min(decay, max(0.0, float(1.0 - (1.0 + t / self.gamma) ** -self.power)))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ jobs run at once, so a run folder is the same whichever executor filled it.
   stops the workers within about a second, each running job recorded as ``interrupted``.
 * ``ray``: one Ray task per job, spread over the nodes of the cluster at ``address``
   (``ray.init(address=...)``; a cluster with token authentication needs ``RAY_AUTH_MODE=token``
-  and its token, see the README), or, when no address is given, on a new local Ray instance
+  and its token, see docs/lab/sweeps.md), or, when no address is given, on a new local Ray instance
   bound to 127.0.0.1 that never joins another cluster. The run folder must be on a file
   system every node sees (NFS, Lustre, ...): workers checkpoint into it directly. Each job's
   ``status.json`` says which Ray node ran it.

@@ -21,7 +21,7 @@ from ..keys import ModelKey
 
 __all__ = ["CSV_COLUMNS", "write_csv", "write_tensorboard", "tensorboard_writer"]
 
-#: column -> what it holds (README.md lists the same)
+#: column -> what it holds (docs/lab/run-folders.md lists the same)
 CSV_COLUMNS: dict[str, str] = {
     "seed": "training seed (initial weights, batch order)",
     "method": "baseline, ema, sema, sema-openmixup or swa",
