@@ -40,7 +40,9 @@ def test_synthesised_and_tracked_widths_are_evaluated_after_the_last_epoch(run):
     earlier = {r["model"] for r in rows if r["method"] == "posthoc" and r["epoch"] < 8}
     assert earlier == {"online", "pow@0.05", "pow@0.1"}
     synth = {r["model"]: r for r in last if r["seed"] == 0 and r["model"].startswith("posthoc@")}
-    assert synth["posthoc@0.05"]["fit_residual"] < 1e-9  # a tracked width: exact
+    # a tracked width: exact in exact arithmetic; the float64 least squares leaves 1e-10 on one
+    # CPU and 1.4e-8 on another (BLAS and instruction set), both far below an untracked width
+    assert synth["posthoc@0.05"]["fit_residual"] < 1e-7
     assert synth["posthoc@0.08"]["fit_residual"] < 5e-3
     assert synth["posthoc@0.2"]["fit_residual"] > synth["posthoc@0.08"]["fit_residual"]
     # the synthesis against the same width tracked directly, in the same run
