@@ -92,7 +92,7 @@ def test_posthoc(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # it writes snapshots/
     ns = run(_block("posthoc"))
     ema, results, model = ns["ema"], ns["results"], ns["model"]
-    assert len(list((tmp_path / "snapshots").glob("*.json"))) == 20
+    assert len(list((tmp_path / "snapshots").glob("snapshot-*.json"))) == 20
     assert [round(r.sigma_rel, 2) for r in results] == [0.03, 0.07, 0.15]
     best = results[1]
     assert best.fit.residual < 5e-3 and not best.fit.outside  # 20 snapshots
