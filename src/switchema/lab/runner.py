@@ -35,12 +35,13 @@ from .checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, 
 from .config import SETTINGS, Study, StudyConfig, canonical_keys
 from .errors import ConfigError, MissingFileError, RunExistsError, UsageError
 from .executors import run_jobs
-from .jobs import Job, epochs_done, job_results, job_status, study_jobs
+from .jobs import Job, epochs_done, job_dir, job_results, job_status, study_jobs
 from .lock import FolderLock
 from .options import RunOptions
 from .preflight import check_studies, check_writable
 from .progress import Progress
 from .report import Figures, tensorboard_writer, write_report, write_sweep_report
+from .report.export import LiveTensorBoard
 from .resolve import resolve
 from .sweep import Grid, expand_grid
 
@@ -381,12 +382,26 @@ def run_cells(
         assemble_ready()
 
     assemble_ready()  # cells with nothing left to run
+    live = None
+    if options.tensorboard and todo:  # events as the run goes, not only at the end
+        users: dict[str, list[Path]] = {}
+        for cell_dir, _, js in cell_jobs:
+            for job in js:
+                users.setdefault(job.id, []).append(Path(cell_dir))
+        live = LiveTensorBoard(users, {j.id: job_dir(run_dir, j) for j in todo})
+    listeners = [x.epoch for x in (progress, live) if x is not None]
+
+    def on_epoch(event: dict[str, Any]) -> None:
+        for listen in listeners:
+            listen(event)
+
     try:
-        on_epoch = progress.epoch if progress is not None else None
-        run_jobs(run_dir, todo, options, on_epoch=on_epoch, on_done=finished)
+        run_jobs(run_dir, todo, options, on_epoch=on_epoch if listeners else None, on_done=finished)
     finally:
         if progress is not None:
             progress.close()
+        if live is not None:
+            live.close()
     assemble_ready()
     states = {j: job_status(run_dir, jobs[j]).get("state") for j in jobs}
     return {
