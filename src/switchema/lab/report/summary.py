@@ -125,6 +125,12 @@ def render_summary(
         "",
         f"Plots: `{f.name('curves')}` (test metric per epoch, mean over seeds with min–max "
         "band), "
+        + (
+            f"`{f.name('forest')}` (each model's final difference to the baseline with its "
+            "95% interval), "
+            if run_plots.forest_rows(summary)
+            else ""
+        )
         + (f"`{f.name('reliability')}`, " if kind == "classification" else "")
         + (f"`{f.name('boundaries')}`, " if "grid/x" in arrays else "")
         + (f"`{f.name('samples')}`" if kind == "generative" else f"`{f.name('train_loss')}`")
@@ -339,6 +345,10 @@ def write_report(
     run_plots.plot_curves(config, rows, figures, run, "curves", key=summary["key"])
     if any("train_loss" in r for r in rows):  # a generative task reports no training loss
         run_plots.plot_curves(config, rows, figures, run, "train_loss", key="train_loss")
+    if run_plots.forest_rows(summary):
+        _, _, scale, unit = PRIMARY[summary["kind"]]
+        unit = "pp" if summary["kind"] == "classification" else unit.strip()
+        run_plots.plot_forest(config, summary, arrays, scale, unit, figures, run, "forest")
     if summary["kind"] == "classification":
         run_plots.plot_reliability(config, summary, arrays, figures, run, "reliability")
     if "grid/x" in arrays:
