@@ -18,10 +18,10 @@ from switchema.cli import main
 from switchema.lab.config import StudyConfig
 from switchema.lab.options import RunOptions
 from switchema.lab.report import Figures
+from switchema.lab.report.analysis import plot_landscapes
 from switchema.lab.report.run import load_run, summarise
 from switchema.lab.report.run_plots import curve_plan, plot_curves
 from switchema.lab.report.style import model_label
-from switchema.lab.report.analysis import plot_landscapes
 from switchema.lab.resolve import resolve
 from switchema.lab.runner import run_compare
 
