@@ -17,7 +17,7 @@ Ratios are per rank over the single process. Ideal: bytes 1/W; time about 1/W wh
 has its own cores and memory bandwidth, up to 1x where the W ranks share them (as here: 2
 ranks on a 2-core machine with other jobs running).
 
-    /work/venv/bin/python benchmarks/bench_fsdp.py [--shapes resnet50 vit_s16 gpt2] [--world 2]
+    python benchmarks/bench_fsdp.py [--shapes resnet50 vit_s16 gpt2] [--world 2]
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# (13) EMA teachers, semi-supervised (issue 15, study 1). MNIST-1D with 10% of the training
+# (13) EMA teachers, semi-supervised. MNIST-1D with 10% of the training
 # labels (mnist1d-meanteacher): cross-entropy on the labelled examples plus a mean-teacher
 # consistency between the student's prediction on one augmented view and the teacher's on
 # another. The teacher is each method's average: baseline = the online model itself (no

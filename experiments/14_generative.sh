@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# (14) Generative model (issue 15, study 2): a flow-matching MLP (VelocityMLP, conditional flow
+# (14) Generative model: a flow-matching MLP (VelocityMLP, conditional flow
 # matching, AdamW at a constant 2e-3, batch 256, 20 epochs of 75 steps) on three 2-D data sets:
 # two moons, the swiss roll and 8 Gaussians on a ring (whose exact density is known). A constant
 # learning rate, as diffusion models are usually trained: at the end of a cosine schedule to zero

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# (15) Transfer (issue 15, study 3). The EMA paper: EMA backbones transfer better (a linear probe
+# (15) Transfer. The EMA paper: EMA backbones transfer better (a linear probe
 # on frozen features, Tiny-ImageNet -> CIFAR-100: 52.77% -> 57.30%). Here the MNIST-1D CNN is
 # trained on digits 0-4 (task mnist1d-transfer, its default recipe: AdamW, lr 1e-2, batch 100,
 # 60 epochs, cosine) and, after every epoch, every model (the online weights, the EMA, the Switch

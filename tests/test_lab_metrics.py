@@ -369,7 +369,7 @@ def test_stats_type_errors():
         format_ci((1.0, 0.0, 2.0))
 
 
-# ---------------------------------------------------------------- issue 14: corrected statistics
+# ---------------------------------------------------------------- corrected statistics
 def test_paired_difference_p_value_matches_scipy():
     from scipy import stats as sps
 

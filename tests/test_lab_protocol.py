@@ -1,4 +1,4 @@
-"""The lab's protocol (issue 14): a validation split for every choice made after seeing results,
+"""The lab's protocol: a validation split for every choice made after seeing results,
 every averaging setting from the command line, Holm-corrected p-values in the reports, and the
 canonical MNIST-1D as the default data set."""
 

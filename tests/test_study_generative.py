@@ -1,4 +1,4 @@
-"""The generative study (issue 15, study 2): flow-matching tasks on 2-D data, tiny settings."""
+"""The generative study: flow-matching tasks on 2-D data, tiny settings."""
 
 from __future__ import annotations
 

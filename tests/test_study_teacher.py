@@ -1,4 +1,4 @@
-"""Issue 15, study 1: the mean-teacher task on MNIST-1D (``mnist1d-meanteacher``), end to end
+"""The teacher study: the mean-teacher task on MNIST-1D (``mnist1d-meanteacher``), end to end
 on a tiny setting, and the ``early`` claims measure (a teacher's early advantage)."""
 
 import io

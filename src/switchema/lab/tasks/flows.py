@@ -1,4 +1,4 @@
-"""Generative tasks: flow matching on 2-D data (issue 15, the generative study).
+"""Generative tasks: flow matching on 2-D data (the generative study).
 
 Three tasks, one per data set of :mod:`switchema.lab.toy2d`, each a
 :class:`~switchema.lab.generative.VelocityMLP` trained by conditional flow matching
