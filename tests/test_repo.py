@@ -51,3 +51,19 @@ def test_ci_runs_the_readme_test_command():
     assert main_job.endswith("switchema compare")
     assert "pytest" in tests and "torch==2.13.0" in tests
     assert tests in (ROOT / ".ci" / "run").read_text()
+
+
+def test_no_machine_paths_or_issue_numbers_in_project_files():
+    # A reader elsewhere has neither this machine's folders nor the tracker's numbering.
+    home = "/" + "(home|work|root)/"
+    pattern = re.compile(home + r"|\b[Ii]ssues? #?\d")
+    files = [ROOT / "README.md", *(ROOT / "experiments").glob("*.sh")]
+    for folder in ("src", "tests", "benchmarks", "examples"):
+        files += [p for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".md", ".sh")]
+    found = [
+        f"{p.relative_to(ROOT)}:{n}: {line.strip()}"
+        for p in files
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not found, "\n".join(found)
