@@ -98,6 +98,11 @@ def test_posthoc(tmp_path, monkeypatch):
     assert best.fit.residual < 5e-3 and not best.fit.outside  # 20 snapshots
     assert results[0].fit.outside and results[2].fit.outside
     assert torch.equal(model.weight.detach(), best.state_dict["weight"])
+    # running the example again into the same folder is refused, not mixed with the first run
+    before = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        run(_block("posthoc"))
+    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == before
     # the synthesised width lies between the two tracked averages
     a0, a1 = (ema.averaged_state_dict(k)["weight"] for k in range(2))
     w = best.state_dict["weight"]

@@ -75,7 +75,22 @@ def verdict(d: dict[str, Any], higher: bool, against: str = "baseline") -> str:
 
 
 def _model(e: dict[str, Any]) -> str:
+    if e.get("same_as"):  # a switching method's online model, switched to its average
+        return f"{e['model']} (= {e['same_as']})"
     return f"{e['model']} (chosen on val)" if e.get("chosen_on_validation") else e["model"]
+
+
+def _marked(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The entries the tables show, an online model whose final predictions are its
+    average's (for every seed) marked as the same model (``same_as``)."""
+    kept = {(e["method"], e["model"]) for e, _ in run_plots.distinct_entries(summary, arrays)}
+    out = []
+    for e in run_plots.shown_entries(summary):
+        if (e["method"], e["model"]) not in kept:
+            main = next(x for x in summary["entries"] if x["method"] == e["method"] and x["main"])
+            e = {**e, "same_as": main["model"]}
+        out.append(e)
+    return out
 
 
 def render_summary(
@@ -90,7 +105,7 @@ def render_summary(
     early-stopping tables, a reading, and what the columns mean."""
     cfg = config["config"]
     rows, arrays, f = rows or [], arrays or {}, figures or Figures()
-    entries = run_plots.shown_entries(summary)
+    entries = _marked(summary, arrays)
     kind = summary["kind"]
     warnings = N.warnings_for(config, summary, rows)
     m = summary["family"]["m"]
