@@ -70,6 +70,8 @@ def test_a_run_whose_jobs_fail_exits_3_and_says_why(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "every job failed (2 jobs: 2 failed)" in err and "DivergedError" in err
     assert f"switchema compare --resume {out} --retry-failed" in err
+    # no job finished an epoch: the settings themselves can still be corrected
+    assert f"or correct the settings with: switchema compare --resume {out} --set KEY=VALUE" in err
     # --retry-failed runs them again (and they fail again: still 3)
     assert main(["compare", "--resume", str(out), "--retry-failed", "--no-progress"]) == 3
     job = study_jobs(run_state(out).jobs[0].job.study)[0]

@@ -35,7 +35,15 @@ from .checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, 
 from .config import SETTINGS, Study, StudyConfig, canonical_keys
 from .errors import ConfigError, MissingFileError, RunExistsError, UsageError
 from .executors import run_jobs
-from .jobs import Job, epochs_done, job_dir, job_results, job_status, study_jobs
+from .jobs import (
+    Job,
+    epochs_done,
+    job_dir,
+    job_results,
+    job_status,
+    never_trained,
+    study_jobs,
+)
 from .lock import FolderLock
 from .options import RunOptions
 from .preflight import check_studies, check_writable
@@ -179,17 +187,6 @@ def _saved_config(folder: Path) -> StudyConfig:
 
 def _saved_study(folder: Path) -> Study:
     return resolve(_saved_config(folder))
-
-
-def never_trained(folder: str | Path) -> bool:
-    """Whether no job in the run folder ever recorded an epoch (each failed at start-up, or
-    none ran): nothing in it depends on its settings."""
-    jobs = Path(folder) / "jobs"
-    return not jobs.is_dir() or not any(
-        (d / name).is_file() and (d / name).stat().st_size > 0
-        for d in jobs.iterdir()
-        for name in ("metrics.jsonl", "checkpoint.pt", "checkpoint.pt.prev")
-    )
 
 
 def _continued(folder: Path, study: Study | None) -> tuple[Study, bool, bool]:
