@@ -168,6 +168,9 @@ def test_builtin_options_declare_their_ranges() -> None:
     assert option_problems(mnist.build_model, {"channels": 0}, "model option") == [
         "model option channels must be an int >= 1, got 0"
     ]
+    # `switchema tasks` shows them
+    assert "n_total=5000 (examples, train + test; >= 20)" in mnist.describe()
+    assert "train_split=0.8 (fraction for training; in (0, 1))" in mnist.describe()
 
 
 def test_seed_and_data_can_be_passed_by_name() -> None:

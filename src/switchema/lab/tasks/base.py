@@ -224,11 +224,16 @@ class Task:
             + (f" ({self.canonical_data})" if self.canonical_data else ""),
         ]
         for what, fn in (("data", self.build_data), ("model", self.build_model)):
-            options = [
-                f"{k}={'(required)' if v is inspect.Parameter.empty else repr(v)}"
-                + (f" ({self.units[k]})" if k in self.units else "")
-                for k, v in option_defaults(fn).items()
-            ]
+            declared = _declared(fn)
+            options = []
+            for k, v in option_defaults(fn).items():
+                bounds = declared.get(k, ((), None))[1]
+                notes = [self.units.get(k, ""), bounds.describe() if bounds else ""]
+                note = "; ".join(n for n in notes if n)
+                options.append(
+                    f"{k}={'(required)' if v is inspect.Parameter.empty else repr(v)}"
+                    + (f" ({note})" if note else "")
+                )
             lines.append(f"{pad}{what} options: {', '.join(options) or 'none'}")
         if self.module and not self.module.startswith("switchema."):
             lines.append(f"{pad}registered by: {self.module}")
