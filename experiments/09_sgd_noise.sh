@@ -2,7 +2,7 @@
 # (9) Where the EMA differs from the last iterate. The main job's AdamW run interpolates its
 # training set (training loss ~3e-4 even at a constant rate), so its iterates hardly move at the
 # end and every average equals them: churn, calibration and "EMA needs less decay" cannot show
-# there (the audit's). Here the same task with SGD (momentum 0.9) at a large rate, 0.2, for
+# there (the audit of the lab's statistics). Here the same task with SGD (momentum 0.9) at a large rate, 0.2, for
 # 30 epochs, cosine to zero and constant, whose iterates keep bouncing between epochs: does the
 # EMA recover what the decay buys, and do churn between seeds and calibration improve? Baseline,
 # EMA (0.99), SWA, 5 seeds. Tried first and not kept: 100 epochs at a constant 0.2 degraded late

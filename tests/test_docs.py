@@ -165,12 +165,17 @@ def test_posthoc(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # it writes snapshots/
     ns = run("posthoc")
     ema, results, model = ns["ema"], ns["results"], ns["model"]
-    assert len(list((tmp_path / "snapshots").glob("*.json"))) == 20
+    assert len(list((tmp_path / "snapshots").glob("snapshot-*.json"))) == 20
     assert [round(r.sigma_rel, 2) for r in results] == [0.03, 0.07, 0.15]
     best = results[1]
     assert best.fit.residual < 5e-3 and not best.fit.outside  # 20 snapshots
     assert results[0].fit.outside and results[2].fit.outside
     assert torch.equal(model.weight.detach(), best.state_dict["weight"])
+    # running the example again into the same folder is refused, not mixed with the first run
+    before = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        run("posthoc")
+    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == before
     # the synthesised width lies between the two tracked averages
     a0, a1 = (ema.averaged_state_dict(k)["weight"] for k in range(2))
     w = best.state_dict["weight"]

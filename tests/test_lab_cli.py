@@ -70,6 +70,8 @@ def test_a_run_whose_jobs_fail_exits_3_and_says_why(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "every job failed (2 jobs: 2 failed)" in err and "DivergedError" in err
     assert f"switchema compare --resume {out} --retry-failed" in err
+    # no job finished an epoch: the settings themselves can still be corrected
+    assert f"or correct the settings with: switchema compare --resume {out} --set KEY=VALUE" in err
     # --retry-failed runs them again (and they fail again: still 3)
     assert main(["compare", "--resume", str(out), "--retry-failed", "--no-progress"]) == 3
     job = study_jobs(run_state(out).jobs[0].job.study)[0]
@@ -156,6 +158,92 @@ def test_compare_resume_names_changed_settings_and_adds_seeds(tmp_path, capsys):
     assert run_state(out).complete and len(run_state(out).jobs) == 4
 
 
+def test_a_run_that_never_trained_resumes_with_corrected_options(tmp_path, capsys):
+    # Every job fails at start-up (the data option leaves an empty test split): the folder
+    # holds nothing that depends on its settings, so --resume takes corrected ones.
+    out = tmp_path / "run"
+    argv = ["compare", "--task", "mnist1d-cnn", "--methods", "baseline", "--seeds", "0"]
+    argv += ["--epochs", "1", "--no-progress", "--out", str(out)]
+    assert main([*argv, "--set", "data.n_total=20", "data.train_split=0.01"]) == EXIT_FAILED
+    assert "leaves an empty split" in capsys.readouterr().err
+    (old,) = (out / "jobs").iterdir()
+    resume = ["compare", "--resume", str(out), "--no-progress"]
+    assert main([*resume, "--set", "data.n_total=200"]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert f"resuming {out}: no job had finished an epoch, so the run starts again" in err
+    assert "with the changed data_options" in err
+    assert json.loads((out / "config.json").read_text())["config"]["data_options"] == {
+        "n_total": 200
+    }
+    assert not old.exists() and run_state(out).complete  # the failed job is gone
+    # now a job has trained: a changed setting is refused, and the message says what to do
+    assert main([*resume, "--set", "data.n_total=300"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "these differ: data_options (saved {'n_total': 200}, given {'n_total': 300})" in err
+    assert f"or delete {out}" in err
+
+
+def test_compare_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    argv, out = compare(tmp_path, "run", "--epochs", "3", "--seeds", "0", "1", "--methods")
+    argv += ["baseline", "ema", "sema"]
+    assert main([*argv, "--dry-run"]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert not out.exists()
+    assert f"dry run: nothing is written; the run would write {out}" in text
+    assert "  seed 0: baseline+ema (new, 3 of 3 epochs to train)" in text
+    assert "  seed 1: sema (new, 3 of 3 epochs to train)" in text
+    assert "jobs (4):" in text and "epochs to train: 12 in all" in text
+    assert "  epochs" in text and "  switch_every" in text  # the resolved settings
+    assert "swa_start" not in text  # a setting no method of the run uses
+    # a mistake is still a usage error, and a resumed run counts what is left
+    assert main([*argv, "--dry-run", "--set", "data.noise=-1"]) == EXIT_USAGE
+    assert "data option noise must be a number >= 0, got -1" in capsys.readouterr().err
+    assert main(argv) == EXIT_OK
+    capsys.readouterr()
+    resume = ["compare", "--resume", str(out), "--dry-run", "--seeds", "0", "1", "2"]
+    assert main(resume) == EXIT_OK
+    text = capsys.readouterr().out
+    assert "  seed 0: baseline+ema (done, 0 of 3 epochs to train)" in text
+    assert "  seed 2: sema (pending, 3 of 3 epochs to train)" in text
+    assert "epochs to train: 6 in all" in text
+    assert json.loads((out / "config.json").read_text())["config"]["seeds"] == [0, 1]
+
+
+def test_warnings_are_one_plain_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    argv, out = compare(tmp_path, "run", "--epochs", "1", "--seeds", "0", "1", "--methods")
+    assert main([*argv, "baseline", "--jobs", "2"]) == EXIT_OK
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
+    assert line.startswith("switchema: warning: 2 workers x 1 torch thread(s) exceed the 1 ")
+    assert ".py" not in line and "UserWarning" not in line
+
+
+def test_a_flag_of_another_subcommand_names_it(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "--grid", "x.toml"])
+    assert e.value.code == EXIT_USAGE
+    message = capsys.readouterr().err.splitlines()[-1]
+    assert "--grid is an option of `switchema sweep`" in message
+    assert "posthoc-grid" not in message
+
+
+def test_help_has_no_doubled_percent_signs(capsys):
+    for command in ("claims", "diff", "compare", "sweep"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "%%" not in text, command
+    main_help = build_parser().format_help()
+    assert "%%" not in main_help
+
+
+def test_unknown_set_keys_list_current_names_only(capsys):
+    assert main(["compare", "--set", "epoch=3"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "(did you mean 'epochs'?)" in err
+    assert "switch_intervals" not in err and "decays" not in err  # old names are not offered
+
+
 # -- report says what state a run is in ----------------------------------------------------
 
 
@@ -225,7 +313,21 @@ def test_a_misspelled_flag_gets_the_subcommand_usage_and_a_suggestion(capsys):
         (["compare", "--threads", "0"], "threads must be a positive int or None, got 0"),
         (["analyze", "x", "--threads", "0"], "--threads must be a positive int, got 0"),
         (["compare", "--set", "optim.lr=1"], "a nested option is data.KEY or model.KEY"),
-        (["compare", "--set", "epoch=3"], "unknown key(s) 'epoch'"),
+        (["compare", "--set", "epoch=3"], "--set: unknown key 'epoch' (did you mean 'epochs'?)"),
+        (["compare", "--task", "mnist1d"], "unknown task 'mnist1d' (did you mean 'mnist1d-mlp',"),
+        (
+            ["compare", "--methods", "baseline", "sema_openmixup"],
+            "unknown method(s) ['sema_openmixup'] (did you mean 'sema-openmixup'?)",
+        ),
+        # task options are checked by the task's declared types and ranges, before any folder
+        (["compare", "--data-opt", "n_total=abc"], "data option n_total must be an int >= 20"),
+        (["compare", "--set", "data.train_split=1.5"], "train_split must be a number in (0, 1)"),
+        (["compare", "--model-opt", "channels=0"], "model option channels must be an int >= 1"),
+        (
+            ["compare", "--set", "data.n_totl=100"],
+            "unknown data option 'n_totl' for task 'mnist1d-cnn' (did you mean 'n_total'?)",
+        ),
+        (["sweep", "--set", "data.n_total=abc"], "data option n_total must be an int >= 20"),
     ],
 )
 def test_bad_values_are_refused(argv, message, tmp_path, capsys):

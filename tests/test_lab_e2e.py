@@ -220,7 +220,11 @@ def test_cifar_from_local_folder(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["compare", "--task", "mnist2d"], "unknown task 'mnist2d'; registered tasks: "),
+        (
+            ["compare", "--task", "mnist2d"],
+            "unknown task 'mnist2d' (did you mean 'mnist1d-mlp', 'mnist1d-cnn' or "
+            "'mnist1d-cnnbn'?); registered tasks: ",
+        ),
         (["compare", "--methods", "ema", "lookahead"], "allowed: baseline, ema, sema"),
         (["compare", "--label-noise", "1.0"], r"label noise must be a fraction in [0, 1), got 1.0"),
         (["compare", "--label-noise", "-0.1"], "label noise must be a fraction"),

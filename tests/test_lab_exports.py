@@ -80,6 +80,38 @@ def test_tensorboard_events_hold_every_metric(tmp_path, capsys):
     assert [e.value for e in events.Scalars("test_acc")] == pytest.approx(acc, rel=1e-6)
 
 
+def test_tensorboard_events_are_written_as_the_run_goes(tmp_path, monkeypatch):
+    # Read the event files right after epoch 1 of a 5-epoch run, then stop the run there
+    # (as Ctrl-C would): epoch 1's scalars are on disk, flushed, before the run ends.
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from switchema.lab.report.export import LiveTensorBoard
+
+    seen = {}
+    original = LiveTensorBoard.epoch
+
+    def epoch_then_stop(self, event):
+        original(self, event)
+        events = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "ema" / "avg" / "seed0"))
+        events.Reload()
+        seen["acc"] = [(e.step, e.value) for e in events.Scalars("test_acc")]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LiveTensorBoard, "epoch", epoch_then_stop)
+    options = RunOptions(progress=False, tensorboard=True)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "run", options, seeds=[0], epochs=5, methods=["baseline", "ema"])
+    (job,) = study_jobs(
+        resolve(StudyConfig(**json.loads((tmp_path / "run" / "config.json").read_text())["config"]))
+    )
+    rows = [json.loads(x) for x in open(tmp_path / "run" / "jobs" / job.id / "metrics.jsonl")]
+    acc = [r["test_acc"] for r in rows if (r["method"], r["model"]) == ("ema", "avg")]
+    assert len(acc) == 1  # the run stopped after its first epoch
+    assert [step for step, _ in seen["acc"]] == [1]
+    assert seen["acc"][0][1] == pytest.approx(acc[0], rel=1e-6)
+
+
 def test_tensorboard_missing_is_a_usage_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
     with pytest.raises(ImportError, match=r"pip install 'switchema\[tensorboard\]'"):

@@ -19,6 +19,9 @@ from switchema.lab.config import StudyConfig
 from switchema.lab.options import RunOptions
 from switchema.lab.report import Figures
 from switchema.lab.report.analysis import plot_landscapes
+from switchema.lab.report.run import load_run, summarise
+from switchema.lab.report.run_plots import curve_plan, plot_curves
+from switchema.lab.report.style import model_label
 from switchema.lab.resolve import resolve
 from switchema.lab.runner import run_compare
 
@@ -82,18 +85,27 @@ def test_every_average_has_its_colour_legend_and_reliability_panel(tmp_path, fig
     folder = run(tmp_path, "run", methods=["baseline", "ema", "swa"], decay=[0.9, 0.99, 0.999])
     (curves,) = figures["curves"]["axes"]
     labels = curves["legend"]
-    assert labels == ["baseline", "ema avg@0.9", "ema avg@0.99", "ema avg@0.999", "swa avg"]
+    # SWA averages from epoch 5 of 6 (swa_start 0.75): before that it is the baseline
+    swa = "swa avg (= baseline to epoch 5)"
+    assert labels == ["baseline", "ema avg@0.9", "ema avg@0.99", "ema avg@0.999", swa]
     colours = [matplotlib.colors.to_hex(ln.get_color()) for ln in curves["lines"]]
     assert len(set(colours)) == len(colours)  # each model its own colour
+    looks = [(c, ln.get_marker()) for c, ln in zip(colours, curves["lines"])]
+    assert len(set(looks)) == len(looks)  # and its own (colour, marker)
+    averages = [ln.get_marker() for ln in curves["lines"] if ln.get_label().startswith("ema")]
+    assert len(set(averages)) == 3  # the decays differ in marker too, not only in shade
     base = next(ln for ln in curves["lines"] if ln.get_label() == "baseline")
+    assert base.get_linestyle() == "--"  # dashed, and on top: a curve lying on it cannot hide it
     for ln in curves["lines"]:
         lo, hi = curves["ylim"]
-        assert lo <= np.min(ln.get_ydata()) and np.max(ln.get_ydata()) <= hi  # nothing cut off
-        if ln is not base:  # thinner and on top: a curve lying on the baseline leaves it visible
-            assert ln.get_linewidth() < base.get_linewidth() and ln.get_zorder() > base.get_zorder()
+        ys = np.asarray(ln.get_ydata(), float)
+        assert lo <= np.nanmin(ys) and np.nanmax(ys) <= hi  # nothing cut off
+        if ln is not base:
+            assert ln.get_zorder() < base.get_zorder()
     assert "mean over 2 seeds" in curves["title"]
     panels = figures["reliability"]["axes"]
-    assert [p["title"].split("\n")[0] for p in panels] == labels  # every model, once
+    # every model, once
+    assert [p["title"].split("\n")[0] for p in panels] == [x.split(" (")[0] for x in labels]
     assert "pooled" in figures["reliability"]["title"]
     for stem in ("curves", "train_loss", "reliability", "boundaries"):
         assert figures[stem]["overlaps"] == [], (stem, figures[stem]["overlaps"])
@@ -110,6 +122,7 @@ def test_format_and_dpi(tmp_path, capsys):
     assert sorted(p.name for p in out.glob("*.pdf")) == [
         "boundaries.pdf",
         "curves.pdf",
+        "forest.pdf",
         "reliability.pdf",
         "train_loss.pdf",
     ]
@@ -143,10 +156,15 @@ def test_sweep_figures_treat_categories_as_categories(tmp_path, figures, capsys)
         assert a["errorbars"] and not a["lines"]  # points with error bars, no joining line
     for a in mse:
         assert a["xticks"] == ["friedman-mlp"] and "lower is better" in a["ylabel"]
+    for panels in (accuracy, mse):  # the panels of one metric share one y scale
+        assert len({a["ylim"] for a in panels}) == 1
     rows = {round(a["ax"].get_position().y0, 2) for a in accuracy}
     assert rows.isdisjoint({round(a["ax"].get_position().y0, 2) for a in mse})  # own rows
     decay = figures["sweep_decay"]["axes"]
     assert all(a["xticks"] == ["0.9", "0.99"] and a["lines"] for a in decay)  # in order
+    for metric in ("acc", "mse"):
+        panels = [a for a in decay if metric in a["ylabel"]]
+        assert len({a["ylim"] for a in panels}) == 1
     for stem in ("sweep_task", "sweep_decay"):
         assert figures[stem]["overlaps"] == [], figures[stem]["overlaps"]
         assert "mean over seeds" in figures[stem]["title"]
@@ -182,3 +200,79 @@ def test_landscapes_ticks_do_not_collide_and_titles_say_what_is_averaged(tmp_pat
     assert titles[0].startswith("baseline (trained weights)")
     assert titles[1].startswith("ema (averaged weights)")
     assert "500 examples" in info["title"] and "seed 4" in info["title"]
+
+
+def test_a_model_repeating_another_is_drawn_once_and_says_so():
+    # 3 seeds x 6 epochs. SWA's average is the baseline until epoch 3 (it starts there), and
+    # SEMA's online model is its average after every switch (here: at every epoch but 2).
+    rng = np.random.default_rng(0)
+    base = rng.random((3, 6))
+    swa = base.copy()
+    swa[:, 3:] += 0.1
+    sema_avg = rng.random((3, 6))
+    sema_online = sema_avg.copy()
+    sema_online[:, 1] += 0.05
+    curves = {
+        ("baseline", "online"): base,
+        ("ema", "online"): base.copy(),
+        ("ema", "avg"): rng.random((3, 6)),
+        ("swa", "online"): base.copy(),
+        ("swa", "avg"): swa,
+        ("sema", "online"): sema_online,
+        ("sema", "avg"): sema_avg,
+    }
+    plan = curve_plan(curves)
+    assert plan[("ema", "online")]["hide"].all() and plan[("swa", "online")]["hide"].all()
+    assert plan[("swa", "avg")]["hide"].tolist() == [True, True, False, False, False, False]
+    assert plan[("swa", "avg")]["label"] == "swa avg (= baseline to epoch 3)"
+    assert plan[("sema", "online")]["hide"].tolist() == [True, False, True, True, True, True]
+    assert plan[("sema", "online")]["label"] == "sema online (where it differs from sema avg)"
+    assert plan[("baseline", "online")]["label"] == "baseline"
+    # switched at every epoch: one curve, labelled for both
+    curves[("sema", "online")] = sema_avg.copy()
+    plan = curve_plan(curves)
+    assert plan[("sema", "online")]["hide"].all()
+    assert plan[("sema", "avg")]["label"] == "sema avg (= sema online)"
+    # sameness is judged on the identity metric when given (accuracies may tie by chance)
+    loss = {k: v + 0.0 for k, v in curves.items()}
+    loss[("swa", "avg")] = base + 1.0  # different models with the same accuracies
+    assert not curve_plan(curves, loss)[("swa", "avg")]["hide"].any()
+
+
+def test_posthoc_widths_look_different(tmp_path, figures):
+    rows = [
+        {"seed": s, "method": m, "model": model, "epoch": e, "test_acc": 0.5 + 0.01 * e + i}
+        for s in (0, 1)
+        for e in range(1, 5)
+        for i, (m, model) in enumerate(
+            [("baseline", "online"), ("posthoc", "pow@0.05"), ("posthoc", "pow@0.1")]
+        )
+    ]
+    plot_curves({"task": {"name": "t"}}, rows, Figures(), tmp_path, "curves", "test_acc")
+    lines = figures["curves"]["axes"][0]["lines"]
+    looks = {(matplotlib.colors.to_hex(ln.get_color()), ln.get_marker()) for ln in lines}
+    assert len(looks) == 3
+    assert len({ln.get_marker() for ln in lines if "pow@" in ln.get_label()}) == 2
+
+
+def test_forest_plot_shows_the_summary_differences(tmp_path, figures):
+    folder = run(tmp_path, "run", seeds=[0, 1, 2], methods=["baseline", "ema", "sema", "swa"])
+    config, rows, arrays = load_run(folder)
+    summary = summarise(config, rows, arrays)
+    (ax,) = figures["forest"]["axes"]
+    labels = [t.get_text() for t in ax["ax"].get_yticklabels()]
+    want = {
+        model_label(e["method"], e["model"]): e["diff_final"]
+        for e in summary["entries"]
+        if "diff_final" in e
+    }
+    # sema's online model is its average after each epoch's switch: one row, named for both
+    assert labels == ["ema avg", "sema avg (= online)", "swa avg"]
+    for i, (label, bar) in enumerate(zip(labels, ax["errorbars"])):
+        d = want[label.removesuffix(" (= online)")]
+        (x,), (y,) = bar.lines[0].get_data()
+        (segment,) = bar.lines[2][0].get_segments()
+        assert y == i and x == pytest.approx(100 * d["mean"])
+        assert segment[:, 0] == pytest.approx([100 * d["lo"], 100 * d["hi"]])
+    assert "95% t-interval" in ax["title"] and "paired over 3 seeds" in ax["title"]
+    assert figures["forest"]["overlaps"] == []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import random
 from pathlib import Path
+from typing import Annotated, Any
 
 import numpy as np
 import pytest
@@ -19,6 +21,13 @@ from switchema.lab.tasks import (
     apply_label_noise,
     get_task,
     load_cifar,
+)
+from switchema.lab.tasks.base import (
+    FRACTION,
+    Range,
+    keyword_options,
+    option_defaults,
+    option_problems,
 )
 from switchema.lab.tasks.flows import FLOW_TASKS
 
@@ -109,6 +118,59 @@ def test_unknown_option_lists_accepted_ones() -> None:
         get_task("circles").build_data(0, n_sample=10)
     with pytest.raises(TypeError, match=r"depth_.*accepted.*hidden"):
         get_task("circles").build_model(get_task("circles").build_data(0), depth_=3)
+
+
+@keyword_options
+def declared_data(
+    seed: int,
+    *,
+    n: Annotated[int, Range(10)] = 100,
+    split: Annotated[float, FRACTION] = 0.5,
+    cap: Annotated[int | None, Range(1)] = None,
+    folder: str | Path | None = None,
+    anything: Any = "x",
+    plain=3,  # unannotated: unchecked
+) -> dict:
+    return {"n": n}
+
+
+def test_options_are_checked_by_their_declared_type_and_range() -> None:
+    data = declared_data
+    ok = {"n": 10, "split": 0.25, "cap": None, "folder": Path("."), "anything": [1], "plain": "?"}
+    assert option_problems(data, ok, "data option") == []
+    assert data(0, **ok) == {"n": 10}
+    assert option_problems(data, {"n": "abc", "split": 1.0}, "data option") == [
+        "data option n must be an int >= 10, got 'abc'",
+        "data option split must be a number in (0, 1), got 1.0",
+    ]
+    assert option_problems(data, {"n": True, "cap": 0, "folder": 3}, "opt") == [
+        "opt n must be an int >= 10, got True",  # a bool is not a count
+        "opt cap must be an int >= 1 or None, got 0",
+        "opt folder must be a string or a path or None, got 3",
+    ]
+    with pytest.raises(TypeError, match=r"data\(\) option n must be an int >= 10, got '5'"):
+        data(0, n="5")  # a wrong type is a TypeError ...
+    with pytest.raises(ValueError, match=r"data\(\) option n must be an int >= 10, got 5"):
+        data(0, n=5)  # ... a value out of range a ValueError
+
+
+def test_builtin_options_declare_their_ranges() -> None:
+    for name, task in TASKS.items():  # every declared default is allowed by its declaration
+        for fn in (task.build_data, task.build_model):
+            defaults = {
+                k: v for k, v in option_defaults(fn).items() if v is not inspect.Parameter.empty
+            }
+            assert option_problems(fn, defaults, name) == [], name
+    mnist = get_task("mnist1d-cnn")
+    assert option_problems(mnist.build_data, {"n_total": 19}, "data option") == [
+        "data option n_total must be an int >= 20, got 19"
+    ]
+    assert option_problems(mnist.build_model, {"channels": 0}, "model option") == [
+        "model option channels must be an int >= 1, got 0"
+    ]
+    # `switchema tasks` shows them
+    assert "n_total=5000 (examples, train + test; >= 20)" in mnist.describe()
+    assert "train_split=0.8 (fraction for training; in (0, 1))" in mnist.describe()
 
 
 def test_seed_and_data_can_be_passed_by_name() -> None:

@@ -145,3 +145,42 @@ def test_synthesis_loads_into_a_model_and_needs_snapshots(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         synthesize(store, sigma_rel=0.09)  # inside the tracked widths: no warning
+
+
+def test_a_second_run_into_the_same_folder_fails_loudly(tmp_path):
+    # The newcomer's scenario: a 1000-step run, then a 500-step run into the same folder.
+    # Before, the second overwrote steps 50..500 and left the first's 550..1000, and synthesize
+    # returned the first run's average at time 1000 without a word.
+    path = tmp_path / "snapshots"
+    first = FolderStore(path)
+    tracked(steps=1000, every=50, direct=(), store=first)
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    with pytest.raises(
+        FileExistsError, match=r"20 snapshot\(s\), steps 50 to 1000.*overwrite=True"
+    ):
+        tracked(steps=500, every=50, direct=(), store=FolderStore(path))
+    # refused before a single snapshot: the folder is exactly as the first run left it
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    # a plain path is a new store too (PowerEMA.snapshot_every(path, ...))
+    with pytest.raises(FileExistsError, match=f"run {first.run_id!r}"):
+        PowerEMA(Walker(), sigma_rel=(0.05, 0.10)).snapshot_every(path, every=50)
+
+
+def test_overwrite_replaces_and_run_id_continues(tmp_path):
+    path = tmp_path / "snapshots"
+    tracked(steps=1000, every=50, direct=(), store=FolderStore(path))
+    second = FolderStore(path, overwrite=True)
+    ema, _, _ = tracked(steps=500, every=50, direct=(), store=second)
+    metas = second.metas()
+    assert [m["step"] for m in metas] == list(range(50, 501, 50))  # the first run's are gone
+    assert synthesize(path, sigma_rel=0.07).time == 500.0
+    # the same run id continues the run (e.g. after a restart): its snapshots are kept
+    again = FolderStore(path, run_id=second.run_id)
+    again.claim()
+    assert len(again) == 10 and again.owner() == second.run_id
+    # an old folder with snapshots but no recorded run id is refused as well
+    (path / "run.json").unlink()
+    with pytest.raises(FileExistsError, match="recorded no id"):
+        FolderStore(path).claim()
+    with pytest.raises(TypeError, match="run_id"):
+        FolderStore(path, run_id="")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__, cli_average, cli_reports
@@ -50,7 +51,14 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         metavar="RUN",
         help="continue the killed or unfinished run in folder RUN with its saved settings "
         "(finished jobs are kept, unfinished ones continue from their last checkpoint); "
-        "--seeds and --methods may add seeds and methods, other changed settings are refused",
+        "--seeds and --methods may add seeds and methods, other changed settings are refused "
+        "unless no job has finished an epoch (the run then starts again with them)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check every setting, print the resolved settings, jobs, run folder and epochs "
+        "to train, and exit without training or writing anything",
     )
     add_run_option_flags(p)
     add_output_flags(p)
@@ -60,6 +68,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 def _compare(args: argparse.Namespace) -> int:
     from .lab.errors import UsageError
     from .lab.flags import config_from_flags, grid_from_flags, run_options_from_flags
+    from .lab.plan import study_plan
+    from .lab.preflight import check_studies, check_writable
     from .lab.resolve import resolve
     from .lab.runner import default_run_folder, resume_study, run_compare
 
@@ -68,12 +78,26 @@ def _compare(args: argparse.Namespace) -> int:
         out = args.resume
         study, added = resume_study(out, grid_from_flags(args))
         for name, values in added.items():
-            print(f"resuming {out}: adding {name} {' '.join(map(str, values))}", file=sys.stderr)
+            if name == "restart":
+                print(
+                    f"resuming {out}: no job had finished an epoch, so the run starts again "
+                    f"with the changed {', '.join(values)}",
+                    file=sys.stderr,
+                )
+            else:
+                print(
+                    f"resuming {out}: adding {name} {' '.join(map(str, values))}", file=sys.stderr
+                )
     else:
         if options.retry_failed:
             raise UsageError("--retry-failed only applies with --resume RUN")
         study = resolve(config_from_flags(args))  # every mistake before any training starts
         out = args.out or default_run_folder(study.task.name)
+    if args.dry_run:
+        check_writable(out)
+        check_studies([study], device=options.executor == "local")
+        print(study_plan(study, out, resume=args.resume is not None))
+        return 0
     try:
         run_compare(study, out, options, resume=args.resume is not None)
     except KeyboardInterrupt:
@@ -349,7 +373,7 @@ def _add_diff(sub: argparse._SubParsersAction) -> None:
         description=(
             "Compare two run folders (or two sweep folders, cell by cell): the settings that "
             "differ, then for every method and model both runs have, each run's final and "
-            "best-epoch metric and the difference B - A, paired by seed with a 95%% t-interval "
+            "best-epoch metric and the difference B - A, paired by seed with a 95% t-interval "
             "where the seeds match. Example: switchema diff runs/before runs/after"
         ),
         epilog=EXIT_STATUS,
@@ -453,15 +477,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .lab.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
-
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(parser, args, extras)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one plain line, ``switchema: warning: ...`` (no source path)."""
+    print(f"switchema: warning: {message}", file=file or sys.stderr)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> int:
+    from .lab.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+
     if extras:  # fail as the subcommand's own parser would, suggesting the flag meant
         from .lab.flags import unrecognized
 
         target = args.subcommands.get(args.command, parser) if args.command else parser
-        target.error(unrecognized(target, extras))
+        target.error(unrecognized(target, extras, args.subcommands))
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

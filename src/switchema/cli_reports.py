@@ -29,7 +29,7 @@ def _add_claims(sub: argparse._SubParsersAction, epilog: str) -> None:
             "Read a claims spec (TOML: one [[claim]] per claim, naming the run folder, models, "
             "metric and claimed direction, or why it cannot be tested here), measure every "
             "claim from the saved run folders under --runs, and write the table (effect with "
-            "95%% CI, n, raw and Holm-corrected p, verdict) with the runs' provenance. Trains "
+            "95% CI, n, raw and Holm-corrected p, verdict) with the runs' provenance. Trains "
             "nothing. A run folder that does not exist yet gives a 'not run yet' row and a "
             "warning, not an error. Example: switchema claims --spec experiments/claims.toml "
             "--runs runs --out experiments/CLAIMS.md"

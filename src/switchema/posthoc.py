@@ -37,6 +37,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -153,10 +155,42 @@ class _MemoryReader:
 
 
 class FolderStore:
-    """Snapshots as files in ``path``: ``snapshot-<step>.bin`` (raw data) + ``.json`` (meta)."""
+    """Snapshots as files in ``path``: ``snapshot-<step>.bin`` (raw data) + ``.json`` (meta).
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    A folder holds the snapshots of one run: the first snapshot written (or
+    :meth:`PowerEMA.snapshot_every <switchema.PowerEMA.snapshot_every>`) records the store's
+    ``run_id`` in ``path/run.json``, and a store of another run refuses to write there, so two
+    runs' snapshots are never mixed (a synthesis would silently read the newest of either).
+    To continue a run after a restart, pass its ``run_id`` (the one in ``run.json``); to
+    replace a folder's snapshots, ``overwrite=True`` (they are deleted at the first write).
+    Reading (:func:`synthesize`) needs neither::
+
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> FolderStore(folder, run_id="a").claim()
+        >>> FolderStore(folder, run_id="b").claim()
+        Traceback (most recent call last):
+        ...
+        FileExistsError: ... holds the snapshots of run 'a' ...
+        >>> FolderStore(folder, run_id="b", overwrite=True).claim()  # replaces run 'a'
+
+    Args:
+        path: the folder (created at the first write).
+        run_id: the run the snapshots belong to (default: a new random id).
+        overwrite: delete another run's snapshots in ``path`` instead of refusing.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, run_id: str | None = None, overwrite: bool = False
+    ) -> None:
+        if run_id is not None and (not isinstance(run_id, str) or not run_id):
+            raise TypeError(f"run_id must be a non-empty str or None, got {run_id!r}")
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"overwrite must be a bool, got {overwrite!r}")
         self.path = Path(path)
+        self.run_id = run_id or uuid.uuid4().hex
+        self.overwrite = overwrite
+        self._claimed = False
 
     def __len__(self) -> int:
         return len(self._jsons())
@@ -166,8 +200,47 @@ class FolderStore:
             return []
         return sorted(self.path.glob("snapshot-*.json"))
 
-    def write(self, meta: dict[str, Any], groups: list[Tensor]) -> None:
+    def owner(self) -> str | None:
+        """The run id recorded in the folder (None: none recorded)."""
+        try:
+            return json.loads((self.path / "run.json").read_text())["run_id"]
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return "unreadable"
+
+    def claim(self) -> None:
+        """Make the folder this run's, before its first snapshot: record ``run_id`` in it.
+
+        Raises:
+            FileExistsError: the folder holds snapshots of another run (or of a run that
+                recorded no id), and ``overwrite`` is False. The message says what to do.
+        """
+        if self._claimed:
+            return
+        owner = self.owner()
+        theirs = [p for p in self.path.glob("snapshot-*")] if self.path.is_dir() else []
+        if owner != self.run_id and (theirs or owner is not None):
+            if not self.overwrite:
+                steps = sorted(int(m["step"]) for m in self.metas())
+                held = f"steps {steps[0]} to {steps[-1]}" if steps else "no finished snapshot"
+                whose = "a run that recorded no id" if owner is None else f"run {owner!r}"
+                raise FileExistsError(
+                    f"{self.path} holds the snapshots of {whose} ({len(steps)} snapshot(s), "
+                    f"{held}); a new run's snapshots would mix with them. Choose another "
+                    f"folder, pass overwrite=True to delete them, or run_id={owner!r} to "
+                    f"continue that run"
+                )
+            for old in theirs:
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
         self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.path / "run.json.tmp"
+        tmp.write_text(json.dumps({"run_id": self.run_id}))
+        os.replace(tmp, self.path / "run.json")
+        self._claimed = True
+
+    def write(self, meta: dict[str, Any], groups: list[Tensor]) -> None:
+        self.claim()
         stem = self.path / f"snapshot-{meta['step']:010d}"
         tmp = stem.with_suffix(".bin.tmp")
         with open(tmp, "wb") as f:
@@ -257,10 +330,12 @@ def _write_dcp(averager: Any, store: FolderStore, meta: dict[str, Any], dtype: A
     if dtype is not None:
         averages = {k: v.to(dtype) for k, v in averages.items()}
     name = f"snapshot-{meta['step']:010d}"
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    if rank == 0:  # every rank has its own random run id: rank 0's decides
+        store.claim()
     dcp.save({"averages": averages}, checkpoint_id=store.path / name)
     shapes = {k: list(v.shape) for k, v in averages.items()}
     meta = {**meta, "storage": "dcp", "file": name, "shapes": shapes}
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     if rank == 0:
         tmp = store.path / f"{name}.json.tmp"
         tmp.write_text(json.dumps(meta))

@@ -172,10 +172,19 @@ class PowerEMA(WeightAverager):
         self.events.record("snapshot", step=self.step, epoch=self.epoch)
 
     def snapshot_every(self, store: Any, every: int, *, dtype: torch.dtype | None = None) -> None:
-        """Take a :meth:`snapshot` in ``update()`` whenever ``step`` reaches a multiple of ``every``."""
-        from .posthoc import as_store
+        """Take a :meth:`snapshot` in ``update()`` whenever ``step`` reaches a multiple of ``every``.
 
-        self._snapshot_rule = (as_store(store), check_int(every, "every", minimum=1), dtype)
+        A :class:`~switchema.posthoc.FolderStore` is claimed for this run at once: a folder
+        holding another run's snapshots raises ``FileExistsError`` here, before training."""
+        from .posthoc import FolderStore, as_store
+
+        store = as_store(store)
+        every = check_int(every, "every", minimum=1)
+        dist = torch.distributed
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if isinstance(store, FolderStore) and rank == 0:  # rank 0's run id decides
+            store.claim()  # a folder of another run's snapshots is refused now, not mid-run
+        self._snapshot_rule = (store, every, dtype)
 
     # ------------------------------------------------------------------ state
     def _counters(self) -> dict[str, Any]:

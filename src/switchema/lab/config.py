@@ -31,7 +31,7 @@ from .._checks import is_int, is_real
 from ..profiles import SIGMA_REL_MAX
 from ..schedules import DecaySchedule, LinearWarmup
 from ..switching import SwitchRule
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 from .setting import ALWAYS, Setting, setting
 from .tasks import Task, get_task
 from .units import Duration, parse_duration
@@ -438,11 +438,14 @@ def canonical_keys(d: Mapping[str, Any], source: str = "settings") -> dict[str, 
             unknown.append(raw)
             continue
         out[key] = value
-    if unknown:
-        allowed = sorted(set(SETTINGS) | set(ALIASES))
+    if unknown:  # suggest and list the current names only (aliases are still read)
+        names = sorted(SETTINGS)
         raise ConfigError(
-            f"{source}: unknown key(s) {', '.join(repr(k) for k in unknown)}; allowed: "
-            f"{', '.join(allowed)}"
+            [
+                f"{source}: unknown key {k!r}{did_you_mean(str(k).replace('-', '_'), names)}"
+                for k in unknown
+            ]
+            + [f"settings: {', '.join(names)}"]
         )
     return out
 

@@ -17,6 +17,9 @@ Exit statuses of ``switchema`` (:data:`EXIT_CODES`):
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
@@ -29,6 +32,7 @@ __all__ = [
     "RunExistsError",
     "MissingDependencyError",
     "NoResultsError",
+    "did_you_mean",
 ]
 
 EXIT_OK = 0
@@ -74,3 +78,13 @@ class NoResultsError(UsageError):
     """The run holds no finished results to work on (every job failed, or none finished yet)."""
 
     exit_code = EXIT_FAILED
+
+
+def did_you_mean(given: object, names: Iterable[str], n: int = 1) -> str:
+    """``" (did you mean 'epochs'?)"``: the (up to ``n``) names in ``names`` closest to
+    ``given``, or ``""`` when none is close (:func:`difflib.get_close_matches`)."""
+    close = [repr(c) for c in difflib.get_close_matches(str(given), list(names), n=n, cutoff=0.6)]
+    if not close:
+        return ""
+    listed = close[0] if len(close) == 1 else f"{', '.join(close[:-1])} or {close[-1]}"
+    return f" (did you mean {listed}?)"

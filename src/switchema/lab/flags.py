@@ -270,15 +270,32 @@ def figures_from_flags(args: argparse.Namespace):
     return Figures(args.format, args.dpi)
 
 
-def unrecognized(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+def _flags(parser: argparse.ArgumentParser) -> list[str]:
+    return sorted(set(re.findall(r"--[a-z][a-z0-9-]*", parser.format_help())))
+
+
+def unrecognized(
+    parser: argparse.ArgumentParser,
+    extras: list[str],
+    others: dict[str, argparse.ArgumentParser] | None = None,
+) -> str:
     """The message for arguments ``parser`` does not know, with the flag each may have meant
-    (``--epocs: did you mean --epochs?``)."""
-    flags = sorted(set(re.findall(r"--[a-z][a-z0-9-]*", parser.format_help())))
+    (``--epocs: did you mean --epochs?``), or the other subcommands (``others``, by name) that
+    take it (``--grid is an option of `switchema sweep```)."""
+    flags = _flags(parser)
     hints = []
     for extra in extras:
         flag = extra.split("=", 1)[0]
+        if not extra.startswith("-"):
+            continue
+        elsewhere = [
+            name for name, p in (others or {}).items() if p is not parser and flag in _flags(p)
+        ]
         close = difflib.get_close_matches(flag, flags, n=1, cutoff=0.6)
-        if extra.startswith("-") and close:
+        if elsewhere:
+            where = " and ".join(f"`switchema {name}`" for name in elsewhere)
+            hints.append(f"{flag} is an option of {where}, not of this command")
+        elif close:
             hints.append(f"{flag}: did you mean {close[0]}?")
     message = f"unrecognized arguments: {' '.join(extras)}"
     return message + (" (" + "; ".join(hints) + ")" if hints else "")

@@ -59,6 +59,7 @@ __all__ = [
     "close_status",
     "build_study_data",
     "prepare_data",
+    "never_trained",
 ]
 
 # The names these settings had before they were renamed: the job key keeps them, so a run
@@ -201,6 +202,17 @@ def epochs_done(run_dir: str | Path, job: Job) -> int:
     except (OSError, CheckpointError):
         return 0
     return min(job.epochs, len({r.get("epoch") for r in rows}))
+
+
+def never_trained(folder: str | Path) -> bool:
+    """Whether no job in the run folder ever recorded an epoch (each failed at start-up, or
+    none ran): nothing in it depends on its settings."""
+    jobs = Path(folder) / "jobs"
+    return not jobs.is_dir() or not any(
+        (d / name).is_file() and (d / name).stat().st_size > 0
+        for d in jobs.iterdir()
+        for name in ("metrics.jsonl", "checkpoint.pt", "checkpoint.pt.prev")
+    )
 
 
 def close_status(run_dir: str | Path, job: Job, state: str, error: str | None = None) -> None:

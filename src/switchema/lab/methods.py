@@ -55,7 +55,7 @@ from ..posthoc import MemoryStore, synthesize
 from ..power import PowerEMA
 from ..schedules import DecaySchedule, LinearWarmup
 from .config import SETTINGS, Study
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 from .keys import ModelLabel
 from .units import parse_interval
 
@@ -126,7 +126,8 @@ def check_methods(methods: Iterable[str]) -> list[str]:
     methods = list(methods)
     bad = [m for m in methods if m not in SPECS]
     if bad:
-        raise ConfigError(f"unknown method(s) {bad}; allowed: {', '.join(METHODS)}")
+        hints = "".join(did_you_mean(m, METHODS) for m in bad)
+        raise ConfigError(f"unknown method(s) {bad}{hints}; allowed: {', '.join(METHODS)}")
     if not methods:
         raise ConfigError(f"no method given; allowed: {', '.join(METHODS)}")
     twice = _repeated(methods)

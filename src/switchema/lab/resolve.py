@@ -2,7 +2,7 @@
 
 Every setting is checked against its metadata (type, range, allowed values), then the rules
 that tie settings together (label noise needs a classifier, the learning-rate warm-up fits in
-the epochs, the task knows its options, a switching method takes one decay). Every problem is
+the epochs, the task knows its options and their declared types and ranges, a switching method takes one decay). Every problem is
 reported at once, each naming the bad value and what is allowed, before anything is written or
 trained.
 """
@@ -14,9 +14,10 @@ from typing import Any
 from ..schedules import DecaySchedule, LinearWarmup, resolve_schedule
 from ..switching import SwitchRule
 from .config import SETTINGS, Setting, Study, StudyConfig
-from .errors import ConfigError, UsageError
+from .errors import ConfigError, UsageError, did_you_mean
 from .methods import check_methods, decay_problems, switch_problems
 from .tasks import Task, get_task
+from .tasks.base import option_problems
 from .units import Duration, parse_duration, parse_interval
 
 __all__ = ["resolve"]
@@ -109,9 +110,12 @@ def _rules(cfg: StudyConfig, task: Task | None) -> list[str]:
         if not isinstance(given, dict) or allowed is None:
             continue
         unknown = sorted(set(given) - set(allowed))
-        if unknown:
+        for name in unknown:
+            hint = did_you_mean(name, allowed)
             problems.append(
-                f"unknown {what} option(s) {unknown} for task {cfg.task!r}; allowed: "
+                f"unknown {what} option {name!r} for task {cfg.task!r}{hint}; allowed: "
                 f"{', '.join(allowed or ()) or 'none'}"
             )
+        known = {k: v for k, v in given.items() if k in allowed}
+        problems += option_problems(fn, known, f"{what} option")
     return problems

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import time
 import warnings
 from collections.abc import Mapping
@@ -32,14 +33,24 @@ import torch
 from .. import __version__
 from .checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, read_jsonl
 from .config import SETTINGS, Study, StudyConfig, canonical_keys
-from .errors import MissingFileError, RunExistsError, UsageError
+from .errors import ConfigError, MissingFileError, RunExistsError, UsageError
 from .executors import run_jobs
-from .jobs import Job, epochs_done, job_events, job_results, job_status, study_jobs
+from .jobs import (
+    Job,
+    epochs_done,
+    job_dir,
+    job_events,
+    job_results,
+    job_status,
+    never_trained,
+    study_jobs,
+)
 from .lock import FolderLock
 from .options import RunOptions
 from .preflight import check_studies, check_writable
 from .progress import Progress
 from .report import Figures, tensorboard_writer, write_report, write_sweep_report
+from .report.export import LiveTensorBoard
 from .resolve import resolve
 from .sweep import Grid, expand_grid
 
@@ -116,13 +127,9 @@ def run_compare(
     before the folder is created (:mod:`switchema.lab.preflight`).
     """
     out = Path(out)
-    extended = False
+    rewrite = restart = False
     if resume:
-        saved = _saved_study(out)
-        if study is not None and study.config != saved.config:
-            _check_extension(out, saved, study)
-            extended = True
-        study = study or saved
+        study, rewrite, restart = _continued(out, study)
     elif study is None:
         raise UsageError("give a study, or resume=True to continue a run folder")
     check_writable(out)
@@ -135,7 +142,9 @@ def run_compare(
                 f"{out} already holds a run; continue it with --resume {out}, or choose another "
                 f"--out (results in a run folder are never overwritten)"
             )
-        if not resume or extended:
+        if restart:  # no job recorded an epoch: nothing of the old settings is kept
+            shutil.rmtree(out / "jobs", ignore_errors=True)
+        if not resume or rewrite:
             atomic_write_text(out / "config.json", json.dumps(run_header(study), indent=2))
         run_cells(out, [(out, study)], options, desc=study.task.name)
     return out
@@ -149,26 +158,73 @@ def resume_study(
     With no ``changes`` the saved settings are continued. ``changes`` (settings by name, as
     flags give them) may add seeds or methods, if every job already in the folder stays one
     of the run's jobs (adding ``swa`` to ``baseline`` + ``ema`` changes their shared job);
-    anything else raises :class:`UsageError` naming every changed setting. Returns the study
-    and ``{"seeds": [added], "methods": [added]}`` (only what is added).
+    anything else raises :class:`UsageError` naming every changed setting, unless no job of
+    the folder ever recorded an epoch (every one failed at start-up): then the run starts
+    again under the changed settings. Returns the study and ``{"seeds": [added],
+    "methods": [added]}`` (only what is added), or ``{"restart": [changed settings]}``.
     """
-    saved = _saved_study(Path(folder))
+    folder = Path(folder)
     if not changes:
-        return saved, {}
-    study = resolve(saved.config.replace(**canonical_keys(dict(changes), "--resume flags")))
-    _check_extension(Path(folder), saved, study)
+        return _continued(folder, None)[0], {}
+    config = _saved_config(folder)
+    study = resolve(config.replace(**canonical_keys(dict(changes), "--resume flags")))
+    study, _, restart = _continued(folder, study)
+    if restart:
+        changed = [n for n in SETTINGS if getattr(config, n) != getattr(study.config, n)]
+        return study, {"restart": changed}
     added = {
-        name: [v for v in getattr(study.config, name) if v not in getattr(saved.config, name)]
+        name: [v for v in getattr(study.config, name) if v not in getattr(config, name)]
         for name in ("seeds", "methods")
     }
     return study, {k: v for k, v in added.items() if v}
 
 
-def _saved_study(folder: Path) -> Study:
+def _saved_config(folder: Path) -> StudyConfig:
     if not (folder / "config.json").is_file():
         raise MissingFileError(f"{folder / 'config.json'} not found: nothing to resume in {folder}")
     header = json.loads((folder / "config.json").read_text())
-    return resolve(StudyConfig.from_dict(header["config"], str(folder / "config.json")))
+    return StudyConfig.from_dict(header["config"], str(folder / "config.json"))
+
+
+def _saved_study(folder: Path) -> Study:
+    return resolve(_saved_config(folder))
+
+
+def _continued(folder: Path, study: Study | None) -> tuple[Study, bool, bool]:
+    """What ``--resume folder`` runs: ``(study, rewrite config.json?, start afresh?)``.
+
+    ``study`` None continues the saved settings; a study that only adds seeds or methods
+    extends them; any other study (or saved settings this version refuses) is accepted only
+    while no job has recorded an epoch, and then the folder starts afresh.
+    """
+    try:
+        saved, refused = _saved_study(folder), None
+    except ConfigError as e:
+        saved, refused = None, e
+    if saved is not None and (study is None or study.config == saved.config):
+        return saved, False, False
+    fresh = never_trained(folder)
+    if study is None:
+        how = (
+            "no job there finished an epoch, so give corrected values with this --resume "
+            "(e.g. --data-opt KEY=VALUE), or delete the folder"
+            if fresh
+            else f"delete {folder} or start a new run with --out"
+        )
+        raise UsageError(f"--resume {folder}: its saved settings are refused ({refused}); {how}")
+    if saved is not None:
+        try:
+            _check_extension(folder, saved, study)
+            return study, True, False
+        except UsageError:
+            if not fresh:
+                raise
+    elif not fresh:
+        raise UsageError(
+            f"--resume {folder}: its saved settings are refused ({refused}); delete {folder} "
+            f"or start a new run with --out"
+        )
+    return study, True, True
 
 
 def _check_extension(folder: Path, saved: Study, study: Study) -> None:
@@ -189,8 +245,8 @@ def _check_extension(folder: Path, saved: Study, study: Study) -> None:
     if changed:
         raise UsageError(
             f"--resume {folder} continues the settings saved there; these differ: "
-            f"{'; '.join(changed)}. Drop them, or start a new run with --out (only more "
-            f"--seeds or --methods can be added to a run)"
+            f"{'; '.join(changed)}. Drop them, or start a new run with --out, or delete {folder} "
+            f"(only more --seeds or --methods can be added to a run whose jobs have trained)"
         )
     lost = {j.id for j in study_jobs(saved)} - {j.id for j in study_jobs(study)}
     if lost:
@@ -324,12 +380,26 @@ def run_cells(
         assemble_ready()
 
     assemble_ready()  # cells with nothing left to run
+    live = None
+    if options.tensorboard and todo:  # events as the run goes, not only at the end
+        users: dict[str, list[Path]] = {}
+        for cell_dir, _, js in cell_jobs:
+            for job in js:
+                users.setdefault(job.id, []).append(Path(cell_dir))
+        live = LiveTensorBoard(users, {j.id: job_dir(run_dir, j) for j in todo})
+    listeners = [x.epoch for x in (progress, live) if x is not None]
+
+    def on_epoch(event: dict[str, Any]) -> None:
+        for listen in listeners:
+            listen(event)
+
     try:
-        on_epoch = progress.epoch if progress is not None else None
-        run_jobs(run_dir, todo, options, on_epoch=on_epoch, on_done=finished)
+        run_jobs(run_dir, todo, options, on_epoch=on_epoch if listeners else None, on_done=finished)
     finally:
         if progress is not None:
             progress.close()
+        if live is not None:
+            live.close()
     assemble_ready()
     states = {j: job_status(run_dir, jobs[j]).get("state") for j in jobs}
     return {

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .config import Study, StudyConfig
 from .errors import EXIT_FAILED, EXIT_OK, MissingFileError, UsageError
-from .jobs import Job, epochs_done, job_dir, job_status, study_jobs
+from .jobs import Job, epochs_done, job_dir, job_status, never_trained, study_jobs
 from .lock import is_locked
 from .resolve import resolve
 from .sweep import Grid, expand_grid
@@ -111,6 +111,9 @@ class RunState:
             todo.append(f"continue with: {resume}")
         if self.failed:
             todo.append(f"rerun the failed jobs with: {resume} --retry-failed")
+        if self.command == "compare" and never_trained(self.resume_folder):
+            # nothing trained: the settings may be what failed, and can still be changed
+            todo.append(f"or correct the settings with: {resume} --set KEY=VALUE")
         if todo:
             text += ". " + "; ".join(todo).capitalize()[0] + "; ".join(todo)[1:]
         return text + "."

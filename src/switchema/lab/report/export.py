@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,13 @@ from ..checkpoint import atomic_write_text
 from ..errors import MissingDependencyError
 from ..keys import ModelKey
 
-__all__ = ["CSV_COLUMNS", "write_csv", "write_tensorboard", "tensorboard_writer"]
+__all__ = [
+    "CSV_COLUMNS",
+    "LiveTensorBoard",
+    "write_csv",
+    "write_tensorboard",
+    "tensorboard_writer",
+]
 
 #: column -> what it holds (docs/lab/run-folders.md lists the same)
 CSV_COLUMNS: dict[str, str] = {
@@ -86,23 +93,78 @@ def tensorboard_writer():
     return SummaryWriter
 
 
+_SKIP = {"seed", "method", "model", "epoch", "step", "switched"}
+
+
+def _run_name(row: dict[str, Any]) -> str:
+    """``method/model/seed<N>``: a TensorBoard run per model and seed."""
+    return f"{ModelKey(row['method'], row['model']).format()}/seed{row['seed']}"
+
+
+def _add_row(writer: Any, row: dict[str, Any]) -> None:
+    for key, value in row.items():
+        if key not in _SKIP and isinstance(value, int | float):
+            writer.add_scalar(key, value, global_step=int(row["epoch"]))
+
+
 def write_tensorboard(rows: list[dict[str, Any]], folder: str | Path) -> Path:
     """Event files under ``folder``: one TensorBoard run per ``method/model/seed``, one scalar
-    per metric column, the epoch as the step. Returns ``folder``."""
+    per metric column, the epoch as the step. Event files already there (written while the
+    run trained, :class:`LiveTensorBoard`, or by an earlier report) are replaced, so every
+    scalar appears once. Returns ``folder``."""
     writer_cls = tensorboard_writer()
     folder = Path(folder)
     by_run: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        model = ModelKey(r["method"], r["model"]).format()  # method/model
-        by_run.setdefault(f"{model}/seed{r['seed']}", []).append(r)
-    skip = {"seed", "method", "model", "epoch", "step", "switched"}
+        by_run.setdefault(_run_name(r), []).append(r)
     for name, run_rows in by_run.items():
+        for old in (folder / name).glob("events.out.tfevents.*"):
+            old.unlink()
         writer = writer_cls(log_dir=str(folder / name))
         try:
             for r in run_rows:
-                for key, value in r.items():
-                    if key not in skip and isinstance(value, int | float):
-                        writer.add_scalar(key, value, global_step=int(r["epoch"]))
+                _add_row(writer, r)
         finally:
             writer.close()
     return folder
+
+
+class LiveTensorBoard:
+    """TensorBoard events written while a run trains: after each epoch of a job, its new
+    metric rows (read from the job's ``metrics.jsonl``) go to ``<cell>/tensorboard/`` of every
+    cell that uses the job, and are flushed, so TensorBoard shows the run as it goes. The
+    report rewrites them from the saved rows when the cell is done (:func:`write_tensorboard`).
+
+    ``cells``: job id -> the cell folders that use it; ``job_dirs``: job id -> its folder.
+    """
+
+    def __init__(self, cells: dict[str, list[Path]], job_dirs: dict[str, Path]) -> None:
+        self.writer_cls = tensorboard_writer()
+        self.cells, self.job_dirs = cells, job_dirs
+        self.writers: dict[Path, Any] = {}
+
+    def epoch(self, event: dict[str, Any]) -> None:
+        """Write the rows of epoch ``event["epoch"]`` of job ``event["job"]`` and flush them."""
+        job, epoch = event["job"], int(event["epoch"])
+        try:
+            text = (self.job_dirs[job] / "metrics.jsonl").read_text()
+        except OSError:
+            return
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        touched = set()
+        for row in rows:
+            if int(row["epoch"]) != epoch:
+                continue
+            for cell in self.cells.get(job, []):
+                log_dir = cell / "tensorboard" / _run_name(row)
+                if log_dir not in self.writers:
+                    self.writers[log_dir] = self.writer_cls(log_dir=str(log_dir))
+                _add_row(self.writers[log_dir], row)
+                touched.add(log_dir)
+        for log_dir in touched:
+            self.writers[log_dir].flush()
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        self.writers.clear()

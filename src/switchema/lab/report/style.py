@@ -1,6 +1,7 @@
 """One style for every figure the lab draws: fonts and sizes, a colour per method (a shade
-per decay), line styles that keep overlapping curves visible, log axes labelled with plain
-numbers, and the file format and resolution (:class:`Figures`)."""
+per decay or width) and a marker per model, so no two models of a run look alike, line styles
+that keep overlapping curves visible (the baseline drawn on top, dashed), log axes labelled
+with plain numbers, and the file format and resolution (:class:`Figures`)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ __all__ = [
     "Figures",
     "color",
     "line_style",
+    "marker",
     "model_label",
     "plain_log_axis",
     "FIGURE_FORMATS",
@@ -54,9 +56,18 @@ COLORS = {
     "sema": "#d62728",
     "sema-openmixup": "#ff7f0e",
     "swa": "#2ca02c",
+    "posthoc": "#9467bd",
 }
-_SHADES = {"ema": "Blues", "sema": "Reds", "sema-openmixup": "Oranges", "swa": "Greens"}
-_MARKERS = {"ema": "o", "sema": "s", "sema-openmixup": "D", "swa": "^"}
+_SHADES = {
+    "ema": "Blues",
+    "sema": "Reds",
+    "sema-openmixup": "Oranges",
+    "swa": "Greens",
+    "posthoc": "Purples",
+}
+# a method's first model takes its own marker, each further one the next in this cycle
+_CYCLE = ("o", "s", "D", "^", "v", "P", "X", "*", "h", "p", "<", ">", "d", "8")
+_MARKERS = {"ema": "o", "sema": "s", "sema-openmixup": "D", "swa": "^", "posthoc": "v"}
 
 
 @dataclass(frozen=True)
@@ -89,16 +100,23 @@ def color(method: str, index: int = 0, count: int = 1) -> str | tuple:
     return matplotlib.colormaps[_SHADES[method]](0.45 + 0.5 * index / (count - 1))
 
 
+def marker(method: str, index: int = 0) -> str:
+    """The marker of a method's ``index``-th averaged model: distinct within the method."""
+    first = _CYCLE.index(_MARKERS.get(method, "v"))
+    return _CYCLE[(first + index) % len(_CYCLE)]
+
+
 def line_style(method: str, model: str, index: int = 0, count: int = 1) -> dict:
     """Keyword arguments of ``ax.plot`` for a (method, model) curve.
 
-    The baseline is a thick grey line underneath; everything else is thinner and on top, with
-    markers at staggered epochs, so a curve lying exactly on the baseline (SWA at the end of a
-    cosine schedule) leaves the grey line showing around it. Online models of switching
-    methods are wide, light and dashed, so they show around their average after a switch.
+    The baseline is a dark dashed line drawn on top of everything, so a curve lying exactly
+    on it (SWA before it starts, or at the end of a cosine schedule) cannot hide it. Averaged
+    models are solid, a shade of their method's colour and a marker each (at staggered
+    epochs). Online models of switching methods are wide, light and dashed, under their
+    average.
     """
     if method == "baseline":
-        return dict(color=COLORS["baseline"], lw=3.0, alpha=0.55, zorder=2, ls="-")
+        return dict(color=COLORS["baseline"], lw=1.3, zorder=20, ls=(0, (5, 2)))
     if model == "online":  # after a switch it equals the average: a wide dashed halo under it
         return dict(color=color(method), lw=3.0, alpha=0.4, zorder=2, ls="--")
     return dict(
@@ -106,7 +124,7 @@ def line_style(method: str, model: str, index: int = 0, count: int = 1) -> dict:
         lw=1.4,
         zorder=3 + index,
         ls="-",
-        marker=_MARKERS.get(method, "v"),
+        marker=marker(method, index),
         ms=3.5,
     )
 

@@ -75,7 +75,22 @@ def verdict(d: dict[str, Any], higher: bool, against: str = "baseline") -> str:
 
 
 def _model(e: dict[str, Any]) -> str:
+    if e.get("same_as"):  # a switching method's online model, switched to its average
+        return f"{e['model']} (= {e['same_as']})"
     return f"{e['model']} (chosen on val)" if e.get("chosen_on_validation") else e["model"]
+
+
+def _marked(summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The entries the tables show, an online model whose final predictions are its
+    average's (for every seed) marked as the same model (``same_as``)."""
+    kept = {(e["method"], e["model"]) for e, _ in run_plots.distinct_entries(summary, arrays)}
+    out = []
+    for e in run_plots.shown_entries(summary):
+        if (e["method"], e["model"]) not in kept:
+            main = next(x for x in summary["entries"] if x["method"] == e["method"] and x["main"])
+            e = {**e, "same_as": main["model"]}
+        out.append(e)
+    return out
 
 
 def render_summary(
@@ -93,7 +108,7 @@ def render_summary(
     cfg = config["config"]
     rows, arrays, f = rows or [], arrays or {}, figures or Figures()
     events = events or []
-    entries = run_plots.shown_entries(summary)
+    entries = _marked(summary, arrays)
     kind = summary["kind"]
     warnings = N.warnings_for(config, summary, rows, events)
     m = summary["family"]["m"]
@@ -128,6 +143,12 @@ def render_summary(
         "",
         f"Plots: `{f.name('curves')}` (test metric per epoch, mean over seeds with min–max "
         "band), "
+        + (
+            f"`{f.name('forest')}` (each model's final difference to the baseline with its "
+            "95% interval), "
+            if run_plots.forest_rows(summary)
+            else ""
+        )
         + (f"`{f.name('reliability')}`, " if kind == "classification" else "")
         + (f"`{f.name('boundaries')}`, " if "grid/x" in arrays else "")
         + (f"`{f.name('samples')}`" if kind == "generative" else f"`{f.name('train_loss')}`")
@@ -342,6 +363,10 @@ def write_report(
     run_plots.plot_curves(config, rows, figures, run, "curves", key=summary["key"])
     if any("train_loss" in r for r in rows):  # a generative task reports no training loss
         run_plots.plot_curves(config, rows, figures, run, "train_loss", key="train_loss")
+    if run_plots.forest_rows(summary):
+        _, _, scale, unit = PRIMARY[summary["kind"]]
+        unit = "pp" if summary["kind"] == "classification" else unit.strip()
+        run_plots.plot_forest(config, summary, arrays, scale, unit, figures, run, "forest")
     if summary["kind"] == "classification":
         run_plots.plot_reliability(config, summary, arrays, figures, run, "reliability")
     if "grid/x" in arrays:

@@ -2,7 +2,8 @@
 
 One figure per swept axis; one row of panels per metric (accuracy, MSE and bits per
 character never share a y-axis), one panel per setting of the other axes, each panel with
-only the axis values it has. A categorical axis (a task, an optimizer, a switch interval) is
+only the axis values it has; the panels of one metric share their y-limits, so they compare
+at a glance. A categorical axis (a task, an optimizer, a switch interval) is
 drawn as categories: a point with a ± 1 std error bar per method, methods side by side and no
 line joining categories. A numeric axis (a decay, a learning rate) is drawn in order, lines
 joining its values and a ± 1 std band.
@@ -20,7 +21,7 @@ from ..config import SETTINGS
 from .run import PRIMARY
 from .style import STYLE, Figures, color
 
-__all__ = ["fmt_value", "is_categorical", "plot_axes"]
+__all__ = ["fmt_value", "is_categorical", "plot_axes", "share_y"]
 
 _MARKERS = {"baseline": "o", "ema": "s", "sema": "D", "sema-openmixup": "v", "swa": "^"}
 
@@ -97,6 +98,7 @@ def plot_axes(run: Path, res: dict[str, Any], figures: Figures) -> list[Path]:
             fig, axs = plt.subplots(
                 len(rows), ncol, figsize=(3.4 * ncol, 2.9 * len(rows)), squeeze=False
             )
+            of_metric: dict[str, list] = {}
             for r, keys in enumerate(rows):
                 for col in range(ncol):
                     ax = axs[r][col]
@@ -106,9 +108,11 @@ def plot_axes(run: Path, res: dict[str, Any], figures: Figures) -> list[Path]:
                     key = keys[col]
                     xs = [x for x in _order(res, axis) if any(x in d for d in panels[key].values())]
                     _draw(ax, panels[key], xs, key[0], categorical)
+                    of_metric.setdefault(key[0], []).append(ax)
                     ax.set_xlabel(axis + (" (categories)" if categorical else ""))
                     title = ", ".join(f"{a}={v}" for a, v in zip(others, key[1:]))
                     ax.set_title(title, fontsize=8)
+            share_y(of_metric.values())
             handles, labels = axs[0][0].get_legend_handles_labels()
             fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5))
             spread = "error bars" if categorical else "band"
@@ -119,6 +123,15 @@ def plot_axes(run: Path, res: dict[str, Any], figures: Figures) -> list[Path]:
             fig.tight_layout()
             paths.append(figures.save(fig, run, f"sweep_{axis}"))
     return paths
+
+
+def share_y(groups) -> None:
+    """Give every axes of each group the y-limits that hold all of them: panels of one
+    metric are compared at a glance, so they share one scale."""
+    for group in groups:
+        lows, highs = zip(*(ax.get_ylim() for ax in group))
+        for ax in group:
+            ax.set_ylim(min(lows), max(highs))
 
 
 def _order(res: dict[str, Any], axis: str) -> list[str]:

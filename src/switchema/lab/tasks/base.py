@@ -13,6 +13,15 @@ data set has a split to choose) and accepts task-specific keyword options;
 ``build_model(data, **options)`` builds a fresh, device-agnostic ``nn.Module``.
 Unknown options raise ``TypeError`` listing the accepted ones (:func:`keyword_options`).
 
+An option's type and range are declared in its annotation, where the lab reads them to check
+every value before a run folder exists (:func:`option_problems`)::
+
+    def mnist1d_data(seed, *, n_total: Annotated[int, Range(20)] = 5000,
+                     train_split: Annotated[float, FRACTION] = 0.8) -> TaskData: ...
+
+``int`` takes ints (never bools), ``float`` any real number, ``X | None`` also ``None``, a
+``Path`` also a string; an unannotated option (or ``Any``) takes anything.
+
 Output conventions, by ``kind`` (the kind also fixes the training loss, :func:`task_loss`,
 and the metrics the lab reports):
 
@@ -39,22 +48,30 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..._checks import is_int, is_real
+
 __all__ = [
     "DEFAULT_KEYS",
+    "FRACTION",
     "KINDS",
+    "Range",
     "Task",
     "TaskData",
     "expect_kind",
     "keyword_options",
     "option_defaults",
+    "option_problems",
     "task_defaults",
     "task_loss",
 ]
@@ -207,19 +224,126 @@ class Task:
             + (f" ({self.canonical_data})" if self.canonical_data else ""),
         ]
         for what, fn in (("data", self.build_data), ("model", self.build_model)):
-            options = [
-                f"{k}={'(required)' if v is inspect.Parameter.empty else repr(v)}"
-                + (f" ({self.units[k]})" if k in self.units else "")
-                for k, v in option_defaults(fn).items()
-            ]
+            declared = _declared(fn)
+            options = []
+            for k, v in option_defaults(fn).items():
+                bounds = declared.get(k, ((), None))[1]
+                notes = [self.units.get(k, ""), bounds.describe() if bounds else ""]
+                note = "; ".join(n for n in notes if n)
+                options.append(
+                    f"{k}={'(required)' if v is inspect.Parameter.empty else repr(v)}"
+                    + (f" ({note})" if note else "")
+                )
             lines.append(f"{pad}{what} options: {', '.join(options) or 'none'}")
         if self.module and not self.module.startswith("switchema."):
             lines.append(f"{pad}registered by: {self.module}")
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric option, declared in its annotation:
+    ``n_total: Annotated[int, Range(20)]`` (at least 20), ``Annotated[float, FRACTION]``."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    min_open: bool = False  # the minimum itself is not allowed
+    max_open: bool = False
+
+    def __contains__(self, value: Any) -> bool:
+        lo, hi = self.minimum, self.maximum
+        return (lo is None or value > lo or (not self.min_open and value == lo)) and (
+            hi is None or value < hi or (not self.max_open and value == hi)
+        )
+
+    def describe(self) -> str:
+        """``>= 20``, ``in (0, 1)``."""
+        if self.maximum is None:
+            return f"{'>' if self.min_open else '>='} {self.minimum:g}"
+        if self.minimum is None:
+            return f"{'<' if self.max_open else '<='} {self.maximum:g}"
+        return (
+            f"in {'(' if self.min_open else '['}{self.minimum:g}, {self.maximum:g}"
+            f"{')' if self.max_open else ']'}"
+        )
+
+
+#: A fraction strictly between 0 and 1 (a split, a share of the data).
+FRACTION = Range(0.0, 1.0, min_open=True, max_open=True)
+
+_TYPE_CHECKS: dict[Any, tuple[str, Callable[[Any], bool]]] = {
+    int: ("an int", is_int),
+    float: ("a number", is_real),
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    str: ("a string", lambda v: isinstance(v, str)),
+    type(None): ("None", lambda v: v is None),
+}
+
+
+def _declared(fn: Callable[..., Any]) -> dict[str, tuple[tuple[Any, ...], Range | None]]:
+    """``{option: (allowed types, range)}`` from ``fn``'s annotations (``Any``: no types)."""
+    base = inspect.unwrap(fn)
+    try:
+        hints = typing.get_type_hints(base, include_extras=True)
+    except Exception:  # an annotation that does not evaluate: its options go unchecked
+        return {}
+    out = {}
+    for name in list(inspect.signature(base).parameters)[1:]:
+        hint, bounds = hints.get(name, Any), None
+        if typing.get_origin(hint) is typing.Annotated:
+            hint, *extras = typing.get_args(hint)
+            bounds = next((e for e in extras if isinstance(e, Range)), None)
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        kinds = typing.get_args(hint) if union else (hint,)
+        out[name] = ((), bounds) if Any in kinds else (kinds, bounds)
+    return out
+
+
+def _type_ok(value: Any, kind: Any) -> bool:
+    if kind in _TYPE_CHECKS:
+        return _TYPE_CHECKS[kind][1](value)
+    if isinstance(kind, type) and issubclass(kind, PurePath):
+        return isinstance(value, str | PurePath)
+    return not isinstance(kind, type) or isinstance(value, kind)
+
+
+def _type_name(kind: Any) -> str:
+    if kind in _TYPE_CHECKS:
+        return _TYPE_CHECKS[kind][0]
+    return "a path" if isinstance(kind, type) and issubclass(kind, PurePath) else str(kind)
+
+
+def _checked(fn: Callable[..., Any], options: Mapping[str, Any], what: str):
+    """``(message, wrong type?)`` for every given option its declaration rejects."""
+    for name, (kinds, bounds) in _declared(fn).items():
+        if name not in options:
+            continue
+        value = options[name]
+        typed = not kinds or any(_type_ok(value, k) for k in kinds)
+        ranged = bounds is None or not is_real(value) or value is None or value in bounds
+        if typed and ranged:
+            continue
+        names = [_type_name(k) for k in kinds if k is not type(None)] or ["a value"]
+        if bounds is not None:
+            names = [
+                f"{n} {bounds.describe()}" if n in ("an int", "a number") else n for n in names
+            ]
+        allowed = " or ".join(names + (["None"] if type(None) in kinds else []))
+        yield f"{what} {name} must be {allowed}, got {value!r}", not typed
+
+
+def option_problems(fn: Callable[..., Any], options: Mapping[str, Any], what: str) -> list[str]:
+    """What is wrong with the given ``options`` of a data or model builder, by its declared
+    types and ranges (unknown options are left to :func:`keyword_options`); ``what`` names
+    them in messages (``"data option"``: ``data option n_total must be an int >= 20, got
+    'abc'``)."""
+    return [message for message, _ in _checked(fn, options, what)]
+
+
 def keyword_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Make unknown keyword options fail with a TypeError that lists the accepted ones.
+    """Make unknown keyword options fail with a TypeError that lists the accepted ones, and
+    options of the wrong type (TypeError) or outside their declared :class:`Range`
+    (ValueError) fail naming the value and what is allowed.
 
     The wrapped function keeps its signature (``inspect.signature`` follows
     ``__wrapped__``) and gains an ``options`` attribute naming its options.
@@ -234,6 +358,10 @@ def keyword_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise TypeError(
                 f"{fn.__name__}() got unknown option(s) {unknown}; accepted: {allowed or 'none'}"
             )
+        problems = list(_checked(fn, options, f"{fn.__name__}() option"))
+        if problems:
+            error = TypeError if any(typed for _, typed in problems) else ValueError
+            raise error("; ".join(message for message, _ in problems))
         return fn(*args, **options)
 
     wrapper.options = tuple(allowed)  # type: ignore[attr-defined]

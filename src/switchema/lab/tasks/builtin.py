@@ -6,10 +6,12 @@ anyone registers a task of their own.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
 
 from ..._checks import check_int
-from .base import TaskData, expect_kind, keyword_options, task_defaults
+from .base import Range, TaskData, expect_kind, keyword_options, task_defaults
 from .data import (
     MNIST1D_CANONICAL,
     MNIST1D_CANONICAL_SEED,
@@ -72,7 +74,9 @@ _CIFAR_UNITS = {
     },
 )
 @keyword_options
-def circles_model(data: TaskData, *, hidden: int = 32, activation: str = "relu") -> nn.Module:
+def circles_model(
+    data: TaskData, *, hidden: Annotated[int, Range(1)] = 32, activation: str = "relu"
+) -> nn.Module:
     """2 -> hidden -> hidden -> 2 MLP."""
     expect_kind(data, "classification", "circles")
     hidden = check_int(hidden, "hidden", minimum=1)
@@ -89,7 +93,7 @@ def circles_model(data: TaskData, *, hidden: int = 32, activation: str = "relu")
     canonical_data=MNIST1D_CANONICAL,
 )
 @keyword_options
-def mnist1d_mlp_model(data: TaskData, *, hidden: int = 100) -> nn.Module:
+def mnist1d_mlp_model(data: TaskData, *, hidden: Annotated[int, Range(1)] = 100) -> nn.Module:
     expect_kind(data, "classification", "mnist1d-mlp")
     return MNIST1DMLP(
         data.input_shape[-1], check_int(hidden, "hidden", minimum=1), data.num_classes
@@ -106,7 +110,7 @@ def mnist1d_mlp_model(data: TaskData, *, hidden: int = 100) -> nn.Module:
     canonical_data=MNIST1D_CANONICAL,
 )
 @keyword_options
-def mnist1d_cnn_model(data: TaskData, *, channels: int = 25) -> nn.Module:
+def mnist1d_cnn_model(data: TaskData, *, channels: Annotated[int, Range(1)] = 25) -> nn.Module:
     expect_kind(data, "classification", "mnist1d-cnn")
     return MNIST1DCNN(
         data.input_shape[-1], check_int(channels, "channels", minimum=1), data.num_classes
@@ -124,7 +128,7 @@ def mnist1d_cnn_model(data: TaskData, *, channels: int = 25) -> nn.Module:
     canonical_data=MNIST1D_CANONICAL,
 )
 @keyword_options
-def mnist1d_cnnbn_model(data: TaskData, *, channels: int = 25) -> nn.Module:
+def mnist1d_cnnbn_model(data: TaskData, *, channels: Annotated[int, Range(1)] = 25) -> nn.Module:
     expect_kind(data, "classification", "mnist1d-cnnbn")
     return MNIST1DCNN(
         data.input_shape[-1],
@@ -152,7 +156,7 @@ def mnist1d_cnnbn_model(data: TaskData, *, channels: int = 25) -> nn.Module:
     units={"n_test": "examples", "width": "channels of the first convolutions"},
 )
 @keyword_options
-def digits_model(data: TaskData, *, width: int = 16) -> nn.Module:
+def digits_model(data: TaskData, *, width: Annotated[int, Range(1)] = 16) -> nn.Module:
     expect_kind(data, "classification", "digits-cnn")
     return DigitsCNN(data.num_classes, check_int(width, "width", minimum=1))
 
@@ -171,7 +175,7 @@ def digits_model(data: TaskData, *, width: int = 16) -> nn.Module:
     },
 )
 @keyword_options
-def friedman_model(data: TaskData, *, hidden: int = 64) -> nn.Module:
+def friedman_model(data: TaskData, *, hidden: Annotated[int, Range(1)] = 64) -> nn.Module:
     expect_kind(data, "regression", "friedman-mlp")
     hidden = check_int(hidden, "hidden", minimum=1)
     return MLP((data.input_shape[-1], hidden, hidden, 1), squeeze_output=True)
@@ -192,7 +196,12 @@ def friedman_model(data: TaskData, *, hidden: int = 64) -> nn.Module:
     },
 )
 @keyword_options
-def charlm_model(data: TaskData, *, embed_dim: int = 64, hidden: int = 128) -> nn.Module:
+def charlm_model(
+    data: TaskData,
+    *,
+    embed_dim: Annotated[int, Range(1)] = 64,
+    hidden: Annotated[int, Range(1)] = 128,
+) -> nn.Module:
     expect_kind(data, "lm", "charlm")
     return CharGRU(
         data.num_classes,
@@ -202,7 +211,9 @@ def charlm_model(data: TaskData, *, embed_dim: int = 64, hidden: int = 128) -> n
 
 
 @keyword_options
-def cifar_model(data: TaskData, *, depth: int = 8, width: int = 16) -> nn.Module:
+def cifar_model(
+    data: TaskData, *, depth: Annotated[int, Range(1)] = 8, width: Annotated[int, Range(1)] = 16
+) -> nn.Module:
     expect_kind(data, "classification", "cifar-resnet")
     return CifarResNet(depth=depth, width=width, num_classes=data.num_classes)
 

@@ -14,12 +14,13 @@ import random
 import sysconfig
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 
 from ..._checks import check_int, check_real
-from .base import TaskData, keyword_options
+from .base import FRACTION, Range, TaskData, keyword_options
 
 __all__ = [
     "CHARLM_SOURCES",
@@ -46,7 +47,12 @@ def _check_seed(seed: object) -> int:
 
 @keyword_options
 def circles_data(
-    seed: int, *, n_train: int = 50, n_test: int = 500, noise: float = 0.1, factor: float = 0.5
+    seed: int,
+    *,
+    n_train: Annotated[int, Range(2)] = 50,
+    n_test: Annotated[int, Range(2)] = 500,
+    noise: Annotated[float, Range(0.0)] = 0.1,
+    factor: Annotated[float, FRACTION] = 0.5,
 ) -> TaskData:
     """Two concentric noisy circles (sklearn ``make_circles``), stratified split by seed."""
     from sklearn.datasets import make_circles
@@ -100,7 +106,12 @@ MNIST1D_CANONICAL = "the canonical MNIST-1D, the mnist1d package's default data 
 
 
 @keyword_options
-def mnist1d_data(seed: int, *, n_total: int = 5000, train_split: float = 0.8) -> TaskData:
+def mnist1d_data(
+    seed: int,
+    *,
+    n_total: Annotated[int, Range(20)] = 5000,
+    train_split: Annotated[float, FRACTION] = 0.8,
+) -> TaskData:
     """MNIST-1D generated offline with the package's default arguments.
 
     ``n_total`` examples (rounded down to a multiple of 10 by the generator)
@@ -143,7 +154,7 @@ def mnist1d_data(seed: int, *, n_total: int = 5000, train_split: float = 0.8) ->
 
 
 @keyword_options
-def digits_data(seed: int, *, n_test: int = 450) -> TaskData:
+def digits_data(seed: int, *, n_test: Annotated[int, Range(10)] = 450) -> TaskData:
     """scikit-learn's 8x8 digits (1797 images), stratified split by seed.
 
     Pixels (0..16) are standardised with the training set's global mean and
@@ -180,7 +191,11 @@ def digits_data(seed: int, *, n_test: int = 450) -> TaskData:
 
 @keyword_options
 def friedman_data(
-    seed: int, *, n_train: int = 2000, n_test: int = 1000, noise: float = 1.0
+    seed: int,
+    *,
+    n_train: Annotated[int, Range(2)] = 2000,
+    n_test: Annotated[int, Range(1)] = 1000,
+    noise: Annotated[float, Range(0.0)] = 1.0,
 ) -> TaskData:
     """sklearn ``make_friedman1`` (10 features, 5 informative), standardised.
 
@@ -269,7 +284,11 @@ def _cut_sequences(ids: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.T
 
 @keyword_options
 def charlm_data(
-    seed: int, *, n_chars: int | None = None, seq_len: int = 64, train_fraction: float = 0.9
+    seed: int,
+    *,
+    n_chars: Annotated[int | None, Range(1)] = None,
+    seq_len: Annotated[int, Range(1)] = 64,
+    train_fraction: Annotated[float, FRACTION] = 0.9,
 ) -> TaskData:
     """Next-character prediction on standard-library source code.
 
@@ -434,8 +453,8 @@ def cifar_data(variant: int) -> Callable[..., TaskData]:
         seed: int,
         *,
         data_dir: str | Path | None = None,
-        n_train: int | None = None,
-        n_test: int | None = None,
+        n_train: Annotated[int | None, Range(1)] = None,
+        n_test: Annotated[int | None, Range(1)] = None,
     ) -> TaskData:
         """CIFAR from ``data_dir``, normalised with per-channel training mean/std.
 

@@ -32,7 +32,7 @@ figure of generated samples: every model's panel starts from the same noise.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
@@ -41,7 +41,7 @@ from ..._checks import check_int
 from ..distances import energy_distance, sliced_wasserstein
 from ..generative import VelocityMLP, flow_matching_loss, sample, sample_scores
 from ..toy2d import GaussianMixture, Scaling, dataset_2d, ring_mixture
-from .base import TaskData, expect_kind, keyword_options, task_defaults
+from .base import Range, TaskData, expect_kind, keyword_options, task_defaults
 from .registry import register_task
 
 __all__ = [
@@ -90,12 +90,12 @@ def _flow_data(name: str, seed: int, n_train: int, n_test: int, ev: dict, **opti
 def moons_data(
     seed: int,
     *,
-    n_train: int = 24000,
-    n_test: int = 1000,
+    n_train: Annotated[int, Range(1)] = 24000,
+    n_test: Annotated[int, Range(1)] = 1000,
     noise: float = 0.05,
-    n_gen: int = 500,
-    sample_steps: int = 10,
-    draws: int = 3,
+    n_gen: Annotated[int, Range(2)] = 500,
+    sample_steps: Annotated[int, Range(1)] = 10,
+    draws: Annotated[int, Range(1)] = 3,
 ) -> TaskData:
     """Two moons (``noise``: std of the Gaussian noise), standardised on the training sample."""
     ev = {"n_gen": n_gen, "sample_steps": sample_steps, "draws": draws}
@@ -106,12 +106,12 @@ def moons_data(
 def swissroll_data(
     seed: int,
     *,
-    n_train: int = 24000,
-    n_test: int = 1000,
+    n_train: Annotated[int, Range(1)] = 24000,
+    n_test: Annotated[int, Range(1)] = 1000,
     noise: float = 0.5,
-    n_gen: int = 500,
-    sample_steps: int = 10,
-    draws: int = 3,
+    n_gen: Annotated[int, Range(2)] = 500,
+    sample_steps: Annotated[int, Range(1)] = 10,
+    draws: Annotated[int, Range(1)] = 3,
 ) -> TaskData:
     """The swiss roll's spiral (``noise``: std of the Gaussian noise), standardised."""
     ev = {"n_gen": n_gen, "sample_steps": sample_steps, "draws": draws}
@@ -122,14 +122,14 @@ def swissroll_data(
 def ring_data(
     seed: int,
     *,
-    n_train: int = 24000,
-    n_test: int = 1000,
-    k: int = 8,
-    radius: float = 2.0,
-    std: float = 0.25,
-    n_gen: int = 500,
-    sample_steps: int = 10,
-    draws: int = 3,
+    n_train: Annotated[int, Range(1)] = 24000,
+    n_test: Annotated[int, Range(1)] = 1000,
+    k: Annotated[int, Range(1)] = 8,
+    radius: Annotated[float, Range(0.0, min_open=True)] = 2.0,
+    std: Annotated[float, Range(0.0, min_open=True)] = 0.25,
+    n_gen: Annotated[int, Range(2)] = 500,
+    sample_steps: Annotated[int, Range(1)] = 10,
+    draws: Annotated[int, Range(1)] = 3,
 ) -> TaskData:
     """``k`` Gaussians (``std``) on a ring of ``radius``, standardised; the exact density of the
     standardised points is :func:`true_mixture`."""
@@ -242,7 +242,12 @@ _DATA = {"flow-moons": moons_data, "flow-swissroll": swissroll_data, "flow-ring"
 
 
 @keyword_options
-def flow_model(data: TaskData, *, hidden: int = 128, depth: int = 3) -> nn.Module:
+def flow_model(
+    data: TaskData,
+    *,
+    hidden: Annotated[int, Range(1)] = 128,
+    depth: Annotated[int, Range(1)] = 3,
+) -> nn.Module:
     """:class:`~switchema.lab.generative.VelocityMLP` ``v(x, t)`` on the data's dimension."""
     expect_kind(data, "generative", "flow")
     return VelocityMLP(dim=data.input_shape[-1], hidden=hidden, depth=depth)

@@ -43,7 +43,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 from .base import DEFAULT_KEYS, KINDS, Task, TaskData, keyword_options, task_defaults
 
 __all__ = [
@@ -239,6 +239,8 @@ def get_task(name: str, module: str | None = None) -> Task:
     try:
         return TASKS[name]
     except KeyError:
+        names = task_names()
         raise ConfigError(
-            f"unknown task {name!r}; registered tasks: {', '.join(task_names())}"
+            f"unknown task {name!r}{did_you_mean(name, names, n=3)}; registered tasks: "
+            f"{', '.join(names)}"
         ) from None

@@ -21,6 +21,7 @@ example stays in training.
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from torch import nn
 
 from ..._checks import check_int, check_real
 from ..augment import consistency_loss, mnist1d_augmentation
-from .base import TaskData, expect_kind, keyword_options, task_defaults
+from .base import FRACTION, Range, TaskData, expect_kind, keyword_options, task_defaults
 from .data import MNIST1D_CANONICAL_SEED, mnist1d_data
 from .models import MNIST1DCNN
 from .registry import register_task
@@ -64,7 +65,11 @@ def keep_labels(y: torch.Tensor, labelled: float, seed: int) -> torch.Tensor:
 
 @keyword_options
 def meanteacher_data(
-    seed: int, *, n_total: int = 5000, train_split: float = 0.8, labelled: float = 0.1
+    seed: int,
+    *,
+    n_total: Annotated[int, Range(20)] = 5000,
+    train_split: Annotated[float, FRACTION] = 0.8,
+    labelled: Annotated[float, Range(0.0, 1.0, min_open=True)] = 0.1,
 ) -> TaskData:
     """The canonical MNIST-1D (:func:`.data.mnist1d_data`) with a fraction ``labelled`` of the
     training labels kept (stratified) and the rest -1."""
