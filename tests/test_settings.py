@@ -33,11 +33,21 @@ EXAMPLES = {
     "params": {"0.*": "average"},
     "frozen": "average",
     "flat_params": True,
+    "avg_fn": None,  # set below: a module-level function, so copies pickle it by name
+    "min_decay": 0.1,
     "decay": (0.9, 0.5),
     "warmup": EMAWarmup(),
     "gamma": (3.0, 7.0),
     "time": "samples",
 }
+
+
+def halfway(average, x, step):
+    return average + 0.5 * (x - average)
+
+
+EXAMPLES["avg_fn"] = halfway
+
 BUILD = {
     EMASettings: lambda m, o: EMA(m, decay=o.pop("decay", None), **o),
     SWASettings: lambda m, o: SWA(m, **o),
@@ -77,8 +87,9 @@ def test_every_option_round_trips_through_state_dict_copies_and_pickles(cls):
             assert getattr(averager, name) == getattr(expected, name)
     assert averager.switch_rule == expected.switch
     state = averager.state_dict()
-    assert cls.from_dict(state["config"]) == expected
-    fresh = BUILD[cls](model(), {})  # every default: the state's settings replace them
+    assert cls.from_dict(state["config"], avg_fn=halfway) == expected
+    # every default (a callable is never saved, so it is given again): the state's settings win
+    fresh = BUILD[cls](model(), {"avg_fn": halfway})
     with pytest.warns(UserWarning, match="settings differ"):
         fresh.load_state_dict(state)
     assert fresh.settings == expected

@@ -267,7 +267,11 @@ class WeightAverager(AverageInUse):
             store.fill_from_model()
             self._changed()
         elif _clock.crossed(prev, new, settings.update_every, settings.start_step):
-            store.lerp(self._lerp_weights())
+            weights = self._lerp_weights()  # also moves a subclass's own clock (PowerEMA)
+            if settings.avg_fn is None:
+                store.lerp(weights)
+            else:
+                store.apply(settings.avg_fn, new)
             self.events.counted_update(step=new)
             self._changed()
         if switch:
@@ -400,7 +404,7 @@ class WeightAverager(AverageInUse):
         averager must call it.
         """
         self._check_not_swapped("load_state_dict")
-        saved = saved_settings(state, self.kind, self.Settings)
+        saved = saved_settings(state, self.kind, self.Settings, self.settings.avg_fn)
         check_state(state, self._store, self.settings, saved)
         differences = self.settings.differences(saved)
         if differences:
@@ -473,7 +477,7 @@ class EMA(WeightAverager):
     averaging update ``t``::
 
         avg_0 = x_0                                 (the weights at construction)
-        avg_{t+1} = d_t * avg_t + (1 - d_t) * x     d_t = warmup(d, t)
+        avg_{t+1} = d_t * avg_t + (1 - d_t) * x     d_t = max(min_decay, warmup(d, t))
 
     ``x`` are the model's weights when :meth:`update` averages (every ``update_every``
     optimizer steps, after ``start_step``). With ``update_every=16`` and ``d = 0.968`` the
@@ -487,10 +491,11 @@ class EMA(WeightAverager):
             average halves (``decay = 0.5 ** (update_every / half_life)``).
         warmup: ``None``, ``"ema_paper"`` (``min(d, (1+t)/(10+t))``), ``"power"`` (timm
             style), ``"linear"`` (official SEMA code) or a :class:`~switchema.schedules.DecaySchedule`.
-        **options: the options every averager takes (:class:`switchema.settings.Options`):
-            ``update_every``, ``start_step``, ``switch`` (``"1e"``, ``"50s"`` or a
+        **options: ``min_decay`` (a floor under the warmed-up decay) and the options every
+            averager takes (:class:`switchema.settings.Options`): ``update_every``,
+            ``start_step``, ``switch`` (``"1e"``, ``"50s"`` or a
             :class:`~switchema.switching.SwitchRule`), ``dtype``, ``buffers``, ``params``,
-            ``frozen``, ``flat_params``.
+            ``frozen``, ``flat_params``, ``avg_fn``.
 
     :attr:`decay` is the decay when there is one; :attr:`decays` the tuple.
 
@@ -545,13 +550,13 @@ class EMA(WeightAverager):
         """The decays the next averaging update will use (after warm-up)."""
         s = self.settings
         t = _clock.updates_due(self.step, s.start_step, s.update_every)
-        return tuple(s.warmup(d, t) for d in s.decay)
+        return tuple(max(s.min_decay, s.warmup(d, t)) for d in s.decay)
 
     def _lerp_weights(self) -> list[float]:
         # Called when `step` is due: the warm-up counts the averaging updates due by the clock.
         s = self.settings
         t = _clock.updates_due(self.step, s.start_step, s.update_every) - 1
-        return [1.0 - s.warmup(d, t) for d in s.decay]
+        return [1.0 - max(s.min_decay, s.warmup(d, t)) for d in s.decay]
 
 
 class SWA(WeightAverager):

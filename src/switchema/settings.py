@@ -13,17 +13,18 @@ saved with another layout rebuilds the storage when loaded.
     >>> s.switch.every, EMASettings.from_dict(s.to_dict()) == s
     (Interval(n=1, unit='epochs'), True)
     >>> sorted(option_names(EMASettings))[:4]
-    ['buffers', 'decay', 'dtype', 'flat_params']
+    ['avg_fn', 'buffers', 'decay', 'dtype']
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ._checks import check_choice, check_int, check_real
 from .policies import check_policy_spec
@@ -79,6 +80,13 @@ class Options:
             parameters are averaged when trainable and follow ``frozen`` otherwise.
         frozen: frozen parameters: ``"copy"`` (from the model), ``"average"`` or ``"skip"``.
         flat_params: make the model's averaged parameters views into one buffer per group.
+        avg_fn: a custom average (torch ``AveragedModel``'s ``avg_fn``): at every averaging
+            update, ``avg_fn(average, model, step)`` is called per (device, dtype) group and
+            per average with the group's flat average ``(N,)`` (in its dtype) and the model's
+            tensors gathered into one flat tensor of that dtype; it updates ``average`` in
+            place (returns ``None``) or returns the new average. Slower than the fused update
+            (one gather of the weights per group). Not saved: a state records that there was
+            one, and loading it needs the averager built with ``avg_fn`` again.
     """
 
     update_every: int = 1
@@ -89,6 +97,7 @@ class Options:
     params: str | dict[str, str] | None = _layout(None)
     frozen: str = _layout("copy")
     flat_params: bool = False
+    avg_fn: Callable[[Tensor, Tensor, int], Tensor | None] | None = None
 
     kind = "base"
 
@@ -108,6 +117,11 @@ class Options:
         check_choice(self.frozen, "frozen", FROZEN_POLICIES)
         if not isinstance(self.flat_params, bool):
             raise TypeError(f"flat_params must be a bool, got {self.flat_params!r}")
+        if self.avg_fn is not None and not callable(self.avg_fn):
+            raise TypeError(
+                f"avg_fn must be a callable (average, model, step) -> new average or None, got "
+                f"{self.avg_fn!r}"
+            )
         if self.switch is not None and self.switch.index >= self.num_averages:
             raise ValueError(
                 f"switch index {self.switch.index} out of range: this averager keeps "
@@ -130,12 +144,25 @@ class Options:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (JSON- and ``weights_only``-loadable) of every field."""
-        return {f.name: _encode(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: _encode(getattr(self, f.name), f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Options:
-        """The settings :meth:`to_dict` wrote (also a state saved before settings were typed)."""
+    def from_dict(
+        cls, d: Mapping[str, Any], *, avg_fn: Callable[..., Any] | None = None
+    ) -> Options:
+        """The settings :meth:`to_dict` wrote (also a state saved before settings were typed).
+
+        A custom ``avg_fn`` is never saved: the settings record that there was one, and it
+        must be given again here.
+        """
         d = dict(d)
+        if d.get("avg_fn") is not None:
+            if avg_fn is None:
+                raise ValueError(
+                    "these settings were saved with a custom avg_fn, which is never saved: build "
+                    "the averager with the same avg_fn= before loading the state"
+                )
+            d["avg_fn"] = avg_fn
         if "switch_every" in d:  # older states: an int, in optimizer steps
             every = d.pop("switch_every")
             d.setdefault("switch", None if every is None else {"every": f"{every}s"})
@@ -148,11 +175,13 @@ class Options:
         return [
             f"{f.name}: {getattr(self, f.name)!r} here, {getattr(other, f.name)!r} there"
             for f in fields(self)
-            if _encode(getattr(self, f.name)) != _encode(getattr(other, f.name))
+            if _encode(getattr(self, f.name), f.name) != _encode(getattr(other, f.name), f.name)
         ]
 
 
-def _encode(value: Any) -> Any:
+def _encode(value: Any, name: str = "") -> Any:
+    if name == "avg_fn":  # a callable is recorded as present, never saved
+        return None if value is None else "custom"
     if isinstance(value, torch.dtype):
         return _dtype_name(value)
     if isinstance(value, (SwitchRule, DecaySchedule)):
@@ -181,10 +210,13 @@ class EMASettings(Options):
     Attributes:
         decay: the decays, one per average kept (each in [0, 1)).
         warmup: the decay warm-up, a :class:`~switchema.schedules.DecaySchedule` or its name.
+        min_decay: a floor under the warmed-up decay, ``d_t = max(min_decay, warmup(d, t))``
+            (diffusers' and ema-pytorch's ``min_decay``; 0: none).
     """
 
     decay: tuple[float, ...] = (0.999,)
     warmup: DecaySchedule = field(default_factory=Constant)
+    min_decay: float = 0.0
 
     kind = "ema"
 
@@ -195,6 +227,12 @@ class EMASettings(Options):
             raise ValueError("decay must be a float or a non-empty sequence of floats, got []")
         object.__setattr__(self, "decay", tuple(check_decay(d) for d in values))
         object.__setattr__(self, "warmup", resolve_schedule(self.warmup))
+        object.__setattr__(self, "min_decay", check_decay(self.min_decay))
+        if self.min_decay > min(self.decay):
+            raise ValueError(
+                f"min_decay {self.min_decay} is above the decay {min(self.decay)}: it bounds the "
+                "warm-up from below, so it must not exceed any decay"
+            )
         super().__post_init__()
 
     @property
