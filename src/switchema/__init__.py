@@ -30,6 +30,7 @@ from .schedules import (
     PowerWarmup,
     decay_to_half_life,
     half_life_to_decay,
+    scale_decay,
 )
 
 __version__ = "0.1.0"
@@ -50,6 +51,7 @@ __all__ = [
     "PowerWarmup",
     "LinearWarmup",
     "half_life_to_decay",
+    "scale_decay",
     "decay_to_half_life",
     "sigma_rel_to_gamma",
     "gamma_to_sigma_rel",
