@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from switchema import EMA, SWA, PowerEMA
+from switchema import BEMA, EMA, SWA, PowerEMA
 from switchema.schedules import EMAWarmup
 from switchema.settings import (
+    BEMASettings,
     EMASettings,
     Options,
     PowerSettings,
@@ -39,6 +40,9 @@ EXAMPLES = {
     "warmup": EMAWarmup(),
     "gamma": (3.0, 7.0),
     "time": "samples",
+    "kappa": (0.4, 0.6),
+    "eta": (0.1, 0.3),
+    "rho": 5.0,
 }
 
 
@@ -52,7 +56,9 @@ BUILD = {
     EMASettings: lambda m, o: EMA(m, decay=o.pop("decay", None), **o),
     SWASettings: lambda m, o: SWA(m, **o),
     PowerSettings: lambda m, o: PowerEMA(m, gamma=o.pop("gamma", 1.0), **o),
+    BEMASettings: lambda m, o: BEMA(m, **o),
 }
+ALL = [EMASettings, SWASettings, PowerSettings, BEMASettings]
 
 
 def model():
@@ -64,19 +70,21 @@ def examples(cls):
     out = {name: EXAMPLES[name] for name in option_names(cls)}
     if cls is PowerSettings:
         out["start_step"] = 0  # a power profile starts at step 0
+    if cls is BEMASettings:
+        out["gamma"] = 2.0  # BEMA's gamma is the multiplier of t, one number
     return out
 
 
-@pytest.mark.parametrize("cls", [EMASettings, SWASettings, PowerSettings])
+@pytest.mark.parametrize("cls", ALL)
 def test_every_option_has_an_example_that_differs_from_its_default(cls):
-    defaults = cls()
+    defaults, examples_of_cls = cls(), examples(cls)
     for f in fields(cls):
         assert f.name in EXAMPLES, f"option {f.name!r} of {cls.__name__} has no example"
         if not (cls is PowerSettings and f.name == "start_step"):
-            assert getattr(defaults, f.name) != EXAMPLES[f.name], f.name
+            assert getattr(defaults, f.name) != examples_of_cls[f.name], f.name
 
 
-@pytest.mark.parametrize("cls", [EMASettings, SWASettings, PowerSettings])
+@pytest.mark.parametrize("cls", ALL)
 def test_every_option_round_trips_through_state_dict_copies_and_pickles(cls):
     opts = examples(cls)
     averager = BUILD[cls](model(), dict(opts))

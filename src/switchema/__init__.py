@@ -15,6 +15,7 @@
 from . import checkpoints
 from .averaging import EMA, SWA, WeightAverager, unwrap_model
 from .batchnorm import BUFFER_POLICIES, has_batchnorm, recompute_bn
+from .bema import BEMA
 from .power import PowerEMA
 from .profiles import (
     decay_to_sigma_rel,
@@ -39,6 +40,7 @@ __all__ = [
     "EMA",
     "SWA",
     "PowerEMA",
+    "BEMA",
     "checkpoints",
     "WeightAverager",
     "unwrap_model",

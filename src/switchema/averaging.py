@@ -200,15 +200,25 @@ class WeightAverager(AverageInUse):
                 "call it after the with-block ends"
             )
 
-    def _changed(self) -> None:
-        """The averages changed: recomputed BatchNorm statistics no longer belong to them."""
+    def _changed(self) -> None:  # recomputed BatchNorm statistics no longer belong to them
         self._version += 1
-        if self._bn_stats:
-            self._bn_stats.clear()
+        self._bn_stats.clear()
 
     # ------------------------------------------------------------------ the clock
     def _lerp_weights(self) -> list[float]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _follow_model(self) -> None:
+        """Before the start step (and on reset): every average <- the model."""
+        self._store.fill_from_model()
+
+    def _average(self, step: int) -> None:
+        """One averaging update at ``step``: the fused lerp, or a custom ``avg_fn``."""
+        weights = self._lerp_weights()  # also moves a subclass's own clock (PowerEMA)
+        if self.settings.avg_fn is None:
+            self._store.lerp(weights)
+        else:
+            self._store.apply(self.settings.avg_fn, step)
 
     def update(
         self, step: int | None = None, *, epoch: int | None = None, optimizer: Any = None
@@ -231,8 +241,8 @@ class WeightAverager(AverageInUse):
         * with a switch rule in steps (``switch="50s"``), the average is copied into the model
           whenever ``step`` passes a multiple of the interval once the rule has started.
 
-        A ``step`` equal to the last one is ignored (several calls per optimizer step, e.g.
-        once per micro-batch under gradient accumulation); a smaller one is an error.
+        A ``step`` equal to the last one is ignored (one call per micro-batch under gradient
+        accumulation is fine); a smaller one is an error.
         """
         store, settings = self._store, self.settings
         store.check()
@@ -264,14 +274,10 @@ class WeightAverager(AverageInUse):
             self._check_rule_optimizer(optimizer)  # before anything changes
         self.step, self.epoch = new, epochs
         if new <= settings.start_step:
-            store.fill_from_model()
+            self._follow_model()
             self._changed()
         elif _clock.crossed(prev, new, settings.update_every, settings.start_step):
-            weights = self._lerp_weights()  # also moves a subclass's own clock (PowerEMA)
-            if settings.avg_fn is None:
-                store.lerp(weights)
-            else:
-                store.apply(settings.avg_fn, new)
+            self._average(new)
             self.events.counted_update(step=new)
             self._changed()
         if switch:
@@ -321,7 +327,7 @@ class WeightAverager(AverageInUse):
         """Every average <- the model's current weights (timm's ``set``); counters are kept."""
         self._store.check()
         self._check_not_swapped("reset")
-        self._store.fill_from_model()
+        self._follow_model()
         self._changed()
         self.events.record("reset", step=self.step, epoch=self.epoch)
 

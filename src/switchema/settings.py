@@ -43,6 +43,7 @@ __all__ = [
     "EMASettings",
     "SWASettings",
     "PowerSettings",
+    "BEMASettings",
     "TIME_UNITS",
     "option_names",
     "resolve_decays",
@@ -198,7 +199,7 @@ def _decode(name: str, value: Any) -> Any:
         return None if value is None else SwitchRule.from_dict(value)
     if name == "warmup":
         return schedule_from_dict(value)
-    if name in ("decay", "gamma"):
+    if name in ("decay", "gamma", "kappa", "eta") and isinstance(value, list):
         return tuple(float(v) for v in value)
     return value
 
@@ -304,6 +305,49 @@ def resolve_decays(decay: Any, half_life: Any, update_every: int) -> tuple[float
             "decay must be a float or a non-empty sequence of floats, got an empty sequence"
         )
     return decays
+
+
+@dataclass(frozen=True)
+class BEMASettings(Options):
+    """:class:`Options` and BEMA's own (Block & Zhang 2025; defaults of TRL's callback).
+
+    Attributes:
+        kappa: the EMA's power, one per average, each in (0, 1].
+        eta: the bias correction's power, one per average (as many as ``kappa``), each >= 0.
+        rho: the lag, ``>= 1``.
+        gamma: the multiplier of ``t``, ``> 0``.
+    """
+
+    update_every: int = 400
+    kappa: tuple[float, ...] = (0.5,)
+    eta: tuple[float, ...] = (0.2,)
+    rho: float = 10.0
+    gamma: float = 1.0
+
+    kind = "bema"
+
+    def __post_init__(self) -> None:
+        kappa = tuple(self.kappa) if isinstance(self.kappa, (tuple, list)) else (self.kappa,)
+        eta = tuple(self.eta) if isinstance(self.eta, (tuple, list)) else (self.eta,)
+        if not kappa or len(eta) != len(kappa):
+            raise ValueError(
+                f"kappa and eta give one average each and must be as many, got kappa={kappa!r}, "
+                f"eta={eta!r}"
+            )
+        set_ = object.__setattr__
+        set_(self, "kappa", tuple(check_real(k, "kappa", minimum=0.0, maximum=1.0) for k in kappa))
+        set_(self, "eta", tuple(check_real(e, "eta", minimum=0.0) for e in eta))
+        if any(k == 0.0 for k in self.kappa):
+            raise ValueError(f"kappa must be in (0, 1], got {self.kappa!r}")
+        set_(self, "rho", check_real(self.rho, "rho", minimum=1.0))
+        set_(self, "gamma", check_real(self.gamma, "gamma", minimum=0.0))
+        if not self.gamma > 0:
+            raise ValueError(f"gamma must be > 0, got {self.gamma!r}")
+        super().__post_init__()
+
+    @property
+    def num_averages(self) -> int:
+        return len(self.kappa)
 
 
 def option_names(cls: type[Options]) -> list[str]:
