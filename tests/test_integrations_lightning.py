@@ -519,3 +519,31 @@ def test_copy_average_at_end_leaves_the_average_in_the_module(tmp_path):
     assert all(torch.equal(avg[k], v) for k, v in _weights(model).items())
     with pytest.raises(TypeError, match="copy_average_at_end must be a bool"):
         EMACallback(copy_average_at_end="yes")
+
+
+class _EpochEnds(L.Callback):
+    """Records the module's weights at every epoch end (before other callbacks' epoch ends)."""
+
+    def __init__(self) -> None:
+        self.weights: list[dict[str, torch.Tensor]] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.weights.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+
+def test_epoch_level_updates_from_a_start_epoch_average_the_epoch_end_weights(tmp_path):
+    """Lightning's ``should_update(epoch_idx=...)`` with ``update_starting_at_epoch``: an SWA
+    updated at the end of epochs 3, 4 and 5 only is the mean of those three epochs' weights."""
+    torch.manual_seed(0)
+    model = Tiny()
+    ends = _EpochEnds()
+    cb = EMACallback(SWA, update_on="epoch", start_epoch=2, evaluate="online")
+    _trainer(tmp_path, max_epochs=5, callbacks=[ends, cb]).fit(model, _loader())
+    swa = cb.averager
+    assert swa.n_averaged == 3 and swa.start_step == 2 * 10  # 10 optimizer steps an epoch
+    averaged = swa.averaged_state_dict()
+    for name in averaged:
+        expected = sum(w[name] for w in ends.weights[2:]) / 3
+        torch.testing.assert_close(averaged[name], expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="update_on"):
+        EMACallback(update_on="batch")

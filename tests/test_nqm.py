@@ -196,7 +196,7 @@ def test_input_errors_name_the_value(call, error, match):
 def test_cli_nqm_writes_tables_plots_and_numbers(tmp_path, capsys):
     out = tmp_path / "nqm"
     argv = ["nqm", "--eta", "0.75", "--curvature", "2", "--noise", "0.5", "--decay", "0.9"]
-    argv += ["--switch-every", "5", "--steps", "300", "--chains", "200", "--seed", "3"]
+    argv += ["--switch-every", "5s", "--steps", "300", "--chains", "200", "--seed", "3"]
     assert main([*argv, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "Stationary variance: simulation vs closed form" in printed
@@ -216,3 +216,8 @@ def test_cli_nqm_writes_tables_plots_and_numbers(tmp_path, capsys):
     assert main(["nqm", "--eta", "3", "--out", str(tmp_path / "bad")]) == 2
     assert "eta * h must be in (0, 2)" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+    # an interval carries its unit, and the quadratic model has steps only
+    for every, said in (("5", "has no unit: write '5e'"), ("2e", "has no epochs; give SGD steps")):
+        assert main(["nqm", "--switch-every", every, "--out", str(tmp_path / "bad")]) == 2
+        assert said in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()

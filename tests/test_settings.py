@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from switchema import EMA, SWA, PowerEMA
+from switchema import BEMA, EMA, SWA, PowerEMA
 from switchema.schedules import EMAWarmup
 from switchema.settings import (
+    BEMASettings,
     EMASettings,
     Options,
     PowerSettings,
@@ -33,16 +34,31 @@ EXAMPLES = {
     "params": {"0.*": "average"},
     "frozen": "average",
     "flat_params": True,
+    "avg_fn": None,  # set below: a module-level function, so copies pickle it by name
+    "min_decay": 0.1,
     "decay": (0.9, 0.5),
     "warmup": EMAWarmup(),
     "gamma": (3.0, 7.0),
     "time": "samples",
+    "kappa": (0.4, 0.6),
+    "eta": (0.1, 0.3),
+    "rho": 5.0,
 }
+
+
+def halfway(average, x, step):
+    return average + 0.5 * (x - average)
+
+
+EXAMPLES["avg_fn"] = halfway
+
 BUILD = {
     EMASettings: lambda m, o: EMA(m, decay=o.pop("decay", None), **o),
     SWASettings: lambda m, o: SWA(m, **o),
     PowerSettings: lambda m, o: PowerEMA(m, gamma=o.pop("gamma", 1.0), **o),
+    BEMASettings: lambda m, o: BEMA(m, **o),
 }
+ALL = [EMASettings, SWASettings, PowerSettings, BEMASettings]
 
 
 def model():
@@ -54,19 +70,21 @@ def examples(cls):
     out = {name: EXAMPLES[name] for name in option_names(cls)}
     if cls is PowerSettings:
         out["start_step"] = 0  # a power profile starts at step 0
+    if cls is BEMASettings:
+        out["gamma"] = 2.0  # BEMA's gamma is the multiplier of t, one number
     return out
 
 
-@pytest.mark.parametrize("cls", [EMASettings, SWASettings, PowerSettings])
+@pytest.mark.parametrize("cls", ALL)
 def test_every_option_has_an_example_that_differs_from_its_default(cls):
-    defaults = cls()
+    defaults, examples_of_cls = cls(), examples(cls)
     for f in fields(cls):
         assert f.name in EXAMPLES, f"option {f.name!r} of {cls.__name__} has no example"
         if not (cls is PowerSettings and f.name == "start_step"):
-            assert getattr(defaults, f.name) != EXAMPLES[f.name], f.name
+            assert getattr(defaults, f.name) != examples_of_cls[f.name], f.name
 
 
-@pytest.mark.parametrize("cls", [EMASettings, SWASettings, PowerSettings])
+@pytest.mark.parametrize("cls", ALL)
 def test_every_option_round_trips_through_state_dict_copies_and_pickles(cls):
     opts = examples(cls)
     averager = BUILD[cls](model(), dict(opts))
@@ -77,8 +95,9 @@ def test_every_option_round_trips_through_state_dict_copies_and_pickles(cls):
             assert getattr(averager, name) == getattr(expected, name)
     assert averager.switch_rule == expected.switch
     state = averager.state_dict()
-    assert cls.from_dict(state["config"]) == expected
-    fresh = BUILD[cls](model(), {})  # every default: the state's settings replace them
+    assert cls.from_dict(state["config"], avg_fn=halfway) == expected
+    # every default (a callable is never saved, so it is given again): the state's settings win
+    fresh = BUILD[cls](model(), {"avg_fn": halfway})
     with pytest.warns(UserWarning, match="settings differ"):
         fresh.load_state_dict(state)
     assert fresh.settings == expected

@@ -15,6 +15,7 @@
 from . import checkpoints
 from .averaging import EMA, SWA, WeightAverager, unwrap_model
 from .batchnorm import BUFFER_POLICIES, has_batchnorm, recompute_bn
+from .bema import BEMA
 from .power import PowerEMA
 from .profiles import (
     decay_to_sigma_rel,
@@ -30,6 +31,7 @@ from .schedules import (
     PowerWarmup,
     decay_to_half_life,
     half_life_to_decay,
+    scale_decay,
 )
 
 __version__ = "0.1.0"
@@ -38,6 +40,7 @@ __all__ = [
     "EMA",
     "SWA",
     "PowerEMA",
+    "BEMA",
     "checkpoints",
     "WeightAverager",
     "unwrap_model",
@@ -50,6 +53,7 @@ __all__ = [
     "PowerWarmup",
     "LinearWarmup",
     "half_life_to_decay",
+    "scale_decay",
     "decay_to_half_life",
     "sigma_rel_to_gamma",
     "gamma_to_sigma_rel",

@@ -38,8 +38,9 @@ def pack_averages(store: Storage) -> dict[str, Tensor]:
     return averages
 
 
-def saved_settings(state: Any, kind: str, cls: type[Options]) -> Options:
-    """The settings a state was saved with, after checking it is a state of this ``kind``."""
+def saved_settings(state: Any, kind: str, cls: type[Options], avg_fn: Any = None) -> Options:
+    """The settings a state was saved with, after checking it is a state of this ``kind``
+    (``avg_fn``: the custom average to restore with them, never saved)."""
     if not isinstance(state, Mapping) or state.get("format") not in STATE_FORMATS:
         raise ValueError(
             f"not a switchema averager state (format {STATE_FORMAT} expected), got keys "
@@ -49,7 +50,7 @@ def saved_settings(state: Any, kind: str, cls: type[Options]) -> Options:
         raise ValueError(
             f"state was saved by a {state.get('kind')!r} averager, loading into {kind!r}"
         )
-    return cls.from_dict(state["config"])
+    return cls.from_dict(state["config"], avg_fn=avg_fn)
 
 
 def check_state(

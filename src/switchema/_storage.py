@@ -242,6 +242,17 @@ class Storage:
                 cache.host = list(weights)
             K.multi_lerp_(cache.blocks, cache.sources, cache.wviews, cache.keepviews)
 
+    def apply(self, avg_fn: Any, step: int) -> None:
+        """A custom average: ``avg_fn(average, model, step)`` per group and average, on the
+        group's flat average and the model's tensors gathered into one tensor of its dtype."""
+        for g in self.groups:
+            x = torch.empty(g.numel, dtype=g.dtype, device=g.flat.device)
+            K.copy_([K.dense_view(x, t, o) for t, o in zip(g.tensors, g.offsets)], g.tensors)
+            for k in range(g.k):
+                out = avg_fn(g.flat[k], x, step)
+                if out is not None:
+                    g.flat[k].copy_(out)
+
     def copy_into_model(self, index: int) -> None:
         """The model's averaged tensors <- average ``index`` (cast to their dtype)."""
         for g in self.groups:

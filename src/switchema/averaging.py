@@ -200,15 +200,25 @@ class WeightAverager(AverageInUse):
                 "call it after the with-block ends"
             )
 
-    def _changed(self) -> None:
-        """The averages changed: recomputed BatchNorm statistics no longer belong to them."""
+    def _changed(self) -> None:  # recomputed BatchNorm statistics no longer belong to them
         self._version += 1
-        if self._bn_stats:
-            self._bn_stats.clear()
+        self._bn_stats.clear()
 
     # ------------------------------------------------------------------ the clock
     def _lerp_weights(self) -> list[float]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _follow_model(self) -> None:
+        """Before the start step (and on reset): every average <- the model."""
+        self._store.fill_from_model()
+
+    def _average(self, step: int) -> None:
+        """One averaging update at ``step``: the fused lerp, or a custom ``avg_fn``."""
+        weights = self._lerp_weights()  # also moves a subclass's own clock (PowerEMA)
+        if self.settings.avg_fn is None:
+            self._store.lerp(weights)
+        else:
+            self._store.apply(self.settings.avg_fn, step)
 
     def update(
         self, step: int | None = None, *, epoch: int | None = None, optimizer: Any = None
@@ -231,8 +241,8 @@ class WeightAverager(AverageInUse):
         * with a switch rule in steps (``switch="50s"``), the average is copied into the model
           whenever ``step`` passes a multiple of the interval once the rule has started.
 
-        A ``step`` equal to the last one is ignored (several calls per optimizer step, e.g.
-        once per micro-batch under gradient accumulation); a smaller one is an error.
+        A ``step`` equal to the last one is ignored (one call per micro-batch under gradient
+        accumulation is fine); a smaller one is an error.
         """
         store, settings = self._store, self.settings
         store.check()
@@ -264,10 +274,10 @@ class WeightAverager(AverageInUse):
             self._check_rule_optimizer(optimizer)  # before anything changes
         self.step, self.epoch = new, epochs
         if new <= settings.start_step:
-            store.fill_from_model()
+            self._follow_model()
             self._changed()
         elif _clock.crossed(prev, new, settings.update_every, settings.start_step):
-            store.lerp(self._lerp_weights())
+            self._average(new)
             self.events.counted_update(step=new)
             self._changed()
         if switch:
@@ -317,7 +327,7 @@ class WeightAverager(AverageInUse):
         """Every average <- the model's current weights (timm's ``set``); counters are kept."""
         self._store.check()
         self._check_not_swapped("reset")
-        self._store.fill_from_model()
+        self._follow_model()
         self._changed()
         self.events.record("reset", step=self.step, epoch=self.epoch)
 
@@ -400,7 +410,7 @@ class WeightAverager(AverageInUse):
         averager must call it.
         """
         self._check_not_swapped("load_state_dict")
-        saved = saved_settings(state, self.kind, self.Settings)
+        saved = saved_settings(state, self.kind, self.Settings, self.settings.avg_fn)
         check_state(state, self._store, self.settings, saved)
         differences = self.settings.differences(saved)
         if differences:
@@ -473,7 +483,7 @@ class EMA(WeightAverager):
     averaging update ``t``::
 
         avg_0 = x_0                                 (the weights at construction)
-        avg_{t+1} = d_t * avg_t + (1 - d_t) * x     d_t = warmup(d, t)
+        avg_{t+1} = d_t * avg_t + (1 - d_t) * x     d_t = max(min_decay, warmup(d, t))
 
     ``x`` are the model's weights when :meth:`update` averages (every ``update_every``
     optimizer steps, after ``start_step``). With ``update_every=16`` and ``d = 0.968`` the
@@ -487,10 +497,11 @@ class EMA(WeightAverager):
             average halves (``decay = 0.5 ** (update_every / half_life)``).
         warmup: ``None``, ``"ema_paper"`` (``min(d, (1+t)/(10+t))``), ``"power"`` (timm
             style), ``"linear"`` (official SEMA code) or a :class:`~switchema.schedules.DecaySchedule`.
-        **options: the options every averager takes (:class:`switchema.settings.Options`):
-            ``update_every``, ``start_step``, ``switch`` (``"1e"``, ``"50s"`` or a
+        **options: ``min_decay`` (a floor under the warmed-up decay) and the options every
+            averager takes (:class:`switchema.settings.Options`): ``update_every``,
+            ``start_step``, ``switch`` (``"1e"``, ``"50s"`` or a
             :class:`~switchema.switching.SwitchRule`), ``dtype``, ``buffers``, ``params``,
-            ``frozen``, ``flat_params``.
+            ``frozen``, ``flat_params``, ``avg_fn``.
 
     :attr:`decay` is the decay when there is one; :attr:`decays` the tuple.
 
@@ -545,13 +556,13 @@ class EMA(WeightAverager):
         """The decays the next averaging update will use (after warm-up)."""
         s = self.settings
         t = _clock.updates_due(self.step, s.start_step, s.update_every)
-        return tuple(s.warmup(d, t) for d in s.decay)
+        return tuple(max(s.min_decay, s.warmup(d, t)) for d in s.decay)
 
     def _lerp_weights(self) -> list[float]:
         # Called when `step` is due: the warm-up counts the averaging updates due by the clock.
         s = self.settings
         t = _clock.updates_due(self.step, s.start_step, s.update_every) - 1
-        return [1.0 - s.warmup(d, t) for d in s.decay]
+        return [1.0 - max(s.min_decay, s.warmup(d, t)) for d in s.decay]
 
 
 class SWA(WeightAverager):

@@ -233,7 +233,12 @@ _NQM_FLAGS = [
     ("--curvature", float, 1.0, "curvature h of the quadratic; eta*h must be in (0, 2)"),
     ("--noise", float, 1.0, "variance s2 of the moving optimum"),
     ("--decay", float, 0.99, "EMA decay per SGD step, in [0, 1)"),
-    ("--switch-every", int, 10, "Switch EMA interval k, in SGD steps"),
+    (
+        "--switch-every",
+        str,
+        "10s",
+        "Switch EMA interval k, in SGD steps with their unit ('10s'; the model has no epochs)",
+    ),
     ("--steps", int, 4000, "SGD steps per chain"),
     (
         "--burn-in",
@@ -428,6 +433,23 @@ def _add_nqm(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_nqm)
 
 
+def _nqm_interval(text: str) -> int:
+    """``--switch-every`` of ``nqm``: an interval in steps, written with its unit."""
+    from .lab.errors import UsageError
+    from .switching import parse_interval
+
+    try:
+        every = parse_interval(text)
+    except ValueError as e:
+        raise UsageError(f"--switch-every: {e}") from None
+    if every.unit != "steps":
+        raise UsageError(
+            f"--switch-every {text!r}: the noisy quadratic model has no epochs; give SGD steps "
+            f"('{every.n}s')"
+        )
+    return every.n
+
+
 def _nqm(args: argparse.Namespace) -> int:
     from .lab.flags import figures_from_flags
     from .lab.nqm import run_nqm
@@ -439,7 +461,7 @@ def _nqm(args: argparse.Namespace) -> int:
         h=args.curvature,
         s2=args.noise,
         decay=args.decay,
-        k=args.switch_every,
+        k=_nqm_interval(args.switch_every),
         steps=args.steps,
         burn_in=args.burn_in,
         chains=args.chains,

@@ -33,6 +33,7 @@ __all__ = [
     "LinearWarmup",
     "half_life_to_decay",
     "decay_to_half_life",
+    "scale_decay",
     "schedule_from_dict",
     "resolve_schedule",
     "check_decay",
@@ -46,6 +47,28 @@ def check_decay(decay: float) -> float:
     if not (0.0 <= decay < 1.0) or math.isnan(decay):
         raise ValueError(f"decay must be in [0, 1), got {decay!r}")
     return float(decay)
+
+
+def scale_decay(decay: float, batch_ratio: float) -> float:
+    """The per-step decay for a batch ``batch_ratio`` times as large: ``decay ** batch_ratio``.
+
+    "How to Scale Your EMA" (Busbridge et al., 2023): when the batch grows by a factor
+    ``kappa`` (and the learning rate is scaled to match), an EMA keeps the same window *in
+    samples* when its per-step decay becomes ``decay ** kappa``; one step of the large batch then
+    weighs what ``kappa`` steps of the small one did. ``batch_ratio`` may be below 1.
+
+    >>> round(scale_decay(0.999, 4), 6)          # batch 256 -> 1024
+    0.996006
+    >>> scale_decay(scale_decay(0.99, 2), 0.5) == 0.99
+    True
+    """
+    decay = check_decay(decay)
+    if not is_real(batch_ratio) or not 0 < batch_ratio < math.inf:
+        raise ValueError(
+            f"batch_ratio must be a positive finite number (new batch / old batch), got "
+            f"{batch_ratio!r}"
+        )
+    return float(decay**batch_ratio)
 
 
 def half_life_to_decay(half_life: float, update_every: int = 1) -> float:

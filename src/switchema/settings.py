@@ -13,17 +13,18 @@ saved with another layout rebuilds the storage when loaded.
     >>> s.switch.every, EMASettings.from_dict(s.to_dict()) == s
     (Interval(n=1, unit='epochs'), True)
     >>> sorted(option_names(EMASettings))[:4]
-    ['buffers', 'decay', 'dtype', 'flat_params']
+    ['avg_fn', 'buffers', 'decay', 'dtype']
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ._checks import check_choice, check_int, check_real
 from .policies import check_policy_spec
@@ -42,6 +43,7 @@ __all__ = [
     "EMASettings",
     "SWASettings",
     "PowerSettings",
+    "BEMASettings",
     "TIME_UNITS",
     "option_names",
     "resolve_decays",
@@ -79,6 +81,13 @@ class Options:
             parameters are averaged when trainable and follow ``frozen`` otherwise.
         frozen: frozen parameters: ``"copy"`` (from the model), ``"average"`` or ``"skip"``.
         flat_params: make the model's averaged parameters views into one buffer per group.
+        avg_fn: a custom average (torch ``AveragedModel``'s ``avg_fn``): at every averaging
+            update, ``avg_fn(average, model, step)`` is called per (device, dtype) group and
+            per average with the group's flat average ``(N,)`` (in its dtype) and the model's
+            tensors gathered into one flat tensor of that dtype; it updates ``average`` in
+            place (returns ``None``) or returns the new average. Slower than the fused update
+            (one gather of the weights per group). Not saved: a state records that there was
+            one, and loading it needs the averager built with ``avg_fn`` again.
     """
 
     update_every: int = 1
@@ -89,6 +98,7 @@ class Options:
     params: str | dict[str, str] | None = _layout(None)
     frozen: str = _layout("copy")
     flat_params: bool = False
+    avg_fn: Callable[[Tensor, Tensor, int], Tensor | None] | None = None
 
     kind = "base"
 
@@ -108,6 +118,11 @@ class Options:
         check_choice(self.frozen, "frozen", FROZEN_POLICIES)
         if not isinstance(self.flat_params, bool):
             raise TypeError(f"flat_params must be a bool, got {self.flat_params!r}")
+        if self.avg_fn is not None and not callable(self.avg_fn):
+            raise TypeError(
+                f"avg_fn must be a callable (average, model, step) -> new average or None, got "
+                f"{self.avg_fn!r}"
+            )
         if self.switch is not None and self.switch.index >= self.num_averages:
             raise ValueError(
                 f"switch index {self.switch.index} out of range: this averager keeps "
@@ -130,12 +145,25 @@ class Options:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (JSON- and ``weights_only``-loadable) of every field."""
-        return {f.name: _encode(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: _encode(getattr(self, f.name), f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Options:
-        """The settings :meth:`to_dict` wrote (also a state saved before settings were typed)."""
+    def from_dict(
+        cls, d: Mapping[str, Any], *, avg_fn: Callable[..., Any] | None = None
+    ) -> Options:
+        """The settings :meth:`to_dict` wrote (also a state saved before settings were typed).
+
+        A custom ``avg_fn`` is never saved: the settings record that there was one, and it
+        must be given again here.
+        """
         d = dict(d)
+        if d.get("avg_fn") is not None:
+            if avg_fn is None:
+                raise ValueError(
+                    "these settings were saved with a custom avg_fn, which is never saved: build "
+                    "the averager with the same avg_fn= before loading the state"
+                )
+            d["avg_fn"] = avg_fn
         if "switch_every" in d:  # older states: an int, in optimizer steps
             every = d.pop("switch_every")
             d.setdefault("switch", None if every is None else {"every": f"{every}s"})
@@ -148,11 +176,13 @@ class Options:
         return [
             f"{f.name}: {getattr(self, f.name)!r} here, {getattr(other, f.name)!r} there"
             for f in fields(self)
-            if _encode(getattr(self, f.name)) != _encode(getattr(other, f.name))
+            if _encode(getattr(self, f.name), f.name) != _encode(getattr(other, f.name), f.name)
         ]
 
 
-def _encode(value: Any) -> Any:
+def _encode(value: Any, name: str = "") -> Any:
+    if name == "avg_fn":  # a callable is recorded as present, never saved
+        return None if value is None else "custom"
     if isinstance(value, torch.dtype):
         return _dtype_name(value)
     if isinstance(value, (SwitchRule, DecaySchedule)):
@@ -169,7 +199,7 @@ def _decode(name: str, value: Any) -> Any:
         return None if value is None else SwitchRule.from_dict(value)
     if name == "warmup":
         return schedule_from_dict(value)
-    if name in ("decay", "gamma"):
+    if name in ("decay", "gamma", "kappa", "eta") and isinstance(value, list):
         return tuple(float(v) for v in value)
     return value
 
@@ -181,10 +211,13 @@ class EMASettings(Options):
     Attributes:
         decay: the decays, one per average kept (each in [0, 1)).
         warmup: the decay warm-up, a :class:`~switchema.schedules.DecaySchedule` or its name.
+        min_decay: a floor under the warmed-up decay, ``d_t = max(min_decay, warmup(d, t))``
+            (diffusers' and ema-pytorch's ``min_decay``; 0: none).
     """
 
     decay: tuple[float, ...] = (0.999,)
     warmup: DecaySchedule = field(default_factory=Constant)
+    min_decay: float = 0.0
 
     kind = "ema"
 
@@ -195,6 +228,12 @@ class EMASettings(Options):
             raise ValueError("decay must be a float or a non-empty sequence of floats, got []")
         object.__setattr__(self, "decay", tuple(check_decay(d) for d in values))
         object.__setattr__(self, "warmup", resolve_schedule(self.warmup))
+        object.__setattr__(self, "min_decay", check_decay(self.min_decay))
+        if self.min_decay > min(self.decay):
+            raise ValueError(
+                f"min_decay {self.min_decay} is above the decay {min(self.decay)}: it bounds the "
+                "warm-up from below, so it must not exceed any decay"
+            )
         super().__post_init__()
 
     @property
@@ -266,6 +305,49 @@ def resolve_decays(decay: Any, half_life: Any, update_every: int) -> tuple[float
             "decay must be a float or a non-empty sequence of floats, got an empty sequence"
         )
     return decays
+
+
+@dataclass(frozen=True)
+class BEMASettings(Options):
+    """:class:`Options` and BEMA's own (Block & Zhang 2025; defaults of TRL's callback).
+
+    Attributes:
+        kappa: the EMA's power, one per average, each in (0, 1].
+        eta: the bias correction's power, one per average (as many as ``kappa``), each >= 0.
+        rho: the lag, ``>= 1``.
+        gamma: the multiplier of ``t``, ``> 0``.
+    """
+
+    update_every: int = 400
+    kappa: tuple[float, ...] = (0.5,)
+    eta: tuple[float, ...] = (0.2,)
+    rho: float = 10.0
+    gamma: float = 1.0
+
+    kind = "bema"
+
+    def __post_init__(self) -> None:
+        kappa = tuple(self.kappa) if isinstance(self.kappa, (tuple, list)) else (self.kappa,)
+        eta = tuple(self.eta) if isinstance(self.eta, (tuple, list)) else (self.eta,)
+        if not kappa or len(eta) != len(kappa):
+            raise ValueError(
+                f"kappa and eta give one average each and must be as many, got kappa={kappa!r}, "
+                f"eta={eta!r}"
+            )
+        set_ = object.__setattr__
+        set_(self, "kappa", tuple(check_real(k, "kappa", minimum=0.0, maximum=1.0) for k in kappa))
+        set_(self, "eta", tuple(check_real(e, "eta", minimum=0.0) for e in eta))
+        if any(k == 0.0 for k in self.kappa):
+            raise ValueError(f"kappa must be in (0, 1], got {self.kappa!r}")
+        set_(self, "rho", check_real(self.rho, "rho", minimum=1.0))
+        set_(self, "gamma", check_real(self.gamma, "gamma", minimum=0.0))
+        if not self.gamma > 0:
+            raise ValueError(f"gamma must be > 0, got {self.gamma!r}")
+        super().__post_init__()
+
+    @property
+    def num_averages(self) -> int:
+        return len(self.kappa)
 
 
 def option_names(cls: type[Options]) -> list[str]:

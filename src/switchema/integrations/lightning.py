@@ -66,6 +66,7 @@ supported: each rank would average only its shard under flattened names.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -83,6 +84,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
             "switchema.integrations.lightning needs Lightning: pip install 'switchema[lightning]'"
         ) from exc
 
+from .._checks import check_choice, check_int
 from ..averaging import WeightAverager, unwrap_model
 from ..switching import SwitchRule
 from ._common import apply_switch, check_evaluate, check_index, resolve_averager, resolve_switch
@@ -130,6 +132,12 @@ class EMACallback(pl.Callback):
         online_prefix: with ``evaluate="both"``, the prefix of the online model's metric names.
         copy_average_at_end: copy the average into the module when training ends (required
             by strategies that train in worker processes, such as ``ddp_spawn``).
+        update_on: ``"step"`` (default): the averager sees every optimizer step;
+            ``"epoch"``: only the end of each epoch (Lightning's
+            ``should_update(epoch_idx=...)``; SWA's classic recipe), with the step count then.
+        start_epoch: until this many epochs are complete, the average copies the module
+            (Lightning's ``update_starting_at_epoch``): the averager's ``start_step`` is set to
+            the optimizer steps of that many epochs when training starts.
 
     After ``setup``, :attr:`averager` is the :class:`switchema.WeightAverager` (in the process
     that trains).
@@ -145,8 +153,12 @@ class EMACallback(pl.Callback):
         eval_index: int = 0,
         online_prefix: str = "online/",
         copy_average_at_end: bool = False,
+        update_on: str = "step",
+        start_epoch: int = 0,
     ) -> None:
         super().__init__()
+        self.update_on = check_choice(update_on, "update_on", ("step", "epoch"))
+        self.start_epoch = check_int(start_epoch, "start_epoch", minimum=0)
         if isinstance(averager, (int, float)) and not isinstance(averager, bool):
             raise TypeError(
                 f"EMACallback's first argument is the averager or its factory; for a decay, "
@@ -201,8 +213,23 @@ class EMACallback(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Called after the loops, optimizers and callbacks are restored: global_step is final.
-        self._ensure_averager(pl_module)
+        averager = self._ensure_averager(pl_module)
         self._seen_step = trainer.global_step
+        if self.start_epoch:
+            batches = trainer.num_training_batches
+            if batches == float("inf"):
+                raise ValueError(
+                    "EMACallback(start_epoch=...) needs to know the optimizer steps per epoch, "
+                    "but the training loader has no length; give the averager start_step= instead"
+                )
+            per_epoch = math.ceil(int(batches) / trainer.accumulate_grad_batches)
+            start = self.start_epoch * per_epoch
+            if averager.start_step not in (0, start):
+                raise ValueError(
+                    f"EMACallback(start_epoch={self.start_epoch}) sets the averager's start_step "
+                    f"to {start}, but it already has start_step={averager.start_step}; give one"
+                )
+            averager.configure(start_step=start)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.copy_average_at_end and self.averager is not None:
@@ -219,16 +246,20 @@ class EMACallback(pl.Callback):
     ) -> None:
         if self.averager is None:
             return
-        if trainer.global_step > self._seen_step:  # an optimizer step happened in this batch
-            self._seen_step = trainer.global_step
-            self.averager.update(
-                trainer.global_step,
-                epoch=max(trainer.current_epoch, self.averager.epoch),
-                optimizer=self._optimizers(trainer),
-            )
-            self._has_average = True
+        stepped = trainer.global_step > self._seen_step  # an optimizer step in this batch
+        self._seen_step = trainer.global_step
+        if stepped and self.update_on == "step":
+            self._update(trainer)
         if self._is_last_batch(trainer, batch_idx):
             self._end_epoch(trainer)
+
+    def _update(self, trainer: pl.Trainer) -> None:
+        self.averager.update(
+            trainer.global_step,
+            epoch=max(trainer.current_epoch, self.averager.epoch),
+            optimizer=self._optimizers(trainer),
+        )
+        self._has_average = True
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Fallback for loops whose last batch could not be recognised in on_train_batch_end
@@ -249,6 +280,8 @@ class EMACallback(pl.Callback):
         # The averager ignores a second call for the same epoch (last batch, then fallback).
         epochs = trainer.current_epoch + 1
         if epochs > self.averager.epoch:
+            if self.update_on == "epoch" and trainer.global_step > self.averager.step:
+                self._update(trainer)
             self.averager.end_epoch(epochs, optimizer=self._optimizers(trainer))
 
     @staticmethod

@@ -177,7 +177,7 @@ class StudyConfig:
         "0",
         kind="duration",
         unit="'6e': epochs, '500s': optimizer steps",
-        methods=_AVERAGING,
+        methods=(*_AVERAGING, "bema"),
         label="EMA start",
         help="the EMA's start_step: until then the average copies the model (so it starts from "
         "the weights reached there); warm-ups count from it",
@@ -188,7 +188,7 @@ class StudyConfig:
         kind="int",
         minimum=1,
         unit="optimizer steps",
-        methods=_AVERAGING,
+        methods=(*_AVERAGING, "bema"),
         label="EMA update interval",
         help="the EMA averages every N optimizer steps and --decay is per averaging update, as "
         "in the EMA paper (updates every 16 steps, decays 0.968 ... 0.998): the window is "
@@ -200,7 +200,7 @@ class StudyConfig:
         "copy",
         kind="str",
         choices=("copy", "average", "skip"),
-        methods=(*_AVERAGING, "swa"),
+        methods=(*_AVERAGING, "swa", "bema"),
         label="buffer policy",
         help="what an average does with the model's buffers (BatchNorm running statistics): "
         "'copy' the model's (the official Switch EMA code), 'average' them as the weights, or "
@@ -309,7 +309,7 @@ class StudyConfig:
     bn_recompute: bool = setting(
         True,
         kind="bool",
-        methods=(*_AVERAGING, "posthoc", "lawa"),
+        methods=(*_AVERAGING, "posthoc", "lawa", "bema"),
         help="recompute BatchNorm statistics for averaged models before evaluating (always for SWA)",
     )
     label_noise: float = setting(

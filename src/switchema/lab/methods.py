@@ -22,6 +22,8 @@ switch happens; there is no second implementation of EMA or of switching here. T
   ``posthoc_grid`` is synthesised from the snapshots and evaluated (``posthoc@<width>``). The
   widths of ``posthoc_check`` are also tracked directly (``tracked@<width>``), to check the
   synthesis against.
+* ``bema``: the bias-corrected EMA (:class:`~switchema.BEMA`, TRL's ``kappa``, ``eta``,
+  ``rho``, ``gamma``), updated every ``ema_update_every`` steps from ``ema_start``.
 * ``lawa``: latest weight averaging: after every epoch, the uniform average of the weights at
   the last ``lawa_k`` epoch ends, by :func:`switchema.checkpoints.average_state_dicts` (the
   same weights and rounding as averaging saved checkpoints).
@@ -50,6 +52,7 @@ import torch
 from torch import nn
 
 from ..averaging import EMA, SWA, WeightAverager
+from ..bema import BEMA
 from ..checkpoints import average_state_dicts
 from ..posthoc import MemoryStore, synthesize
 from ..power import PowerEMA
@@ -108,6 +111,12 @@ SPECS: dict[str, MethodSpec] = {
         MethodSpec(
             "lawa",
             "the uniform average of the last k epoch ends",
+            passive=True,
+            single_average=False,
+        ),
+        MethodSpec(
+            "bema",
+            "the bias-corrected EMA (BEMA, TRL's defaults)",
             passive=True,
             single_average=False,
         ),
@@ -364,6 +373,12 @@ def averager_options(name: str, study: Study, steps_per_epoch: int) -> dict[str,
             "update_every": every.n * (steps_per_epoch if every.unit == "epochs" else 1),
             "buffers": cfg.buffers,
         }
+    if name == "bema":  # its own schedule (beta_t, alpha_t): no decay and no warm-up
+        return {
+            "start_step": study.ema_start.steps(steps_per_epoch),
+            "update_every": cfg.ema_update_every,
+            "buffers": cfg.buffers,
+        }
     if name == "sema-openmixup":
         # the official warm-up, linear from 0.9 * decay over the first 5 epochs of steps
         updates = max(1, math.ceil(5 * steps_per_epoch / cfg.ema_update_every))
@@ -392,6 +407,8 @@ def build_method(name: str, model: nn.Module, study: Study, steps_per_epoch: int
     options = averager_options(name, study, steps_per_epoch)
     if name == "swa":
         return Method(name, SWA(model, **options), ["avg"])
+    if name == "bema":
+        return Method(name, BEMA(model, **options), ["avg"])
     labels = ["avg"] if len(decay) == 1 else [ModelLabel("avg", d).format() for d in decay]
     if name == "ema":
         return Method(name, EMA(model, decay=tuple(decay), **options), labels)
