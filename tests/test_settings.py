@@ -207,3 +207,14 @@ def test_timm_and_ema_pytorch_habits():
         _ = EMA(net, decay=(0.5, 0.9)).decay
     expected = 0.5 * (net.weight - 1.0) + 0.5 * net.weight  # one update at decay 0.5
     torch.testing.assert_close(ema.module.weight, expected)
+
+
+def test_a_ready_averager_with_several_decays_names_the_callbacks_state():
+    """The framework callbacks key their state by the averager's settings; ema.decay is a
+    float only for one decay, so they read the settings (an EMA of two decays is fine)."""
+    from switchema.integrations._common import resolve_averager
+
+    net = nn.Linear(2, 2)
+    key = dict(resolve_averager(EMA(net, decay=(0.9, 0.99)), None).key)
+    assert key == {"kind": "ema", "decay": (0.9, 0.99)}
+    assert dict(resolve_averager(EMA(net, decay=0.9), None).key)["decay"] == (0.9,)

@@ -85,7 +85,8 @@ def resolve_averager(averager: Any, decay: float | Sequence[float] | None) -> Av
     if averager is None:
         averager = functools.partial(EMA, decay=0.999 if decay is None else decay)
     if isinstance(averager, WeightAverager):
-        fields = {n: getattr(averager, n, None) for n in _KEY_FIELDS if n != "sigma_rel"}
+        # from the typed settings (ema.decay is a float only when there is one decay)
+        fields = {n: getattr(averager.settings, n, None) for n in ("decay", "gamma")}
         return AveragerSource(None, averager, _key_of(averager.kind, fields))
     if not callable(averager):
         raise TypeError(
