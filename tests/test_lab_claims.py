@@ -109,9 +109,13 @@ def _spec(tmp_path, *claims, name="claims.toml"):
 
 
 def _rows(text):
-    """The claims table's rows as lists of cells."""
-    table = text.split("## Claims\n\n", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
-    return [[c.strip() for c in line.strip("|").split(" | ")] for line in table]
+    """The claims table's rows, each a dict of its cells by column (``effect``: the effect
+    column, ``holm``: the corrected p)."""
+    table = text.split("## Claims\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    head = [c.strip() for c in table[0].strip("| ").split(" | ")]
+    short = {"effect [95% CI]": "effect", "p (Holm, family)": "holm", "lab setting": "setting"}
+    head = [short.get(h, h) for h in head]
+    return [dict(zip(head, (c.strip() for c in ln.strip("| ").split(" | ")))) for ln in table[2:]]
 
 
 def test_supported_contradicted_and_inconclusive_follow_from_the_rows(runs, tmp_path, capsys):
@@ -143,7 +147,7 @@ def test_supported_contradicted_and_inconclusive_follow_from_the_rows(runs, tmp_
     assert text.startswith("# Claims") and "Do not edit" in text and "never edited by hand" in text
     assert f"switchema claims --spec {spec} --runs {runs} --out {out}" in text
     rows = _rows(text)
-    verdicts = [r[-1] for r in rows]
+    verdicts = [r["verdict"] for r in rows]
     assert verdicts[:5] == [
         "**supported**",
         "**contradicted**",
@@ -152,7 +156,7 @@ def test_supported_contradicted_and_inconclusive_follow_from_the_rows(runs, tmp_
         "**contradicted**",  # +1 epoch, its whole interval outside ±0.5
     ]
     for r in rows:  # every verdict follows from the row: the sign of the effect and p (Holm)
-        effect, p_holm, claim, verdict = r[5], r[8], r[3], r[9]
+        effect, p_holm, claim, verdict = r["effect"], r["holm"], r["claim"], r["verdict"]
         mean = float(effect.split()[0])
         significant = p_holm == "<0.001" or float(p_holm) < 0.05
         if "claimed: equal" in claim:
@@ -162,15 +166,16 @@ def test_supported_contradicted_and_inconclusive_follow_from_the_rows(runs, tmp_
         else:
             claimed_up = "claimed: > 0" in claim
             assert verdict == ("**supported**" if (mean > 0) == claimed_up else "**contradicted**")
-    assert rows[-1][5] == "+1.0 [+1.0, +1.0] epochs" and rows[-1][6] == "3"
-    assert rows[-1][7] == "0.250" and rows[-1][9] == "inconclusive at n = 3"
-    assert "ema/avg − 2: epoch at the final epoch" in rows[-1][4]
-    assert "circles, 3 epochs, 3 seeds" in rows[0][4] and "(r.sh)" in rows[0][4]
+    assert rows[-1]["effect"] == "+1.0 [+1.0, +1.0] epochs" and rows[-1]["n"] == "3"
+    assert rows[-1]["p"] == "0.250" and rows[-1]["verdict"] == "inconclusive at n = 3"
+    assert "ema/avg − 2: epoch at the final epoch" in rows[-1]["setting"]
+    assert "circles, 3 epochs, 3 seeds" in rows[0]["setting"] and "(r.sh)" in rows[0]["setting"]
+    assert all(r["family"] == "all" for r in rows)
     assert "## Provenance" in text and "torch threads per run: 1" in text
     assert "| `experiments/00_default` | `r.sh` | circles, 3 seeds (0, 1, 2), 3 epochs |" in text
 
 
-def test_holm_runs_over_the_whole_table_and_skips_rows_not_measured(runs, tmp_path):
+def test_holm_runs_over_the_declared_family_with_rows_not_run_as_p_1(runs, tmp_path):
     spec = load_spec(
         _spec(
             tmp_path,
@@ -200,7 +205,10 @@ def test_holm_runs_over_the_whole_table_and_skips_rows_not_measured(runs, tmp_pa
     rows = evaluate_claims(spec, RunStore(runs))
     tested = [r for r in rows if r.status == "tested"]
     assert [r.claim["id"] for r in tested] == ["a", "b", "c"]
-    assert [r.p_holm for r in tested] == holm([r.p for r in tested])
+    # the family is every testable claim the spec declares (4): the one not run counts as p = 1
+    members = [r for r in rows if r.status != "untestable"]
+    adjusted = holm([r.p if r.status == "tested" else 1.0 for r in members])
+    assert [r.p_holm for r in tested] == [q for q, r in zip(adjusted, members) if r is not rows[2]]
     assert rows[2].status == "not run" and rows[2].verdict == "not run yet (`experiments/not_yet`)"
     assert rows[3].status == "untestable" and "ImageNet" in rows[3].verdict
     assert math.isnan(rows[2].p_holm) and math.isnan(rows[3].p_holm)
@@ -226,8 +234,9 @@ def test_missing_runs_give_rows_a_warning_and_exit_0(runs, tmp_path, capsys):
         and "experiments/01_circles" in err
     )
     rows = _rows(out.read_text())
-    assert rows[0][-1] == "not run yet (`experiments/01_circles`)" and rows[0][5] == "—"
-    assert rows[1][-1] == "not testable here: COCO detection: no detector or data at this scale"
+    assert rows[0]["verdict"] == "not run yet (`experiments/01_circles`)"
+    assert rows[0]["effect"] == "—"
+    assert rows[1]["verdict"] == "not testable here: COCO detection: no detector or data at this scale"
     assert "No run folder was read" in out.read_text()
 
 

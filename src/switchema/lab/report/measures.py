@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from .. import metrics as M
+from ..decide import sign_test_p
 from ..errors import UsageError
 from ..stats import paired_difference, pairwise_difference
 from .points import POINTS, NotMeasurable, Run, RunStore, seed_rows, split_model, values
@@ -56,7 +57,9 @@ __all__ = [
 @dataclass(frozen=True)
 class Effect:
     """One measured effect: ``mean`` with its 95% interval ``[lo, hi]``, standard error,
-    degrees of freedom, number of seeds and two-sided p-value of ``mean == 0``."""
+    degrees of freedom, number of seeds and two-sided p-value of ``mean == 0``; ``values``:
+    the per-seed differences (empty for pair statistics); ``censored``: seeds whose time to a
+    target is a lower bound (their p is then the exact sign test's)."""
 
     mean: float
     lo: float
@@ -66,6 +69,8 @@ class Effect:
     n: int
     p: float
     notes: tuple[str, ...] = ()
+    values: tuple[float, ...] = ()
+    censored: int = 0
 
 
 @dataclass(frozen=True)
@@ -209,7 +214,8 @@ def effect_of_differences(d: dict[int, float], notes: list[str]) -> Effect:
         raise UsageError("no seed is shared by the models compared; nothing to pair")
     r = paired_difference(v, np.zeros_like(v))
     se = float(np.std(v, ddof=1)) / math.sqrt(n) if n >= 2 else math.nan
-    return Effect(r["mean"], r["lo"], r["hi"], se, n - 1, n, r["p"], tuple(notes))
+    vals = tuple(float(x) for x in v)
+    return Effect(r["mean"], r["lo"], r["hi"], se, n - 1, n, r["p"], tuple(notes), vals)
 
 
 def paired_seeds(per_term: list[tuple[str, dict[int, Any]]], notes: list[str]) -> list[int]:
@@ -376,7 +382,24 @@ def _epochs_to(claim: Mapping[str, Any], store: RunStore) -> Effect:
                 f"(counted as the budget + 1 epoch, a lower bound)"
             )
     d = {s: times["treatment"][s] - times["control"][s] for s in seeds}
-    return effect_of_differences(d, notes)
+    e = effect_of_differences(d, notes)
+    cut = sum(  # seeds with a censored side
+        any(times[r][s] > _budget(run, claim, r, s, count) for r in ("treatment", "control"))
+        for s in seeds
+    )
+    if not cut:
+        return e
+    # a censored time is only a lower bound, so the t test's mean is not its effect; each
+    # seed's order is still known (or a tie, both censored): the exact sign test (paired Gehan)
+    note = "p: exact sign test of each seed's order (a censored time is a lower bound)"
+    return replace(e, p=sign_test_p(e.values), notes=(*e.notes, note), censored=int(cut))
+
+
+def _budget(run: Run, claim: Mapping[str, Any], role: str, seed: int, count: str) -> float:
+    """The last epoch (or step) recorded for ``claim[role]`` in ``seed``: a time above it is
+    censored."""
+    last = seed_rows(run, claim[role])[seed][-1]
+    return float(last["step" if count == "steps" else "epoch"])
 
 
 def _describe_epochs_to(claim: Mapping[str, Any]) -> str:
