@@ -38,6 +38,7 @@ __all__ = [
     "DIRECTIONS",
     "VERDICTS",
     "Decision",
+    "comparison_verdict",
     "decide",
     "family_interval",
     "holm_declared",
@@ -317,3 +318,25 @@ def seeds_for_power(
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if reached(mid) else (mid + 1, hi)
     return lo
+
+
+def comparison_verdict(
+    mean: float, p_holm: float, n: int, *, higher: bool, alpha: float, against: str
+) -> str:
+    """The claims table's words for a comparison with no claim behind it, read as the claim
+    that it beats ``against`` (``higher``: whether higher is better): ``supported: better
+    than baseline``, ``contradicted: worse than baseline``, or ``inconclusive at n = 5``
+    (``one seed: no test`` without a p-value). ``summary.md``, sweeps, ``switchema results``
+    and ``compare`` all say it this way.
+
+    >>> comparison_verdict(0.02, 0.121, 2, higher=True, alpha=0.05, against="baseline")
+    'inconclusive at n = 2'
+    """
+    if math.isnan(p_holm):
+        return "one seed: no test"
+    d = decide("greater" if higher else "less", mean, math.nan, math.nan, p_holm, alpha=alpha, m=1)
+    if d.word == "supported":
+        return f"supported: better than {against}"
+    if d.word == "contradicted":
+        return f"contradicted: worse than {against}"
+    return f"inconclusive at n = {n}"

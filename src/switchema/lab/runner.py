@@ -36,6 +36,7 @@ from .errors import MissingFileError, RunExistsError, UsageError
 from .executors import run_jobs
 from .jobs import Job, epochs_done, job_results, job_status, study_jobs
 from .lock import FolderLock
+from .machine import machine_facts
 from .options import RunOptions
 from .preflight import check_studies, check_writable
 from .progress import Progress
@@ -69,6 +70,7 @@ def versions() -> dict[str, str]:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        **machine_facts(),  # CPU model, instruction set, MKL and oneDNN versions
     }
     try:
         import sklearn
