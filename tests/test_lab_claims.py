@@ -236,7 +236,9 @@ def test_missing_runs_give_rows_a_warning_and_exit_0(runs, tmp_path, capsys):
     rows = _rows(out.read_text())
     assert rows[0]["verdict"] == "not run yet (`experiments/01_circles`)"
     assert rows[0]["effect"] == "—"
-    assert rows[1]["verdict"] == "not testable here: COCO detection: no detector or data at this scale"
+    assert (
+        rows[1]["verdict"] == "not testable here: COCO detection: no detector or data at this scale"
+    )
     assert "No run folder was read" in out.read_text()
 
 
@@ -517,3 +519,111 @@ def test_tuned_reads_each_model_in_the_run_its_validation_metric_prefers(runs, t
     bad = load_spec(_spec(tmp_path, _claim("bad", **tuned, select="test_acc")))
     with pytest.raises(UsageError, match="select must be a validation metric"):
         evaluate_claims(bad, RunStore(root))
+
+
+def _family(id_, title="a family"):
+    return f'[[family]]\nid = "{id_}"\ntitle = "{title}"\n\n'
+
+
+def test_families_are_declared_and_removing_a_run_folder_changes_no_other_verdict(runs, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(runs, root, ignore=shutil.ignore_patterns("jobs", "*.png"))
+    constant = {**LOSS_PLUS_1, "run": "experiments/00_constant_lr"}
+    spec = load_spec(
+        _spec(
+            tmp_path,
+            _family("fa"),
+            _family("fb"),
+            _claim("a1", **LOSS_PLUS_1, direction="greater", family="fa"),
+            _claim("a2", **constant, direction="greater", family="fa"),
+            _claim(
+                "a3",
+                **PAIRED,
+                treatment="sema/avg",
+                control="ema/avg",
+                direction="greater",
+                family="fa",
+            ),  # fmt: skip
+            _claim("b1", **LOSS_PLUS_1, direction="less", family="fb"),
+            _claim("b2", **{**constant, "metric": "test_nll"}, direction="greater", family="fb"),
+        )
+    )
+    assert {f.id: f.size for f in spec.families.values()} == {"fa": 3, "fb": 2}
+    before = {r.claim["id"]: r for r in evaluate_claims(spec, RunStore(root))}
+    # the family's Holm over its declared size, by hand
+    fa = [before[x].p for x in ("a1", "a2", "a3")]
+    assert [before[x].p_holm for x in ("a1", "a2", "a3")] == holm(fa)
+    shutil.rmtree(root / "experiments" / "00_constant_lr")
+    after = {r.claim["id"]: r for r in evaluate_claims(spec, RunStore(root))}
+    assert after["a2"].status == after["b2"].status == "not run"
+    for x in ("a1", "a3", "b1"):
+        assert after[x].verdict == before[x].verdict, x
+        assert after[x].p_holm >= before[x].p_holm  # a missing row counts as p = 1
+    assert before["a1"].verdict == "**supported**" and before["b1"].verdict == "**contradicted**"
+    # the family sizes are the spec's, whatever exists
+    assert after["a1"].p_holm == holm([before["a1"].p, 1.0, before["a3"].p])[0]
+
+
+def test_paper_effects_smallest_effects_regimes_and_the_tally(runs, tmp_path, capsys):
+    regime = '[regime.toy]\nsteps_per_epoch = 5\ndecay = 0.99\nepochs = 3\nschedule = "cosine"\n\n'
+    far = "[regime.far]\nsteps_per_epoch = 500\ndecay = 0.9999\nepochs = 3\n\n"
+    same = dict(PAIRED, treatment="ema/online", control="baseline/online")
+    spec = _spec(
+        tmp_path,
+        regime,
+        far,
+        # +1 + loss > 0 in every seed, p ~ 0, but far below a claimed +5: smaller than the paper's
+        _claim("small", **LOSS_PLUS_1, direction="greater", paper_effect=5.0, regime="toy"),
+        # the same trajectory: exactly 0 in every seed, within any smallest effect of interest
+        _claim("none", **same, direction="greater", sesoi=0.005, regime="toy"),
+        _claim("out", **LOSS_PLUS_1, direction="greater", regime="far"),
+        _claim("declared", **LOSS_PLUS_1, direction="greater", role="sensitivity"),
+    )
+    out = tmp_path / "CLAIMS.md"
+    assert main(["claims", "--spec", str(spec), "--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    rows = _rows(text)
+    assert rows[0]["verdict"] == "smaller than the paper's effect (in the claimed direction)"
+    assert "paper's effect 5.00" in rows[0]["claim"]
+    assert rows[1]["verdict"] == "no effect larger than ±0.00 pp"
+    assert "in regime" in rows[1]["regime (lab; paper)"]
+    run = RunStore(runs).get("experiments/00_default")
+    spe = next(r["step"] for r in run.rows if r["epoch"] == 1)
+    decay = run.config["config"]["decay"][0]
+    assert f"lab: {spe} steps/epoch, decay {decay:g}" in rows[1]["regime (lab; paper)"]
+    assert "**out of regime**" in rows[2]["regime (lab; paper)"]
+    assert rows[2]["verdict"] == "**supported** *(sensitivity row)*"
+    assert rows[3]["verdict"] == "**supported** *(sensitivity row)*"
+    assert (
+        "2 headline claims measured: 0 supported, 0 contradicted, 1 smaller than the paper's "
+        "effect, 1 no effect larger than ±X, 0 inconclusive. 2 sensitivity rows" in text
+    )
+    for label in ("CPU", "torch CPU instruction set", "MKL", "oneDNN", "torch threads per run"):
+        assert f"- {label}: " in text
+
+
+def test_power_prints_the_seeds_each_row_needs(runs, tmp_path, capsys):
+    spec = _spec(
+        tmp_path,
+        _claim("p", **LOSS_PLUS_1, direction="greater", paper_effect=0.5, sesoi=0.1),
+        _claim("e", **LOSS_PLUS_1, direction="equal", margin=0.2),
+    )
+    assert main(["claims", "--spec", str(spec), "--runs", str(runs), "--power"]) == 0
+    out = capsys.readouterr().out
+    row = next(ln for ln in out.splitlines() if ln.startswith("| 1 |"))
+    e = evaluate_claims(load_spec(spec), RunStore(runs))[0].effect
+    sd = e.se * math.sqrt(e.n)
+    from switchema.lab.decide import seeds_for_power
+
+    # family "all" of 2: the level is 0.05 / 2
+    want = [str(seeds_for_power(x, sd, 0.025)) for x in (0.5, 0.1)]
+    assert row.rstrip(" |").split(" | ")[-2:] == want
+    assert "| TOST |" in out
+    assert main(["claims", "--spec", str(spec), "--runs", str(runs), "--power", "1.5"]) == 2
+
+
+def test_runs_record_the_cpu_and_the_kernels_torch_uses(runs):
+    config = json.loads((runs / "experiments" / "00_default" / "config.json").read_text())
+    for key in ("cpu", "cpu_capability", "mkl", "onednn", "platform"):
+        assert config["versions"][key], key
+    assert config["torch_threads"] >= 1

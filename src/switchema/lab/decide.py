@@ -65,9 +65,10 @@ def holm_declared(pvalues: Sequence[float], m: int) -> list[float]:
     """Holm-adjusted p-values in a family declared to hold ``m`` hypotheses.
 
     The family is fixed before any run exists: hypotheses not measured (a NaN p, or fewer
-    p-values than ``m``) count as ``p = 1``, which can only raise the others' adjusted
-    values, so the correction is conservative and no row's verdict depends on which other run
-    folders exist. With ``p_(1) <= ... <= p_(m)`` (the padded list), the adjusted value of the
+    p-values than ``m``) count as ``p = 1``. That can only raise the others' adjusted values
+    (a missing row moves to the end of the order, so rows after it get a larger multiplier):
+    a missing run folder never makes another row's verdict stronger, and the family never
+    shrinks to the rows that happen to exist. With ``p_(1) <= ... <= p_(m)`` (the padded list), the adjusted value of the
     k-th is ``max_{j <= k} min(1, (m - j + 1) p_(j))``. NaN in, NaN out.
 
     >>> [round(p, 3) for p in holm_declared([0.01, 0.04], m=4)]

@@ -51,8 +51,8 @@ The spec::
 **Families.** Each family's size is the number of testable claims that name it, fixed by the
 spec alone; a claim without a family is in the family ``all``. Holm runs over that declared
 size with rows that are not run (or not measurable) counted as ``p = 1``
-(:func:`~switchema.lab.decide.holm_declared`): removing a run folder changes no other
-row's verdict except, conservatively, never to a stronger one.
+(:func:`~switchema.lab.decide.holm_declared`): the correction never depends on which run
+folders exist, and removing one can only raise the other rows' corrected p (conservative).
 
 **Tests.** ``greater`` / ``less``: the two-sided t test over seeds (the exact sign test
 where a time is censored); ``equal``: two one-sided tests (TOST) within ``±margin``;

@@ -86,7 +86,7 @@ def verdict_lines(summary: dict[str, Any]) -> list[str]:
             d = e.get(key)
             if d is None:
                 continue
-            word = verdict(d, higher, against)
+            word = verdict(d, higher, against).replace(f" than {against}", "")
             lines.append(
                 f"- {e['method']}/{e['model']} vs {against}: {_fmt_diff(d, scale, digits)}{unit}, "
                 f"n = {d['n']}, Holm p {_is(d['p_holm'])}: {word}"
