@@ -627,3 +627,30 @@ def test_runs_record_the_cpu_and_the_kernels_torch_uses(runs):
     for key in ("cpu", "cpu_capability", "mkl", "onednn", "platform"):
         assert config["versions"][key], key
     assert config["torch_threads"] >= 1
+
+
+def test_drift_is_the_change_over_the_last_part_of_the_budget(runs, tmp_path):
+    spec = load_spec(
+        _spec(
+            tmp_path,
+            _claim(
+                "flat",
+                measure="drift",
+                run="experiments/00_default",
+                treatment="sema/avg",
+                metric="train_loss",
+                last=0.4,  # of 3 epochs: the final epoch against epoch round(0.6 * 3) = 2
+                direction="equal",
+                margin=10.0,
+            ),
+        )
+    )
+    (row,) = evaluate_claims(spec, RunStore(runs))
+    run = RunStore(runs).get("experiments/00_default")
+    by_hand = {}
+    for r in run.rows:
+        if (r["method"], r["model"]) == ("sema", "avg") and r["epoch"] in (2, 3):
+            by_hand.setdefault(r["seed"], {})[r["epoch"]] = r["train_loss"]
+    d = [v[3] - v[2] for _, v in sorted(by_hand.items())]
+    assert row.effect.values == pytest.approx(d)
+    assert row.verdict == "**supported**"  # within ±10 in every seed, by far

@@ -20,6 +20,9 @@ mapping, as read from the spec). Built in:
   bound on its time (so the effect understates how slow it is), and the row says how many.
 * ``early``: ``treatment - control`` of a metric averaged over epochs ``1..first`` (each
   seed's early curve), paired by seed; e.g. an EMA teacher's early advantage over its student.
+* ``drift``: how much one model's metric still moved over the last ``last`` of the budget
+  (final epoch minus the epoch ``(1 - last) E``), per seed: a claim of equality within a
+  margin says the model had converged when the run stopped.
 Measures that first choose where to read (``at_level``, ``tuned``) are in :mod:`.choices`.
 
 A term names its run folder (``run``, by default the claim's), its model (``method/model``),
@@ -475,3 +478,41 @@ register_measure(
     required=("treatment", "control", "first", "metric"),
     optional=("run",),
 )(_early)
+
+
+# --------------------------------------------------------------------------- drift
+
+
+def _drift(claim: Mapping[str, Any], store: RunStore) -> Effect:
+    last = claim.get("last", 0.1)
+    if not isinstance(last, int | float) or not 0.0 < last < 1.0:
+        raise UsageError(f"last must be a fraction of the budget in (0, 1), got {last!r}")
+    run = run_of(store, claim["run"])
+    since = max(1, round((1.0 - float(last)) * run.epochs))
+    metric, d = str(claim["metric"]), {}
+    for seed, rows in seed_rows(run, claim["treatment"]).items():
+        at = {r["epoch"]: r[metric] for r in rows if metric in r}
+        if since not in at or rows[-1]["epoch"] not in at:
+            raise NotMeasurable(
+                f"{run.name}: {claim['treatment']} has no {metric!r} at epoch {since}"
+            )
+        d[seed] = float(at[rows[-1]["epoch"]]) - float(at[since])
+    return effect_of_differences(d, [f"final epoch − epoch {since} of {run.epochs}"])
+
+
+def _describe_drift(claim: Mapping[str, Any]) -> str:
+    last = float(claim.get("last", 0.1))
+    return (
+        f"{claim['treatment']}: change of {claim['metric']} over the last {100 * last:g}% of "
+        "the budget (final epoch − the epoch before them)"
+    )
+
+
+register_measure(
+    "drift",
+    describe=_describe_drift,
+    runs=lambda c: [str(c["run"])],
+    metric=lambda c: str(c["metric"]),
+    required=("run", "treatment", "metric"),
+    optional=("last",),
+)(_drift)
