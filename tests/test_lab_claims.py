@@ -1,7 +1,9 @@
 """The claims table (``switchema claims``) built from tiny runs made here: verdicts that follow
-from their rows, Holm over the whole table, missing runs, validation-best epochs and the
-fallback for runs without a validation split, censored convergence times, and the jackknife
-interval of a difference of pair statistics (by hand and by Monte Carlo coverage)."""
+from their rows, Holm over declared families (a missing run folder changes no other verdict),
+regimes and sensitivity rows, the tally of the five verdicts, ``--power``, missing runs,
+validation-best epochs and the fallback for runs without a validation split, censored
+convergence times, the drift of a model near the end, and the jackknife interval of a
+difference of pair statistics (by hand and by Monte Carlo coverage)."""
 
 from __future__ import annotations
 

@@ -270,6 +270,13 @@ def power_table(spec: Spec, rows: list[ClaimRow], power: float = 0.8) -> list[st
         m = spec.families[r.family].size
         sd = e.se * math.sqrt(e.n) if e.n >= 2 else math.nan
         level = spec.alpha / m
+        if c.get("quantifier") == "always":  # the sign test: every seed the claimed way
+            n_min = math.ceil(math.log2(1.0 / level))
+            cells = [str(i), c["id"], f"{r.family} ({m})", str(e.n), "—", "sign (every seed)"]
+            lines.append(
+                "| " + " | ".join(_cell(x) for x in [*cells, str(n_min), str(n_min)]) + " |"
+            )
+            continue
         if c["direction"] == "equal":
             test, at_paper, at_sesoi = "tost", None, c["margin"]
         elif c["direction"] == "noninferior":
@@ -291,7 +298,8 @@ def power_table(spec: Spec, rows: list[ClaimRow], power: float = 0.8) -> list[st
         "",
         f"Seeds for {power:.0%} power of each row's test at the family's level (alpha/m), "
         "from the noncentral t with the pilot's per-seed standard deviation; — where the spec "
-        "states no such effect.",
+        "states no such effect. A claim about every seed needs 2^-n < alpha/m (and every seed "
+        "the claimed way); a censored row's sign test needs at least as many as its t test.",
     ]
 
 
