@@ -4,9 +4,9 @@ Every comparison the lab reports (the claims table, ``summary.md``, ``switchema 
 sweeps, ``compare``) ends in one of five verdicts, decided here from the effect's estimate,
 its standard error and degrees of freedom, and its family:
 
-* **supported**: Holm p (over the declared family) < ``alpha`` and the effect lies in the
+* **supported**: Holm (or Bonferroni) p over the declared family < ``alpha`` and the effect lies in the
   claimed direction;
-* **contradicted**: Holm p < ``alpha`` and the effect lies the other way (for a claim of
+* **contradicted**: that p < ``alpha`` and the effect lies the other way (for a claim of
   equality or non-inferiority: the family-level interval lies wholly outside the margin; for
   an "always" claim: a seed goes the other way);
 * **smaller than the paper's effect**: the family-level interval lies wholly below the
@@ -212,7 +212,7 @@ def decide(
     if direction in ("equal", "noninferior"):
         side = "within" if direction == "equal" else "not worse than"
         if sig:
-            return Decision("supported", f"{side} the margin (Holm p < {alpha:g})")
+            return Decision("supported", f"{side} the margin (corrected p < {alpha:g})")
         if known and direction == "equal" and (lo > margin or hi < -margin):
             return Decision("contradicted", "the family-level interval lies outside the margin")
         if known and direction == "noninferior" and hi < -margin:
@@ -223,10 +223,12 @@ def decide(
         if wrong:
             return Decision("contradicted", f"{len(wrong)} of {len(values)} seeds go the other way")
         if sig:
-            return Decision("supported", f"all {len(values)} seeds as claimed (Holm p < {alpha:g})")
+            return Decision(
+                "supported", f"all {len(values)} seeds as claimed (corrected p < {alpha:g})"
+            )
         return Decision("inconclusive", "every seed as claimed, too few seeds to tell")
     if sig and _signed(mean, direction) < 0:
-        return Decision("contradicted", f"Holm p < {alpha:g}, the other way")
+        return Decision("contradicted", f"corrected p < {alpha:g}, the other way")
     if known and (se > 0 or mean == 0):
         reach = max(abs(lo), abs(hi))
         if sesoi is not None and reach <= sesoi:
@@ -236,7 +238,7 @@ def decide(
             why = "in the claimed direction" if sig else "direction not significant"
             return Decision("smaller than the paper's effect", why)
     if sig and _signed(mean, direction) > 0:
-        return Decision("supported", f"Holm p < {alpha:g}")
+        return Decision("supported", f"corrected p < {alpha:g}")
     return Decision("inconclusive")
 
 

@@ -111,7 +111,7 @@ def claims_table(rows: list[ClaimRow], store: RunStore) -> list[str]:
     """The table's markdown lines (one row per claim, in the spec's order)."""
     head = (
         "| # | paper | family | source | claim | lab setting | regime (lab; paper) | "
-        "effect [95% CI] | n | p | p (Holm, family) | verdict |"
+        "effect [95% CI] | n | p | p (corrected, family) | verdict |"
     )
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for i, r in enumerate(rows, 1):
@@ -163,6 +163,18 @@ def _tally(rows: list[ClaimRow]) -> str:
     )
 
 
+def _correction_text(spec: Spec) -> str:
+    if spec.correction == "bonferroni":
+        return (
+            "Bonferroni, m·p: each row's corrected p depends on no other row, so removing a run "
+            "folder changes no other row's verdict"
+        )
+    return (
+        "Holm; a row not run yet or not measurable counts as p = 1, so a missing run folder "
+        "never makes another row's verdict stronger, though it can weaken one: conservative"
+    )
+
+
 def _how_to_read(spec: Spec) -> list[str]:
     a = f"{spec.alpha:g}"
     return [
@@ -179,21 +191,20 @@ def _how_to_read(spec: Spec) -> list[str]:
         "test (a claim about every seed); the exact sign test of each seed's order where a time "
         "to a target is censored.",
         f"- **Families**: one per group of a paper's claims, declared in the spec (listed below "
-        f"with their sizes). **p (Holm, family)** is Holm-corrected within the row's family over "
-        f"its declared size, so each family's verdicts have a family-wise error rate of {a}; a "
-        "row not run yet (or not measurable) counts as p = 1, so removing a run folder never "
-        "changes another row's verdict except, conservatively, to a weaker one.",
+        f"with their sizes). **p (corrected, family)** is corrected within the row's family over its "
+        f"declared size ({_correction_text(spec)}), so each family's verdicts have a "
+        f"family-wise error rate of {a}.",
         f"- **Family-level interval**: the two-sided 1 − 2·{a}/m t interval of a family of m "
         f"(each bound a one-sided test at {a}/m, Holm's strictest step: conservative).",
-        "- **Verdict**, in this order: **contradicted** (Holm p < "
+        "- **Verdict**, in this order: **contradicted** (corrected p < "
         f"{a} and the effect the other way; for equality, the family-level interval wholly "
         "outside the margin; for non-inferiority, wholly below −margin; for a claim about every "
         "seed, a seed the other way); **no effect larger than ±X** (TOST at the family's level: "
         "X = the family-level interval's reach, max(|lo|, |hi|); given only when X ≤ the row's "
         "smallest effect of interest); **smaller than the paper's effect** (the family-level "
         "interval lies wholly below the effect the paper reports, in the claimed direction; the "
-        "parenthesis says whether the direction itself is significant); **supported** (Holm p "
-        f"< {a} in the claimed direction; for equality or non-inferiority, Holm p < {a}); "
+        "parenthesis says whether the direction itself is significant); **supported** (corrected p "
+        f"< {a} in the claimed direction; for equality or non-inferiority, corrected p < {a}); "
         "otherwise **inconclusive** at this n.",
         "- **Regime**: the lab's steps per epoch, EMA window (steps, epochs, share of the run), "
         "f (the fraction of a period's progress a switch keeps, f = 1 − d(1 − d^k)/(k(1 − d)) for "

@@ -5,6 +5,7 @@ The spec::
 
     title = "..."                      # optional
     alpha = 0.05                       # the family-wise error rate of each family
+    correction = "holm"                # or "bonferroni" (every verdict independent of the rest)
 
     [recipes]                          # optional: recipes of run folders no claim names
     "experiments/02_label_noise_sema" = "experiments/02_label_noise.sh"
@@ -51,8 +52,11 @@ The spec::
 **Families.** Each family's size is the number of testable claims that name it, fixed by the
 spec alone; a claim without a family is in the family ``all``. Holm runs over that declared
 size with rows that are not run (or not measurable) counted as ``p = 1``
-(:func:`~switchema.lab.decide.holm_declared`): the correction never depends on which run
-folders exist, and removing one can only raise the other rows' corrected p (conservative).
+(:func:`~switchema.lab.decide.holm_declared`), so the correction never shrinks to the rows
+that exist; a missing run folder can only raise the other rows' corrected p (conservative),
+though under Holm it can raise it (a row's multiplier depends on its rank). ``correction =
+"bonferroni"`` (``m p``) makes every row's verdict independent of the other rows
+(:func:`correct_family`).
 
 **Tests.** ``greater`` / ``less``: the two-sided t test over seeds (the exact sign test
 where a time is censored); ``equal``: two one-sided tests (TOST) within ``±margin``;
@@ -82,14 +86,24 @@ from .measures import MEASURES, Effect
 from .points import MissingOutput, NotMeasurable, RunStore, display
 from .regime import REGIME_KEYS, in_regime, lab_regime, paper_regime
 
-__all__ = ["ClaimRow", "Family", "Spec", "claim_display", "evaluate_claims", "load_spec", "row_p"]
+__all__ = [
+    "ClaimRow",
+    "Family",
+    "Spec",
+    "claim_display",
+    "correct_family",
+    "evaluate_claims",
+    "load_spec",
+    "row_p",
+]
 
-_TOP = {"title", "alpha", "recipes", "claim", "family", "regime"}
+_TOP = {"title", "alpha", "correction", "recipes", "claim", "family", "regime"}
 _COMMON = {"id", "paper", "source", "claim"}
 _TESTED = {"recipe", "measure", "direction", "margin", "scale", "unit", "digits", "family"}
 _TESTED |= {"paper_effect", "sesoi", "regime", "role", "quantifier", "better", "regime_model"}
 DIRECTIONS = ("greater", "less", "equal", "noninferior")
 ROLES = ("headline", "sensitivity")
+CORRECTIONS = ("holm", "bonferroni")
 DEFAULT_FAMILY = "all"
 
 
@@ -113,6 +127,7 @@ class Spec:
     run_recipes: dict[str, str] = field(default_factory=dict)
     families: dict[str, Family] = field(default_factory=dict)
     regimes: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> paper_regime
+    correction: str = "holm"  # or "bonferroni"
 
     def recipes(self) -> dict[str, str]:
         """run folder -> the recipe that writes it: the spec's ``[recipes]`` table, then the
@@ -273,11 +288,14 @@ def load_spec(path: str | Path) -> Spec:
     alpha = data.get("alpha", 0.05)
     if not isinstance(alpha, float) or not 0.0 < alpha < 1.0:
         problems.append(f"alpha must be a number in (0, 1), got {alpha!r}")
+    correction = data.get("correction", "holm")
+    if correction not in CORRECTIONS:
+        problems.append(f"correction must be one of {CORRECTIONS}, got {correction!r}")
     if problems:
         raise ConfigError([f"{path}: {p}" for p in problems])
     title = str(data.get("title", "Claims of the two papers, measured by the lab"))
     claims = [dict(c) for c in claims]
-    return Spec(path, title, float(alpha), claims, dict(recipes), families, regimes)
+    return Spec(path, title, float(alpha), claims, dict(recipes), families, regimes, correction)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -348,6 +366,23 @@ def _add_regime(r: ClaimRow, spec: Spec, store: RunStore) -> None:
     )
 
 
+def correct_family(ps: list[float], m: int, correction: str) -> list[float]:
+    """The family's corrected p-values over its declared size ``m`` (rows not measured: NaN).
+
+    ``"holm"``: :func:`~switchema.lab.decide.holm_declared`, rows not measured counted as
+    ``p = 1``; a missing run folder can then only raise another row's corrected p, never lower
+    it (conservative), but it can raise it: Holm's multiplier of a row depends on its rank.
+    ``"bonferroni"``: ``min(1, m p)``, each row's corrected p independent of every other row,
+    so no verdict depends on which run folders exist, at some loss of power.
+
+    >>> correct_family([0.01, float("nan"), 0.02], 3, "bonferroni")[::2]
+    [0.03, 0.06]
+    """
+    if correction == "bonferroni":
+        return [min(1.0, m * p) if not math.isnan(p) else math.nan for p in ps]
+    return holm_declared(ps, m)
+
+
 def claim_display(c: Mapping[str, Any]) -> tuple[float, str, int]:
     """``(scale, unit, digits)`` a claim's numbers are shown with (its metric's, or its own)."""
     scale, _, unit, digits = display(MEASURES[c["measure"]].metric(c))
@@ -377,7 +412,7 @@ def evaluate_claims(spec: Spec, store: RunStore) -> list[ClaimRow]:
     for fam in spec.families.values():
         members = [r for r in rows if r.status != "untestable" and r.family == fam.id]
         ps = [r.p if r.status == "tested" else math.nan for r in members]
-        for r, q in zip(members, holm_declared(ps, fam.size)):
+        for r, q in zip(members, correct_family(ps, fam.size, spec.correction)):
             if r.status != "tested":
                 continue
             r.p_holm = q

@@ -488,7 +488,9 @@ def _drift(claim: Mapping[str, Any], store: RunStore) -> Effect:
     if not isinstance(last, int | float) or not 0.0 < last < 1.0:
         raise UsageError(f"last must be a fraction of the budget in (0, 1), got {last!r}")
     run = run_of(store, claim["run"])
-    since = max(1, round((1.0 - float(last)) * run.epochs))
+    if run.epochs < 2:
+        raise NotMeasurable(f"{run.name} ran {run.epochs} epoch: no change to measure")
+    since = min(max(1, round((1.0 - float(last)) * run.epochs)), run.epochs - 1)
     metric, d = str(claim["metric"]), {}
     for seed, rows in seed_rows(run, claim["treatment"]).items():
         at = {r["epoch"]: r[metric] for r in rows if metric in r}
