@@ -87,10 +87,10 @@ def verdict_lines(summary: dict[str, Any]) -> list[str]:
             if d is None:
                 continue
             word = verdict(d, higher, against).replace(f" than {against}", "")
-            lines.append(
-                f"- {e['method']}/{e['model']} vs {against}: {_fmt_diff(d, scale, digits)}{unit}, "
-                f"n = {d['n']}, Holm p {_is(d['p_holm'])}: {word}"
-            )
+            head = f"- {e['method']}/{e['model']} vs {against}: {_fmt_diff(d, scale, digits)}{unit}"
+            tail = f"n = {d['n']}, Holm p {_is(d['p_holm'])}: {word}"
+            line = f"{head}, {tail}"  # a long one goes on two lines, none over 100 columns
+            lines += [line] if len(line) <= 100 else [f"{head},", f"  {tail}"]
     return lines
 
 
