@@ -6,7 +6,8 @@
 # CIFAR regime (0.999 over 500 steps: 39%); 0.99 moves it only 5%.
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
+source "$(dirname "$0")/settings.sh"
 for decay in 0.9 0.99; do
-  switchema compare --task circles --methods baseline ema sema swa --seeds 0 1 2 3 4 \
+  switchema compare --task circles --methods baseline ema sema swa --seeds "${SEEDS[@]}" \
     --decay "$decay" --out "$OUT/01_circles_decay$decay" --no-progress "$@"
 done

@@ -4,7 +4,8 @@
 # Two decays per step: 0.99 (window ~100 steps = 2.5 epochs) and 0.998 (~500 steps = 12.5 epochs).
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
-switchema compare --task mnist1d-cnn --label-noise 0.4 --methods baseline ema swa \
-  --decay 0.99 0.998 --seeds 0 1 2 3 4 --out "$OUT/02_label_noise" --no-progress "$@"
-switchema compare --task mnist1d-cnn --label-noise 0.4 --methods baseline ema sema \
-  --decay 0.99 --seeds 0 1 2 3 4 --out "$OUT/02_label_noise_sema" --no-progress "$@"
+source "$(dirname "$0")/settings.sh"
+switchema compare "${MNIST1D[@]}" --label-noise 0.4 --methods baseline ema swa \
+  --decay 0.99 0.998 --seeds "${SEEDS[@]}" --out "$OUT/02_label_noise" --no-progress "$@"
+switchema compare "${MNIST1D[@]}" --label-noise 0.4 --methods baseline ema sema \
+  --decay 0.99 --seeds "${SEEDS[@]}" --out "$OUT/02_label_noise_sema" --no-progress "$@"

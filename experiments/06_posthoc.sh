@@ -8,14 +8,15 @@
 # model gets its statistics recomputed. The classical EMA (decay 0.99 per step) runs alongside.
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
+source "$(dirname "$0")/settings.sh"
 switchema compare --task mnist1d-cnn --methods baseline ema posthoc --decay 0.99 \
-  --seeds 0 1 2 3 4 --posthoc-check 0.03 0.07 0.15 \
+  --seeds "${SEEDS[@]}" --posthoc-check 0.03 0.07 0.15 \
   --out "$OUT/06_posthoc_mnist1d-cnn" --no-progress "$@"
 switchema compare --task mnist1d-cnnbn --methods baseline ema posthoc --decay 0.99 \
-  --seeds 0 1 2 3 4 --posthoc-check 0.03 0.07 0.15 \
+  --seeds "${SEEDS[@]}" --posthoc-check 0.03 0.07 0.15 \
   --out "$OUT/06_posthoc_mnist1d-cnnbn" --no-progress "$@"
 # At the end of a cosine schedule to zero every EMA length ends near the last iterate, so the
 # curve above is flat by construction; with a constant learning rate the length matters.
 switchema compare --task mnist1d-cnn --methods baseline ema posthoc --decay 0.99 \
-  --lr-schedule constant --seeds 0 1 2 3 4 --posthoc-check 0.03 0.07 0.15 \
+  --lr-schedule constant --seeds "${SEEDS[@]}" --posthoc-check 0.03 0.07 0.15 \
   --out "$OUT/06_posthoc_constant_lr" --no-progress "$@"

@@ -9,9 +9,10 @@
 # beside it, load 6-11: expect less on a quiet machine).
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
-DECAY=${DECAY:-0.99}
-switchema compare --task mnist1d-cnn --methods sema --decay "$DECAY" --switch-every 1 \
-  --seeds 0 1 2 3 4 --out "$OUT/12_switch_sema" --no-progress "$@"
+source "$(dirname "$0")/settings.sh"
+DECAY=${DECAY:-$PAPER_DECAY}
+switchema compare "${MNIST1D[@]}" --methods sema --decay "$DECAY" --switch-every 1 \
+  --seeds "${SEEDS[@]}" --out "$OUT/12_switch_sema" --no-progress "$@"
 # k (steps per epoch) and the peak rate, as the SEMA run used them
 LR_SCALED=$(python3 - "$OUT/12_switch_sema" "$DECAY" <<'PY'
 import json, sys
@@ -25,5 +26,5 @@ print(f"switch every {k} steps, decay {d}: f = {f:.4f}, learning rate {lr} -> {l
 print(f"{lr * f:.6g}")
 PY
 )
-switchema compare --task mnist1d-cnn --methods baseline ema --decay "$DECAY" --lr "$LR_SCALED" \
-  --seeds 0 1 2 3 4 --out "$OUT/12_switch_scaled_baseline" --no-progress "$@"
+switchema compare "${MNIST1D[@]}" --methods baseline ema --decay "$DECAY" --lr "$LR_SCALED" \
+  --seeds "${SEEDS[@]}" --out "$OUT/12_switch_scaled_baseline" --no-progress "$@"

@@ -4,7 +4,7 @@
 # consistency between the student's prediction on one augmented view and the teacher's on
 # another. The teacher is each method's average: baseline = the online model itself (no
 # averaged teacher), ema = an EMA teacher, sema = an EMA teacher switched into the student at
-# every epoch end. Every method trains on its own; test accuracy per epoch, 5 seeds. Does the
+# every epoch end. Every method trains on its own; test accuracy per epoch, 10 seeds. Does the
 # teacher lead its student in the first epochs (the EMA paper's explanation of why EMA teachers
 # work), and does the student beat its own target?
 #
@@ -20,7 +20,8 @@
 #   OUT=/tmp/runs/experiments bash experiments/13_teacher.sh --epochs 5 --seeds 0 1
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
-RUN=(switchema compare --task mnist1d-meanteacher --seeds 0 1 2 3 4 --jobs "${JOBS:-2}"
+source "$(dirname "$0")/settings.sh"
+RUN=(switchema compare --task mnist1d-meanteacher --seeds "${SEEDS[@]}" --jobs "${JOBS:-2}"
   --no-progress)
 "${RUN[@]}" --methods baseline ema sema --decay 0.99 --ema-warmup ema_paper \
   --out "$OUT/13_teacher" "$@"

@@ -7,7 +7,7 @@
 # (0.99, 0.995, 0.998 per step: windows of about 100, 200 and 500 of the 1500 steps), post-hoc
 # EMA (two power EMAs, 32 snapshots, the EMA of every width of the default grid synthesised
 # after training and evaluated; width 0.07 also tracked directly as a check) and, in a folder of
-# its own (it takes one decay), Switch EMA (decay 0.995, a switch every epoch); 5 seeds, paired
+# its own (it takes one decay), Switch EMA (decay 0.995, a switch every epoch); 10 seeds, paired
 # by seed across the two folders.
 # Every evaluation draws 3 samples of 500 points (10 Heun steps; noise seeds 0-2 on the test
 # split, 100-102 on validation; the same for every model) and scores each against 1000 held-out
@@ -17,14 +17,15 @@
 # Wall time measured with --jobs 2 on the 2-core machine (load ~3): 434 s for the six folders.
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
+source "$(dirname "$0")/settings.sh"
 generative() {  # TASK FOLDER SEMA_FOLDER [extra flags]
   local task=$1 out=$2 out_sema=$3
   shift 3
   switchema compare --task "$task" --methods baseline ema posthoc --decay 0.99 0.995 0.998 \
-    --posthoc-check 0.07 --lr-schedule constant --seeds 0 1 2 3 4 --jobs 2 \
+    --posthoc-check 0.07 --lr-schedule constant --seeds "${SEEDS[@]}" --jobs 2 \
     --out "$out" --no-progress "$@"
   switchema compare --task "$task" --methods sema --decay 0.995 --lr-schedule constant \
-    --seeds 0 1 2 3 4 --jobs 2 --out "$out_sema" --no-progress "$@"
+    --seeds "${SEEDS[@]}" --jobs 2 --out "$out_sema" --no-progress "$@"
 }
 generative flow-moons "$OUT/14_generative_flow-moons" "$OUT/14_generative_flow-moons_sema" "$@"
 generative flow-swissroll "$OUT/14_generative_flow-swissroll" \

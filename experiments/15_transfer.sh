@@ -12,10 +12,11 @@
 # load ~4-8; the probes after every epoch take most of it).
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
+source "$(dirname "$0")/settings.sh"
 RUN="$OUT/15_transfer"
 # (a run folder is never overwritten: an existing one is only drawn again)
 [ -d "$RUN" ] || switchema compare --task mnist1d-transfer --methods baseline ema sema --decay 0.99 \
-  --seeds 0 1 2 3 4 --jobs "${JOBS:-2}" --out "$RUN" --no-progress "$@"
+  --seeds "${SEEDS[@]}" --jobs "${JOBS:-2}" --out "$RUN" --no-progress "$@"
 # The probe's test accuracy per epoch, drawn from the saved rows with the lab's curve style.
 python - "$RUN" <<'PY'
 import sys

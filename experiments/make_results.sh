@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
+DEST=${DEST:-experiments}  # where CLAIMS.md and RESULTS.md go (another folder: a dry run)
 SWEEP="$RUNS/experiments/03_sweep"
 # The SEMA - EMA view of the sweep (its plot is a figure of RESULTS.md); made once per sweep.
 if [ -f "$SWEEP/sweep.json" ] && [ ! -f "$SWEEP/sema_vs_ema.png" ]; then
@@ -14,8 +15,12 @@ if [ -f "$SWEEP/sweep.json" ] && [ ! -f "$SWEEP/sema_vs_ema.png" ]; then
 fi
 # The sweep's full table, linked from RESULTS.md.
 if [ -f "$SWEEP/sweep.md" ]; then
-  mkdir -p experiments/results && cp "$SWEEP/sweep.md" experiments/results/sweep.md
+  mkdir -p "$DEST/results" && cp "$SWEEP/sweep.md" "$DEST/results/sweep.md"
 fi
-switchema claims --spec experiments/claims.toml --runs "$RUNS" --out experiments/CLAIMS.md
+# One policy for both files: the claims table's families (claims.toml, [[family]]) and verdict
+# words, the same in CLAIMS.md and in RESULTS.md's <!-- claims --> section; RESULTS.md's run
+# tables correct each run's comparisons as its summary.md does. `switchema claims --power`
+# prints, from these runs as a pilot, the seeds each row needs.
+switchema claims --spec experiments/claims.toml --runs "$RUNS" --out "$DEST/CLAIMS.md"
 switchema results --template experiments/RESULTS.in.md --spec experiments/claims.toml \
-  --runs "$RUNS" --out experiments/RESULTS.md
+  --runs "$RUNS" --out "$DEST/RESULTS.md"

@@ -15,7 +15,7 @@ run() {  # run NAME FOLDER COMMAND...: skip if FOLDER exists, else time COMMAND
   "$@"
   echo "$name $((SECONDS - start)) s" >> "$OUT/wall_times.txt"
 }
-run 00_default 00_default switchema compare --out "$OUT/00_default" --no-progress --jobs "$JOBS"
+run 00_default 00_constant_lr bash experiments/00_default.sh --jobs "$JOBS"
 run 01_circles 01_circles_decay0.99 bash experiments/01_circles.sh --jobs "$JOBS"
 run 02_label_noise 02_label_noise_sema bash experiments/02_label_noise.sh --jobs "$JOBS"
 run 03_sweep 03_sweep/sweep.md bash experiments/03_sema_sweep.sh

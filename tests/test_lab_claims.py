@@ -1,7 +1,9 @@
 """The claims table (``switchema claims``) built from tiny runs made here: verdicts that follow
-from their rows, Holm over the whole table, missing runs, validation-best epochs and the
-fallback for runs without a validation split, censored convergence times, and the jackknife
-interval of a difference of pair statistics (by hand and by Monte Carlo coverage)."""
+from their rows, Holm over declared families (a missing run folder changes no other verdict),
+regimes and sensitivity rows, the tally of the five verdicts, ``--power``, missing runs,
+validation-best epochs and the fallback for runs without a validation split, censored
+convergence times, the drift of a model near the end, and the jackknife interval of a
+difference of pair statistics (by hand and by Monte Carlo coverage)."""
 
 from __future__ import annotations
 
@@ -109,9 +111,13 @@ def _spec(tmp_path, *claims, name="claims.toml"):
 
 
 def _rows(text):
-    """The claims table's rows as lists of cells."""
-    table = text.split("## Claims\n\n", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
-    return [[c.strip() for c in line.strip("|").split(" | ")] for line in table]
+    """The claims table's rows, each a dict of its cells by column (``effect``: the effect
+    column, ``holm``: the corrected p)."""
+    table = text.split("## Claims\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    head = [c.strip() for c in table[0].strip("| ").split(" | ")]
+    short = {"effect [95% CI]": "effect", "p (corrected, family)": "holm", "lab setting": "setting"}
+    head = [short.get(h, h) for h in head]
+    return [dict(zip(head, (c.strip() for c in ln.strip("| ").split(" | ")))) for ln in table[2:]]
 
 
 def test_supported_contradicted_and_inconclusive_follow_from_the_rows(runs, tmp_path, capsys):
@@ -143,7 +149,7 @@ def test_supported_contradicted_and_inconclusive_follow_from_the_rows(runs, tmp_
     assert text.startswith("# Claims") and "Do not edit" in text and "never edited by hand" in text
     assert f"switchema claims --spec {spec} --runs {runs} --out {out}" in text
     rows = _rows(text)
-    verdicts = [r[-1] for r in rows]
+    verdicts = [r["verdict"] for r in rows]
     assert verdicts[:5] == [
         "**supported**",
         "**contradicted**",
@@ -152,7 +158,7 @@ def test_supported_contradicted_and_inconclusive_follow_from_the_rows(runs, tmp_
         "**contradicted**",  # +1 epoch, its whole interval outside ±0.5
     ]
     for r in rows:  # every verdict follows from the row: the sign of the effect and p (Holm)
-        effect, p_holm, claim, verdict = r[5], r[8], r[3], r[9]
+        effect, p_holm, claim, verdict = r["effect"], r["holm"], r["claim"], r["verdict"]
         mean = float(effect.split()[0])
         significant = p_holm == "<0.001" or float(p_holm) < 0.05
         if "claimed: equal" in claim:
@@ -162,15 +168,16 @@ def test_supported_contradicted_and_inconclusive_follow_from_the_rows(runs, tmp_
         else:
             claimed_up = "claimed: > 0" in claim
             assert verdict == ("**supported**" if (mean > 0) == claimed_up else "**contradicted**")
-    assert rows[-1][5] == "+1.0 [+1.0, +1.0] epochs" and rows[-1][6] == "3"
-    assert rows[-1][7] == "0.250" and rows[-1][9] == "inconclusive at n = 3"
-    assert "ema/avg − 2: epoch at the final epoch" in rows[-1][4]
-    assert "circles, 3 epochs, 3 seeds" in rows[0][4] and "(r.sh)" in rows[0][4]
+    assert rows[-1]["effect"] == "+1.0 [+1.0, +1.0] epochs" and rows[-1]["n"] == "3"
+    assert rows[-1]["p"] == "0.250" and rows[-1]["verdict"] == "inconclusive at n = 3"
+    assert "ema/avg − 2: epoch at the final epoch" in rows[-1]["setting"]
+    assert "circles, 3 epochs, 3 seeds" in rows[0]["setting"] and "(r.sh)" in rows[0]["setting"]
+    assert all(r["family"] == "all" for r in rows)
     assert "## Provenance" in text and "torch threads per run: 1" in text
     assert "| `experiments/00_default` | `r.sh` | circles, 3 seeds (0, 1, 2), 3 epochs |" in text
 
 
-def test_holm_runs_over_the_whole_table_and_skips_rows_not_measured(runs, tmp_path):
+def test_holm_runs_over_the_declared_family_with_rows_not_run_as_p_1(runs, tmp_path):
     spec = load_spec(
         _spec(
             tmp_path,
@@ -200,7 +207,10 @@ def test_holm_runs_over_the_whole_table_and_skips_rows_not_measured(runs, tmp_pa
     rows = evaluate_claims(spec, RunStore(runs))
     tested = [r for r in rows if r.status == "tested"]
     assert [r.claim["id"] for r in tested] == ["a", "b", "c"]
-    assert [r.p_holm for r in tested] == holm([r.p for r in tested])
+    # the family is every testable claim the spec declares (4): the one not run counts as p = 1
+    members = [r for r in rows if r.status != "untestable"]
+    adjusted = holm([r.p if r.status == "tested" else 1.0 for r in members])
+    assert [r.p_holm for r in tested] == [q for q, r in zip(adjusted, members) if r is not rows[2]]
     assert rows[2].status == "not run" and rows[2].verdict == "not run yet (`experiments/not_yet`)"
     assert rows[3].status == "untestable" and "ImageNet" in rows[3].verdict
     assert math.isnan(rows[2].p_holm) and math.isnan(rows[3].p_holm)
@@ -226,8 +236,11 @@ def test_missing_runs_give_rows_a_warning_and_exit_0(runs, tmp_path, capsys):
         and "experiments/01_circles" in err
     )
     rows = _rows(out.read_text())
-    assert rows[0][-1] == "not run yet (`experiments/01_circles`)" and rows[0][5] == "—"
-    assert rows[1][-1] == "not testable here: COCO detection: no detector or data at this scale"
+    assert rows[0]["verdict"] == "not run yet (`experiments/01_circles`)"
+    assert rows[0]["effect"] == "—"
+    assert (
+        rows[1]["verdict"] == "not testable here: COCO detection: no detector or data at this scale"
+    )
     assert "No run folder was read" in out.read_text()
 
 
@@ -508,3 +521,146 @@ def test_tuned_reads_each_model_in_the_run_its_validation_metric_prefers(runs, t
     bad = load_spec(_spec(tmp_path, _claim("bad", **tuned, select="test_acc")))
     with pytest.raises(UsageError, match="select must be a validation metric"):
         evaluate_claims(bad, RunStore(root))
+
+
+def _family(id_, title="a family"):
+    return f'[[family]]\nid = "{id_}"\ntitle = "{title}"\n\n'
+
+
+@pytest.mark.parametrize("correction", ["holm", "bonferroni"])
+def test_families_are_declared_and_removing_a_run_folder_changes_no_other_verdict(
+    runs, tmp_path, correction
+):
+    root = tmp_path / "runs"
+    shutil.copytree(runs, root, ignore=shutil.ignore_patterns("jobs", "*.png"))
+    constant = {**LOSS_PLUS_1, "run": "experiments/00_constant_lr"}
+    spec = load_spec(
+        _spec(
+            tmp_path,
+            f'correction = "{correction}"\n\n',
+            _family("fa"),
+            _family("fb"),
+            _claim("a1", **LOSS_PLUS_1, direction="greater", family="fa"),
+            _claim("a2", **constant, direction="greater", family="fa"),
+            _claim(
+                "a3",
+                **PAIRED,
+                treatment="sema/avg",
+                control="ema/avg",
+                direction="greater",
+                family="fa",
+            ),  # fmt: skip
+            _claim("b1", **LOSS_PLUS_1, direction="less", family="fb"),
+            _claim("b2", **{**constant, "metric": "test_nll"}, direction="greater", family="fb"),
+        )
+    )
+    assert {f.id: f.size for f in spec.families.values()} == {"fa": 3, "fb": 2}
+    before = {r.claim["id"]: r for r in evaluate_claims(spec, RunStore(root))}
+    # the family's correction over its declared size, by hand
+    fa = [before[x].p for x in ("a1", "a2", "a3")]
+    by_hand = holm(fa) if correction == "holm" else [min(1.0, 3 * p) for p in fa]
+    assert [before[x].p_holm for x in ("a1", "a2", "a3")] == by_hand
+    shutil.rmtree(root / "experiments" / "00_constant_lr")
+    after = {r.claim["id"]: r for r in evaluate_claims(spec, RunStore(root))}
+    assert after["a2"].status == after["b2"].status == "not run"
+    for x in ("a1", "a3", "b1"):
+        assert after[x].verdict == before[x].verdict, x
+        assert after[x].p_holm >= before[x].p_holm  # a missing row counts as p = 1
+        if correction == "bonferroni":  # independent of every other row
+            assert after[x].p_holm == before[x].p_holm
+    assert before["a1"].verdict == "**supported**" and before["b1"].verdict == "**contradicted**"
+    # the family sizes are the spec's, whatever exists
+    if correction == "holm":
+        assert after["a1"].p_holm == holm([before["a1"].p, 1.0, before["a3"].p])[0]
+
+
+def test_paper_effects_smallest_effects_regimes_and_the_tally(runs, tmp_path, capsys):
+    regime = '[regime.toy]\nsteps_per_epoch = 5\ndecay = 0.99\nepochs = 3\nschedule = "cosine"\n\n'
+    far = "[regime.far]\nsteps_per_epoch = 500\ndecay = 0.9999\nepochs = 3\n\n"
+    same = dict(PAIRED, treatment="ema/online", control="baseline/online")
+    spec = _spec(
+        tmp_path,
+        regime,
+        far,
+        # +1 + loss > 0 in every seed, p ~ 0, but far below a claimed +5: smaller than the paper's
+        _claim("small", **LOSS_PLUS_1, direction="greater", paper_effect=5.0, regime="toy"),
+        # the same trajectory: exactly 0 in every seed, within any smallest effect of interest
+        _claim("none", **same, direction="greater", sesoi=0.005, regime="toy"),
+        _claim("out", **LOSS_PLUS_1, direction="greater", regime="far"),
+        _claim("declared", **LOSS_PLUS_1, direction="greater", role="sensitivity"),
+    )
+    out = tmp_path / "CLAIMS.md"
+    assert main(["claims", "--spec", str(spec), "--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    rows = _rows(text)
+    assert rows[0]["verdict"] == "smaller than the paper's effect (in the claimed direction)"
+    assert "paper's effect 5.00" in rows[0]["claim"]
+    assert rows[1]["verdict"] == "no effect larger than ±0.00 pp"
+    assert "in regime" in rows[1]["regime (lab; paper)"]
+    run = RunStore(runs).get("experiments/00_default")
+    spe = next(r["step"] for r in run.rows if r["epoch"] == 1)
+    decay = run.config["config"]["decay"][0]
+    assert f"lab: {spe} steps/epoch, decay {decay:g}" in rows[1]["regime (lab; paper)"]
+    assert "**out of regime**" in rows[2]["regime (lab; paper)"]
+    assert rows[2]["verdict"] == "**supported** *(sensitivity row)*"
+    assert rows[3]["verdict"] == "**supported** *(sensitivity row)*"
+    assert (
+        "2 headline claims measured: 0 supported, 0 contradicted, 1 smaller than the paper's "
+        "effect, 1 no effect larger than ±X, 0 inconclusive. 2 sensitivity rows" in text
+    )
+    for label in ("CPU", "torch CPU instruction set", "MKL", "oneDNN", "torch threads per run"):
+        assert f"- {label}: " in text
+
+
+def test_power_prints_the_seeds_each_row_needs(runs, tmp_path, capsys):
+    spec = _spec(
+        tmp_path,
+        _claim("p", **LOSS_PLUS_1, direction="greater", paper_effect=0.5, sesoi=0.1),
+        _claim("e", **LOSS_PLUS_1, direction="equal", margin=0.2),
+    )
+    assert main(["claims", "--spec", str(spec), "--runs", str(runs), "--power"]) == 0
+    out = capsys.readouterr().out
+    row = next(ln for ln in out.splitlines() if ln.startswith("| 1 |"))
+    e = evaluate_claims(load_spec(spec), RunStore(runs))[0].effect
+    sd = e.se * math.sqrt(e.n)
+    from switchema.lab.decide import seeds_for_power
+
+    # family "all" of 2: the level is 0.05 / 2
+    want = [str(seeds_for_power(x, sd, 0.025)) for x in (0.5, 0.1)]
+    assert row.rstrip(" |").split(" | ")[-2:] == want
+    assert "| TOST |" in out
+    assert main(["claims", "--spec", str(spec), "--runs", str(runs), "--power", "1.5"]) == 2
+
+
+def test_runs_record_the_cpu_and_the_kernels_torch_uses(runs):
+    config = json.loads((runs / "experiments" / "00_default" / "config.json").read_text())
+    for key in ("cpu", "cpu_capability", "mkl", "onednn", "platform"):
+        assert config["versions"][key], key
+    assert config["torch_threads"] >= 1
+
+
+def test_drift_is_the_change_over_the_last_part_of_the_budget(runs, tmp_path):
+    spec = load_spec(
+        _spec(
+            tmp_path,
+            _claim(
+                "flat",
+                measure="drift",
+                run="experiments/00_default",
+                treatment="sema/avg",
+                metric="train_loss",
+                last=0.4,  # of 3 epochs: the final epoch against epoch round(0.6 * 3) = 2
+                direction="equal",
+                margin=10.0,
+            ),
+        )
+    )
+    (row,) = evaluate_claims(spec, RunStore(runs))
+    run = RunStore(runs).get("experiments/00_default")
+    by_hand = {}
+    for r in run.rows:
+        if (r["method"], r["model"]) == ("sema", "avg") and r["epoch"] in (2, 3):
+            by_hand.setdefault(r["seed"], {})[r["epoch"]] = r["train_loss"]
+    d = [v[3] - v[2] for _, v in sorted(by_hand.items())]
+    assert row.effect.values == pytest.approx(d)
+    assert row.verdict == "**supported**"  # within ±10 in every seed, by far

@@ -104,8 +104,18 @@ def test_a_template_is_filled_from_the_runs(runs, tmp_path, capsys):
     assert not re.search(
         r"<!-- (table|value|setting|closed|json|include|sweep|figure|claims)", text
     )
-    assert "| method | model | final test acc (%) | Δ final (pp) [95% CI] | p (Holm) |" in text
-    assert "over this table's 3 comparisons" in text  # ema/avg, sema/online, sema/avg
+    head = "| method | model | final test acc (%) | Δ final (pp) [95% CI] | p (Holm): verdict |"
+    assert head in text
+    # the run's family, as its summary.md corrects it: ema/avg, sema/online, sema/avg to the
+    # baseline and sema/avg to ema/avg
+    assert "over the run's family, the 4 comparisons its summary.md shows" in text
+    summary = (runs / "experiments" / "00_default" / "summary.md").read_text()
+    for line in summary.splitlines():  # the same comparison has the same Holm p in both
+        if line.startswith("- ema/avg vs baseline:"):
+            holm_p = line.split("Holm p = ", 1)[1].split(":", 1)[0]
+            word = line.rsplit(": ", 1)[1]
+    row = next(ln for ln in text.splitlines() if ln.startswith("| ema | avg |"))
+    assert f"| {holm_p}: {word} |" in row
     assert "| ema | online |" not in text  # the baseline's own trajectory, shown once
     assert re.search(r"Δ [+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\] pp \(n = 3, p = ", text)
     assert re.search(r"SEMA \d+\.\d\d ± \d+\.\d\d%;", text)
@@ -113,12 +123,12 @@ def test_a_template_is_filled_from_the_runs(runs, tmp_path, capsys):
     assert "lr 0.01;" in text and f"f {sema_keep_fraction(0.99, 40):.2f};" in text
     assert "z -0.91;" in text and "later *not run yet: `experiments/99_later`*." in text
     assert "kept | row" in text and "not\n" not in text
-    assert "| decay | sema/avg − ema/avg (pp) [95% CI] | n | p | p (Holm) |" in text
-    assert "| 0.9 |" in text and "| 0.99 |" in text and "over the 2 cells measured" in text
+    assert "| decay | sema/avg − ema/avg (pp) [95% CI] | n | p | p (Holm) | verdict |" in text
+    assert "| 0.9 |" in text and "| 0.99 |" in text and "over the sweep's 2 cells" in text
     assert "![curves](results/default_curves.png)" in text
     src = runs / "experiments" / "00_default" / "curves.png"
     assert (out.parent / "results" / "default_curves.png").read_bytes() == src.read_bytes()
-    assert "| 1 | SEMA | a table | SEMA beats EMA *(claimed: > 0)* |" in text
+    assert "| 1 | SEMA | all | a table | SEMA beats EMA *(claimed: > 0)* |" in text
     assert "- torch threads per run: 1" in text and "| `experiments/03_sweep` | — |" in text
     assert "| `experiments/00_default` | `experiments/05_analyze.sh` |" in text
 
@@ -225,5 +235,5 @@ def test_the_repositorys_template_fills_from_an_empty_runs_root(tmp_path, capsys
     claims = tmp_path / "CLAIMS.md"
     argv = ["claims", "--spec", str(ROOT / "experiments" / "claims.toml")]
     assert main([*argv, "--runs", str(tmp_path / "runs"), "--out", str(claims)]) == EXIT_OK
-    assert "0 claims measured" in claims.read_text()
+    assert "0 headline claims measured" in claims.read_text()
     assert "not made yet" in capsys.readouterr().err

@@ -119,7 +119,12 @@ def _finished(out: Path, table: str) -> int:
     """Print the run's table and folder; say what failed; the run's exit status."""
     from .lab.state import run_state
 
-    print((Path(out) / table).read_text())
+    text = (Path(out) / table).read_text()
+    print(text)
+    head = "## Verdicts (final epoch)\n\n"
+    if head in text:  # the run's verdicts again, last, where they are read first
+        print("Verdicts (final epoch; details above):")
+        print(text.split(head, 1)[1].split("\n\n", 1)[0])
     print(f"{'sweep' if table == 'sweep.md' else 'run'} folder: {out}")
     state = run_state(out)
     if not state.complete:

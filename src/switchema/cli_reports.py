@@ -47,6 +47,17 @@ def _add_claims(sub: argparse._SubParsersAction, epilog: str) -> None:
     p.add_argument(
         "--out", type=Path, default=None, help="file to write (default: print the table only)"
     )
+    p.add_argument(
+        "--power",
+        type=float,
+        default=None,
+        nargs="?",
+        const=0.8,
+        metavar="POWER",
+        help="instead of the table: from the runs as a pilot, the seeds each row needs for "
+        "this power (default 0.8) at the paper's stated effect and at the row's smallest "
+        "effect of interest, at the family's level",
+    )
     p.set_defaults(func=_claims)
 
 
@@ -71,9 +82,13 @@ def _missing_warning(missing: list[str], runs: Path) -> None:
 def _claims(args: argparse.Namespace) -> int:
     from .lab.report.claims import write_claims
 
+    if args.power is not None and not 0.0 < args.power < 1.0:
+        from .lab.errors import UsageError
+
+        raise UsageError(f"--power must be in (0, 1), e.g. 0.8, got {args.power}")
     command = _command_line(args, ["--spec", "--runs", "--out"])
-    text, rows, missing = write_claims(args.spec, args.runs, args.out, command)
-    if args.out is None:
+    text, rows, missing = write_claims(args.spec, args.runs, args.out, command, power=args.power)
+    if args.out is None or args.power is not None:
         print(text)
     else:
         tally = text.split("never edited by hand. ", 1)[1].split("\n", 1)[0]

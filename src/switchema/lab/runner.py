@@ -46,6 +46,7 @@ from .jobs import (
     study_jobs,
 )
 from .lock import FolderLock
+from .machine import machine_facts
 from .options import RunOptions
 from .preflight import check_studies, check_writable
 from .progress import Progress
@@ -80,6 +81,7 @@ def versions() -> dict[str, str]:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        **machine_facts(),  # CPU model, instruction set, MKL and oneDNN versions
     }
     try:
         import sklearn

@@ -59,7 +59,7 @@ def _settings_lines(ca: dict[str, Any], cb: dict[str, Any]) -> list[str]:
     ]
     versions = [
         f"{k} {ca['versions'].get(k)} → {cb['versions'].get(k)}"
-        for k in ("switchema", "torch", "numpy")
+        for k in ("switchema", "torch", "numpy", "cpu", "cpu_capability", "mkl", "onednn")
         if ca.get("versions", {}).get(k) != cb.get("versions", {}).get(k)
     ]
     if ca.get("device") != cb.get("device"):

@@ -20,6 +20,9 @@ mapping, as read from the spec). Built in:
   bound on its time (so the effect understates how slow it is), and the row says how many.
 * ``early``: ``treatment - control`` of a metric averaged over epochs ``1..first`` (each
   seed's early curve), paired by seed; e.g. an EMA teacher's early advantage over its student.
+* ``drift``: how much one model's metric still moved over the last ``last`` of the budget
+  (final epoch minus the epoch ``(1 - last) E``), per seed: a claim of equality within a
+  margin says the model had converged when the run stopped.
 Measures that first choose where to read (``at_level``, ``tuned``) are in :mod:`.choices`.
 
 A term names its run folder (``run``, by default the claim's), its model (``method/model``),
@@ -36,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from .. import metrics as M
+from ..decide import sign_test_p
 from ..errors import UsageError
 from ..stats import paired_difference, pairwise_difference
 from .points import POINTS, NotMeasurable, Run, RunStore, seed_rows, split_model, values
@@ -56,7 +60,9 @@ __all__ = [
 @dataclass(frozen=True)
 class Effect:
     """One measured effect: ``mean`` with its 95% interval ``[lo, hi]``, standard error,
-    degrees of freedom, number of seeds and two-sided p-value of ``mean == 0``."""
+    degrees of freedom, number of seeds and two-sided p-value of ``mean == 0``; ``values``:
+    the per-seed differences (empty for pair statistics); ``censored``: seeds whose time to a
+    target is a lower bound (their p is then the exact sign test's)."""
 
     mean: float
     lo: float
@@ -66,6 +72,8 @@ class Effect:
     n: int
     p: float
     notes: tuple[str, ...] = ()
+    values: tuple[float, ...] = ()
+    censored: int = 0
 
 
 @dataclass(frozen=True)
@@ -209,7 +217,8 @@ def effect_of_differences(d: dict[int, float], notes: list[str]) -> Effect:
         raise UsageError("no seed is shared by the models compared; nothing to pair")
     r = paired_difference(v, np.zeros_like(v))
     se = float(np.std(v, ddof=1)) / math.sqrt(n) if n >= 2 else math.nan
-    return Effect(r["mean"], r["lo"], r["hi"], se, n - 1, n, r["p"], tuple(notes))
+    vals = tuple(float(x) for x in v)
+    return Effect(r["mean"], r["lo"], r["hi"], se, n - 1, n, r["p"], tuple(notes), vals)
 
 
 def paired_seeds(per_term: list[tuple[str, dict[int, Any]]], notes: list[str]) -> list[int]:
@@ -376,7 +385,24 @@ def _epochs_to(claim: Mapping[str, Any], store: RunStore) -> Effect:
                 f"(counted as the budget + 1 epoch, a lower bound)"
             )
     d = {s: times["treatment"][s] - times["control"][s] for s in seeds}
-    return effect_of_differences(d, notes)
+    e = effect_of_differences(d, notes)
+    cut = sum(  # seeds with a censored side
+        any(times[r][s] > _budget(run, claim, r, s, count) for r in ("treatment", "control"))
+        for s in seeds
+    )
+    if not cut:
+        return e
+    # a censored time is only a lower bound, so the t test's mean is not its effect; each
+    # seed's order is still known (or a tie, both censored): the exact sign test (paired Gehan)
+    note = "p: exact sign test of each seed's order (a censored time is a lower bound)"
+    return replace(e, p=sign_test_p(e.values), notes=(*e.notes, note), censored=int(cut))
+
+
+def _budget(run: Run, claim: Mapping[str, Any], role: str, seed: int, count: str) -> float:
+    """The last epoch (or step) recorded for ``claim[role]`` in ``seed``: a time above it is
+    censored."""
+    last = seed_rows(run, claim[role])[seed][-1]
+    return float(last["step" if count == "steps" else "epoch"])
 
 
 def _describe_epochs_to(claim: Mapping[str, Any]) -> str:
@@ -452,3 +478,43 @@ register_measure(
     required=("treatment", "control", "first", "metric"),
     optional=("run",),
 )(_early)
+
+
+# --------------------------------------------------------------------------- drift
+
+
+def _drift(claim: Mapping[str, Any], store: RunStore) -> Effect:
+    last = claim.get("last", 0.1)
+    if not isinstance(last, int | float) or not 0.0 < last < 1.0:
+        raise UsageError(f"last must be a fraction of the budget in (0, 1), got {last!r}")
+    run = run_of(store, claim["run"])
+    if run.epochs < 2:
+        raise NotMeasurable(f"{run.name} ran {run.epochs} epoch: no change to measure")
+    since = min(max(1, round((1.0 - float(last)) * run.epochs)), run.epochs - 1)
+    metric, d = str(claim["metric"]), {}
+    for seed, rows in seed_rows(run, claim["treatment"]).items():
+        at = {r["epoch"]: r[metric] for r in rows if metric in r}
+        if since not in at or rows[-1]["epoch"] not in at:
+            raise NotMeasurable(
+                f"{run.name}: {claim['treatment']} has no {metric!r} at epoch {since}"
+            )
+        d[seed] = float(at[rows[-1]["epoch"]]) - float(at[since])
+    return effect_of_differences(d, [f"final epoch − epoch {since} of {run.epochs}"])
+
+
+def _describe_drift(claim: Mapping[str, Any]) -> str:
+    last = float(claim.get("last", 0.1))
+    return (
+        f"{claim['treatment']}: change of {claim['metric']} over the last {100 * last:g}% of "
+        "the budget (final epoch − the epoch before them)"
+    )
+
+
+register_measure(
+    "drift",
+    describe=_describe_drift,
+    runs=lambda c: [str(c["run"])],
+    metric=lambda c: str(c["metric"]),
+    required=("run", "treatment", "metric"),
+    optional=("last",),
+)(_drift)

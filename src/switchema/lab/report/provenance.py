@@ -1,4 +1,5 @@
-"""Where generated numbers come from: the machine, software, threads and dates of the run
+"""Where generated numbers come from: the machine (CPU model and the instruction set torch's
+kernels use, MKL and oneDNN versions), software, threads and dates of the run
 folders used, read from their ``config.json`` (and ``timing.json``, ``metrics.jsonl``'s date).
 
 Facts every run shares are listed once; facts that differ get a column, so a table built from
@@ -23,6 +24,14 @@ _FACTS = [
     ("machine", lambda c: c.get("versions", {}).get("platform", "?")),
     ("device", lambda c: str(c.get("device", "?"))),
     ("torch threads per run", lambda c: str(c.get("torch_threads", "?"))),
+    # written by runs since the CPU was recorded (lab/machine.py); "not recorded" before
+    ("CPU", lambda c: c.get("versions", {}).get("cpu", "not recorded")),
+    (
+        "torch CPU instruction set",
+        lambda c: c.get("versions", {}).get("cpu_capability", "not recorded"),
+    ),
+    ("MKL", lambda c: c.get("versions", {}).get("mkl", "not recorded")),
+    ("oneDNN", lambda c: c.get("versions", {}).get("onednn", "not recorded")),
     ("switchema", lambda c: c.get("versions", {}).get("switchema", "?")),
     ("torch", lambda c: c.get("versions", {}).get("torch", "?")),
     ("numpy", lambda c: c.get("versions", {}).get("numpy", "?")),
@@ -110,7 +119,7 @@ def provenance_sentence(runs: list[Run]) -> str:
     if not runs:
         return "No run folder was read yet."
     parts = []
-    for label, get in _FACTS[:5]:
+    for label, get in _FACTS[:7]:
         values = sorted({get(r.config) for r in runs})
         parts.append(f"{label} {values[0] if len(values) == 1 else 'several (see below)'}")
     return f"The {len(runs)} run folder(s) read were made with " + ", ".join(parts) + "."

@@ -20,9 +20,10 @@ import numpy as np
 
 from .. import metrics as M
 from ..config import StudyConfig
+from ..decide import holm_declared
 from ..errors import MissingFileError, UsageError
 from ..keys import ModelKey
-from ..stats import holm, paired_difference, pairwise_interval
+from ..stats import paired_difference, pairwise_interval
 from .posthoc import final_only
 
 __all__ = [
@@ -256,11 +257,18 @@ def holm_family(entries: list[dict[str, Any]], alpha: float = ALPHA) -> dict[str
     return {"m": correct(diffs, alpha), "alpha": alpha}
 
 
-def correct(diffs: list[dict[str, Any]], alpha: float = ALPHA) -> int:
+def correct(diffs: list[dict[str, Any]], alpha: float = ALPHA, missing: int = 0) -> int:
     """Give each paired difference (:func:`~switchema.lab.stats.paired_difference`) of one
     family its Holm-corrected p-value ``p_holm`` and ``significant`` (``p_holm < alpha``: a
-    difference is called significant only after the correction). Returns the family's size
-    (comparisons with a p-value: one seed gives none)."""
-    for d, p in zip(diffs, holm([d["p"] for d in diffs])):
-        d["p_holm"], d["significant"] = p, bool(p < alpha)
-    return sum(not math.isnan(d["p"]) for d in diffs)
+    difference is called significant only after the correction). ``missing``: comparisons the
+    family declares that are not measured yet (a sweep's cells still running), counted as
+    p = 1 (:func:`~switchema.lab.decide.holm_declared`). Returns the family's size
+    (comparisons with a p-value, one seed gives none, plus ``missing``)."""
+    for d in diffs:  # one seed: no p, no test
+        d["p_holm"], d["significant"] = math.nan, False
+    measured = [d for d in diffs if not math.isnan(d["p"])]
+    m = len(measured) + missing
+    if measured:
+        for d, p in zip(measured, holm_declared([d["p"] for d in measured], m)):
+            d["p_holm"], d["significant"] = p, bool(p < alpha)
+    return m

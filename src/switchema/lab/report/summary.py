@@ -21,17 +21,19 @@ from typing import Any
 
 import numpy as np
 
+from ..decide import comparison_verdict
 from ..errors import UsageError
+from ..keys import ModelKey
 from ..stats import format_ci, format_mean_std, format_p, mean_std
 from . import notes as N
 from . import run_plots
 from .export import write_csv, write_tensorboard
 from .posthoc import plot_posthoc, posthoc_data, posthoc_lines
-from .run import PRIMARY, load_events, load_run, summarise
+from .run import ALPHA, PRIMARY, load_events, load_run, summarise
 from .samples import plot_samples
 from .style import Figures
 
-__all__ = ["render_summary", "verdict", "write_report"]
+__all__ = ["render_summary", "verdict", "verdict_lines", "write_report"]
 
 
 def _fmt(values, scale=1.0, digits=2):
@@ -63,15 +65,35 @@ def _fmt_interval(d: dict[str, Any] | None, scale: float, digits: int = 2) -> st
 
 
 def verdict(d: dict[str, Any], higher: bool, against: str = "baseline") -> str:
-    """What a difference shows, decided by its Holm-corrected p-value only."""
-    if math.isnan(d["p"]):
-        return "one seed: no test"
-    if d["significant"]:
-        better = (d["mean"] > 0) == higher
-        return (
-            f"{'better' if better else 'worse'} than {against} (significant after Holm correction)"
-        )
-    return f"no significant difference from {against} after Holm correction"
+    """What a difference shows, in the claims table's words (read as the claim that it beats
+    ``against``), decided by its Holm-corrected p-value:
+    :func:`switchema.lab.decide.comparison_verdict`."""
+    p = math.nan if math.isnan(d["p"]) else d["p_holm"]
+    return comparison_verdict(d["mean"], p, d["n"], higher=higher, alpha=ALPHA, against=against)
+
+
+def verdict_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per method (at most 100 columns): its main model's final difference to the
+    baseline (and Switch EMA's to plain EMA), interval, n, Holm p and verdict word."""
+    kind, higher = summary["kind"], summary["higher"]
+    _, _, scale, unit = PRIMARY[kind]
+    digits = 2 if kind == "classification" else 4
+    unit = " pp" if kind == "classification" else unit
+    lines = []
+    for e in summary["entries"]:
+        if not e["main"]:
+            continue
+        for key, against in (("diff_final", "baseline"), ("diff_vs_ema", "ema")):
+            d = e.get(key)
+            if d is None:
+                continue
+            word = verdict(d, higher, against).replace(f" than {against}", "")
+            name = ModelKey(e["method"], e["model"]).format()
+            head = f"- {name} vs {against}: {_fmt_diff(d, scale, digits)}{unit}"
+            tail = f"n = {d['n']}, Holm p {_is(d['p_holm'])}: {word}"
+            line = f"{head}, {tail}"  # a long one goes on two lines, none over 100 columns
+            lines += [line] if len(line) <= 100 else [f"{head},", f"  {tail}"]
+    return lines
 
 
 def _model(e: dict[str, Any]) -> str:
@@ -125,7 +147,12 @@ def render_summary(
         f"p-value: the {m} comparisons of this summary are one family, and a difference is "
         f"called significant only if its Holm p < {summary['family']['alpha']:g} (bold). The "
         "online models of ema and swa are the baseline's own trajectory and are not repeated. "
-        "Columns are explained at the end.",
+        "Columns are explained at the end. Verdicts use the claims table's words, for the "
+        "claim that a method beats the baseline (or plain EMA).",
+        "",
+        "## Verdicts (final epoch)",
+        "",
+        *(verdict_lines(summary) or ["No comparison to a baseline in this run."]),
         "",
         "## Final epoch",
         "",

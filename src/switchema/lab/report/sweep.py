@@ -7,6 +7,7 @@ Drawn from the saved cells only: every cell folder is an ordinary run folder, su
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from ..checkpoint import atomic_write_text
 from ..config import canonical_keys
+from ..decide import comparison_verdict
 from ..stats import format_ci, format_mean_std, format_p, mean_std
 from .export import write_csv
 from .run import ALPHA, PRIMARY, correct, load_run, summarise
@@ -82,6 +84,8 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
                 "failures": failures,
             }
         )
+    for c in out:  # the methods each cell declares, for the family of a cell not ended
+        c["methods"] = list(c["point"].get("methods", fixed.get("methods", [])))
     res = {"axes": axes, "fixed": fixed, "cells": out}
     res["family"] = {"m": _correct_sweep(res), "alpha": ALPHA}
     return res
@@ -100,7 +104,17 @@ def _correct_sweep(res: dict[str, Any]) -> int:
                     key = (k, e["method"], *(d[x] for x in ("mean", "lo", "hi", "n", "p")))
                     unique.setdefault(repr(key), d)
                     e[k] = unique[repr(key)]
-    return correct(list(unique.values()))
+    return correct(list(unique.values()), missing=sum(map(_declared, res["cells"])))
+
+
+def _declared(cell: dict[str, Any]) -> int:
+    """Comparisons a cell without results will add (each method to the baseline, each Switch
+    EMA to plain EMA): counted as p = 1, so no verdict depends on which cells have ended."""
+    if cell["entries"]:
+        return 0
+    methods = cell["methods"]
+    n = len(methods) - 1 if "baseline" in methods else 0
+    return n + (sum(m.startswith("sema") for m in methods) if "ema" in methods else 0)
 
 
 def write_sweep_report(
@@ -253,6 +267,7 @@ def _cell_lines(
     kind = c["kind"]
     scale = PRIMARY[kind][2] if kind else 1.0
     unit = PRIMARY[kind][3] if kind else ""
+    higher = PRIMARY[kind][1] if kind else True
     point = [fmt_value(a, c["point"][a]) for a in res["axes"]]
     task = _task(res, c)
     failed_by_method: dict[str, int] = {}
@@ -276,9 +291,9 @@ def _cell_lines(
             final,
             _pp(e["best"], scale) + (" *oracle (test)*" if e.get("selected_on") == "test" else ""),
             ci["diff_vs_baseline"],
-            _p_text(e.get("diff_vs_baseline")),
+            _p_text(e.get("diff_vs_baseline"), higher, "baseline"),
             ci["diff_vs_ema"],
-            _p_text(e.get("diff_vs_ema")),
+            _p_text(e.get("diff_vs_ema"), higher, "ema"),
             _pp(e["ece15"], 100.0) if e.get("ece15") else "—",
             str(failed_by_method.get(e["method"], 0)),
         ]
@@ -292,12 +307,15 @@ def _cell_lines(
     return lines
 
 
-def _p_text(d: dict[str, Any] | None) -> str:
-    """``p / Holm p`` of a difference, the latter bold when significant."""
+def _p_text(d: dict[str, Any] | None, higher: bool, against: str) -> str:
+    """``p / Holm p: verdict`` of a difference, the Holm p bold when significant; the
+    verdict in the claims table's words (:func:`~switchema.lab.decide.comparison_verdict`)."""
     if d is None or "p_holm" not in d:
         return "—"
     holm = format_p(d["p_holm"])
-    return f"{format_p(d['p'])} / {f'**{holm}**' if d['significant'] else holm}"
+    p = d["p_holm"] if not math.isnan(d["p"]) else math.nan
+    word = comparison_verdict(d["mean"], p, d["n"], higher=higher, alpha=ALPHA, against=against)
+    return f"{format_p(d['p'])} / {f'**{holm}**' if d['significant'] else holm}: {word}"
 
 
 def _failure_lines(res: dict[str, Any]) -> list[str]:

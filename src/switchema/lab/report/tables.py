@@ -2,9 +2,11 @@
 
 * :func:`run_table`: a run's main table: every method and model, its primary metric at the
   final and the validation-best epoch (mean ± std over seeds), the paired difference to the
-  baseline with a 95% interval and a Holm-corrected p (the family: the table's comparisons),
+  baseline with a 95% interval, a Holm-corrected p (the family: the run's, as its
+  ``summary.md`` corrects it, so both show the same p) and the claims table's verdict words,
   and further metrics at the final epoch;
-* :func:`sweep_table`: one difference per cell of a sweep, with Holm over the cells;
+* :func:`sweep_table`: one difference per cell of a sweep, with Holm over the sweep's
+  declared cells (a cell not run counts as p = 1);
 * :func:`value_text`: one number (a mean ± std, or a paired difference with its interval).
 
 Differences go through the claims' measures (:mod:`.measures`), so a number in the results
@@ -14,13 +16,16 @@ and the same comparison in the claims table are computed by one piece of code.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from typing import Any
 
-from ..stats import format_ci, format_mean_std, format_p, holm, mean_std, pairwise_interval
+from ..decide import comparison_verdict, holm_declared
+from ..keys import ModelKey
+from ..stats import format_ci, format_mean_std, format_p, mean_std, pairwise_interval
 from .measures import MEASURES, PAIRWISE, Effect
-from .points import Run, RunStore, display, seed_rows, split_model, values
-from .run import PRIMARY
+from .points import SELECTION, Run, RunStore, display, seed_rows, split_model, values
+from .run import ALPHA, PRIMARY, summarise
 
 __all__ = ["run_table", "sweep_table", "value_text", "effect_of"]
 
@@ -94,6 +99,18 @@ def value_text(
 # --------------------------------------------------------------------------- a run's table
 
 
+def run_family(run: Run) -> tuple[dict[tuple[str, str], float], int]:
+    """The run's family as ``summary.md`` corrects it (:func:`.run.summarise`): ``{(model,
+    "final" | "best"): Holm p}`` of the differences to the baseline, and the family's size."""
+    s = summarise(run.config, run.rows, run.arrays)
+    out = {}
+    for e in s["entries"]:
+        for key, at in (("diff_final", "final"), ("diff_best", "best")):
+            if key in e and not e[key]["oracle"]:
+                out[(ModelKey(e["method"], e["model"]).format(), at)] = e[key]["p_holm"]
+    return out, s["family"]["m"]
+
+
 def _shown_models(run: Run, key: str) -> list[str]:
     """Every model, but an online model that is the baseline's own trajectory only once."""
     models = run.models()
@@ -148,7 +165,12 @@ def _model_cells(
             cells += ["—", "—"]
         else:
             shown = {k: getattr(d, k) * scale for k in ("mean", "lo", "hi")}
-            cells += [format_ci(shown, digits), format_p(adjusted[(model, at)])]
+            q = adjusted.get((model, at), math.nan)
+            higher = SELECTION[run.kind][1]
+            word = comparison_verdict(
+                d.mean, q, d.n, higher=higher, alpha=ALPHA, against="baseline"
+            )
+            cells += [format_ci(shown, digits), f"{format_p(q)}: {word}"]
     return cells
 
 
@@ -174,14 +196,15 @@ def run_table(
         if base and m != base
         for at in points
     }
-    adjusted = dict(zip(diffs, holm([e.p for e in diffs.values()])))
+    adjusted, family = run_family(run)
     extras = _extras(run, extras)
     _, _, u_diff, _ = display(key)
     head = ["method", "model"]
     for at in points:
         where = "final" if at == "final" else "val-best"
         head += [f"{where} {_name(key)}"] + (["epoch of best"] if at == "best" else [])
-        head += [f"Δ {where} ({u_diff}) [95% CI]" if u_diff else f"Δ {where} [95% CI]", "p (Holm)"]
+        head += [f"Δ {where} ({u_diff}) [95% CI]" if u_diff else f"Δ {where} [95% CI]"]
+        head += ["p (Holm): verdict"]
     head += [_name(k) for k in extras]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for m in models:
@@ -192,7 +215,7 @@ def run_table(
             cells.append(format_mean_std(mean * scale, spread * scale, digits))
         name = split_model(m)
         lines.append("| " + " | ".join([name.method, name.label.format(), *cells]) + " |")
-    return lines + _table_notes(run, points, len(diffs), extras)
+    return lines + _table_notes(run, points, family, extras)
 
 
 def _table_notes(run: Run, points: list[str], family: int, extras: list[str]) -> list[str]:
@@ -201,7 +224,9 @@ def _table_notes(run: Run, points: list[str], family: int, extras: list[str]) ->
     if points:
         text += (
             " Δ: paired difference to baseline/online (same seed) with a 95% t-interval; "
-            f"p (Holm): two-sided t test, Holm-corrected over this table's {family} comparisons."
+            "p (Holm): two-sided t test, Holm-corrected over the run's family, the "
+            f"{family} comparisons its summary.md shows (so both give the same p), with the "
+            "claims table's verdict words."
         )
     if "best" in points:
         text += " val-best: each seed's epoch with the best validation metric (the test set never chooses)."
@@ -232,21 +257,27 @@ def sweep_table(store: RunStore, sweep: str, a: str, b: str, metric: str, at: st
         run = f"{sweep}/cells/{name}"
         effects[name] = effect_of(store, run, a, b, metric, at) if store.get(run) else None
     measured = [n for n, e in effects.items() if e is not None]
-    adjusted = dict(zip(measured, holm([effects[n].p for n in measured])))
-    head = [*axes, f"{a} − {b} ({u_diff}) [95% CI]", "n", "p", "p (Holm)"]
+    ps = [effects[n].p if effects[n] is not None else math.nan for n, _ in cells]
+    adjusted = dict(zip([n for n, _ in cells], holm_declared(ps, len(cells))))
+    higher = next((SELECTION[store.get(f"{sweep}/cells/{n}").kind][1] for n in measured), True)
+    head = [*axes, f"{a} − {b} ({u_diff}) [95% CI]", "n", "p", "p (Holm)", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, point in cells:
         e = effects[name]
         vals = [_fmt_axis(point.get(k, "")) for k in axes]
         if e is None:
-            lines.append("| " + " | ".join([*vals, "not run yet", "—", "—", "—"]) + " |")
+            lines.append("| " + " | ".join([*vals, "not run yet", "—", "—", "—", "—"]) + " |")
             continue
         ci = format_ci({k: getattr(e, k) * scale for k in ("mean", "lo", "hi")}, digits)
-        cells_ = [*vals, ci, str(e.n), format_p(e.p), format_p(adjusted[name])]
+        q = adjusted[name]
+        word = comparison_verdict(e.mean, q, e.n, higher=higher, alpha=ALPHA, against=b)
+        cells_ = [*vals, ci, str(e.n), format_p(e.p), format_p(q), word]
         lines.append("| " + " | ".join(cells_) + " |")
     lines += [
         "",
-        f"Paired by seed within each cell; p (Holm): over the {len(measured)} cells measured.",
+        f"Paired by seed within each cell; p (Holm): over the sweep's {len(cells)} cells, a "
+        "cell not run yet counting as p = 1 (so no verdict depends on which cells exist); "
+        "verdicts in the claims table's words, for the claim that the first beats the second.",
     ]
     return lines
 

@@ -1,0 +1,14 @@
+# Settings every recipe pins (sourced, not run): the seeds, and the main MNIST-1D job's full
+# setting, written out so that a later change of a task's or the lab's defaults moves no number.
+# SEEDS: 10, the fewest for every headline claim (`switchema claims --power` from a pilot says
+# how many each row needs). Decay 0.987 per step at this task's 32 steps per epoch puts the EMA
+# in both papers' regime: a window of 77 steps = 2.4 epochs and a switch every epoch keeping
+# f = 0.19 of a period's progress, where the SEMA paper's CIFAR setting (decay 0.999 at 391-500
+# steps per epoch) has 2.0-2.6 epochs and f = 0.17-0.21 and the EMA paper's windows span
+# 1.3-20 epochs (claims.toml, [regime.*]). Switching starts after epoch 5, as in the SEMA paper.
+SEEDS=(0 1 2 3 4 5 6 7 8 9)
+PAPER_DECAY=0.987
+MNIST1D=(--task mnist1d-cnn --epochs 100 --batch-size 100 --optimizer adamw --lr 0.01
+  --weight-decay 0 --lr-schedule cosine --lr-final 0 --warmup-epochs 0 --data-seed 42
+  --val-fraction 0.2 --ema-warmup none --ema-start 0 --ema-update-every 1 --buffers copy
+  --switch-every 1 --switch-start 6 --swa-start 0.75 --swa-every 1 --label-noise 0)
