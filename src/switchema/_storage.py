@@ -125,12 +125,15 @@ def _staged_group(live: list[Tensor], k: int, dtype: torch.dtype, device: Any) -
 
 
 def _stage_pairs(
-    g: K.FlatGroup, live: list[Tensor], live_flat: Tensor | None
+    g: K.FlatGroup, live: list[Tensor], live_flat: Tensor | None, into: Tensor | None = None
 ) -> tuple[list[Tensor], list[Tensor]]:
-    """(the staged copy, the model's tensors) of one staged group, flat when both are."""
+    """(the staged copy, or ``into`` laid out like it; the model's tensors) of one staged
+    group, flat when both are."""
     if live_flat is not None:
-        return [g.src_flat], [live_flat]
-    return g.tensors, live
+        return [g.src_flat if into is None else into], [live_flat]
+    if into is None:
+        return g.tensors, live
+    return [K.dense_view(into, t, o) for t, o in zip(live, g.offsets)], live
 
 
 class Storage:
@@ -176,7 +179,9 @@ class Storage:
         # where the sources are copies of them on the average's device (see Offload).
         self.live = [[e.source for e in group] for group in by_key.values()]
         self.live_flat: list[Tensor | None] = [None] * len(by_key)
-        self._pending: Any = None
+        self._pending: Any = None  # the deferred update (staged path)
+        self._events: list[Any] = []  # when its copies are done (CUDA)
+        self._snapshots: dict[int, Any] = {}  # per group: the weights on their device (CUDA)
         # Built outside inference mode, so an averager made under torch.inference_mode()
         # still works after the block.
         with torch.inference_mode(False):
@@ -299,25 +304,32 @@ class Storage:
     def stage(self) -> None:
         """Staged path: the sources (copies on the average's device) <- the model, non-blocking.
 
-        On CUDA the copies run on a side stream after the work already queued on the current
-        stream, into pinned host memory, and the current stream waits for them on the device
-        (a later optimizer step cannot overwrite the weights being copied); the host never
-        waits here. :meth:`synchronize` waits for them before the staged copy is read.
+        On CUDA the weights are first copied on the device into a snapshot (one copy of the
+        averaged tensors in the model's dtype, which the step's own stream does at device
+        bandwidth), and the snapshot is copied into pinned host memory on a side stream while
+        training goes on: the next optimizer step may change the weights at once, and the host
+        never waits here. :meth:`synchronize` waits for the copy before the staged copy is read.
         """
-        stream = _side_stream(self.live[0][0].device)
-        if stream is None:
-            for g, live, flat in zip(self.groups, self.live, self.live_flat):
+        events = []
+        for gi, (g, live, flat) in enumerate(zip(self.groups, self.live, self.live_flat)):
+            stream = _side_stream(live[0].device)
+            if stream is None:
                 K.copy_(*_stage_pairs(g, live, flat))
-            return
-        current = torch.cuda.current_stream(stream.device)
-        stream.wait_stream(current)
-        with torch.cuda.stream(stream):
-            for g, live, flat in zip(self.groups, self.live, self.live_flat):
-                K.copy_(*_stage_pairs(g, live, flat), non_blocking=True)
-            event = torch.cuda.Event()
-            event.record(stream)
-        current.wait_event(event)
-        self._event = event
+                continue
+            if gi not in self._snapshots:
+                snap = torch.empty_like(g.src_flat, device=live[0].device)
+                snap.record_stream(stream)  # read there: not reused before those reads end
+                self._snapshots[gi] = (snap, _stage_pairs(g, live, flat, snap))
+            snap, pairs = self._snapshots[gi]
+            K.copy_(*pairs)  # device to device, in stream order
+            current = torch.cuda.current_stream(stream.device)
+            stream.wait_stream(current)
+            with torch.cuda.stream(stream):
+                g.src_flat.copy_(snap, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(stream)
+            events.append(event)
+        self._events = events
 
     def defer(self, op: Any) -> None:
         """Run ``op`` (which reads the sources) now, or, staged, on the weights staged now when
@@ -335,10 +347,9 @@ class Storage:
         if op is None:
             return
         self._pending = None
-        event = getattr(self, "_event", None)
-        if event is not None:
+        for event in self._events:
             event.synchronize()
-            self._event = None
+        self._events = []
         op()
 
     # ------------------------------------------------------------------ moving values
