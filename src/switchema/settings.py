@@ -13,7 +13,7 @@ saved with another layout rebuilds the storage when loaded.
     >>> s.switch.every, EMASettings.from_dict(s.to_dict()) == s
     (Interval(n=1, unit='epochs'), True)
     >>> sorted(option_names(EMASettings))[:4]
-    ['avg_fn', 'buffers', 'decay', 'dtype']
+    ['avg_fn', 'buffers', 'decay', 'device']
 """
 
 from __future__ import annotations
