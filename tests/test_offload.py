@@ -241,10 +241,12 @@ def test_cuda_model_with_averages_in_pinned_host_memory(kind):
                 for p in model.parameters():
                     p.add_(torch.randn_like(p))
         a.update(), b.update()
-        if step % 2:  # the optimizer's next in-place write must not race the copy
+        # the next in-place write (an optimizer step) is queued at once and must not reach
+        # the copy in flight: the averages stay those of the weights at update()
+        for model in (a_model, b_model):
             with torch.no_grad():
-                for p in b_model.parameters():
-                    p.mul_(1.0)
+                for p in model.parameters():
+                    p.add_(100.0)
     sa, sb = a.state_dict(), b.state_dict()
     for name in sa["names"]:
         torch.testing.assert_close(sb["averages"][name].cuda(), sa["averages"][name])

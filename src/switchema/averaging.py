@@ -502,7 +502,7 @@ class EMA(WeightAverager):
             averager takes (:class:`switchema.settings.Options`): ``update_every``,
             ``start_step``, ``switch`` (``"1e"``, ``"50s"`` or a
             :class:`~switchema.switching.SwitchRule`), ``dtype``, ``buffers``, ``params``,
-            ``frozen``, ``flat_params``, ``avg_fn``.
+            ``frozen``, ``flat_params``, ``avg_fn``, ``device`` (``"cpu"``: offloaded).
 
     :attr:`decay` is the decay when there is one; :attr:`decays` the tuple.
 
