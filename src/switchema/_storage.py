@@ -6,6 +6,14 @@ averages of each (device, source dtype, average dtype) group in one ``(K, N)`` b
 with the kernels. It checks, in C through ``map()``, that the model still holds the tensors it
 bound to (identity of the registered object, ``data_ptr`` of the storage), follows FSDP2 when it
 moves a shard without changing it, and refuses anything else with what to do.
+
+Averages on another device (``device=``, or ``offload="staged"``): each group's sources are
+then a staging copy of the model's tensors on the average's device (one flat buffer, pinned
+host memory for an accelerator's model), and every kernel runs there against it. An update
+that reads the model (:meth:`Storage.defer`) takes the copy (:meth:`Storage.stage`, on CUDA
+through a device snapshot and a side stream, without waiting) and runs when something next
+needs the averages (:meth:`Storage.synchronize`, which every reader here calls first). On the
+model's own device the same path gives the in-place averages bit for bit.
 """
 
 from __future__ import annotations
