@@ -284,6 +284,13 @@ def fsdp_worker(rank: int, world: int, tmp: Path) -> None:
     except ValueError as err:
         res["double_error"] = str(err)
 
+    # Averages on another device (device=, offload=) are refused for sharded parameters.
+    try:
+        EMA(shard(make_net()), offload="staged")
+        res["offload_error"] = ""
+    except ValueError as err:
+        res["offload_error"] = str(err)
+
     # FSDP2 re-creates (and re-pads) local shards in to_empty(): the averager follows the
     # parameter to its new shard, keeping its averages.
     moved = shard(make_net())
@@ -511,6 +518,8 @@ def test_fsdp_misuse_errors(fsdp_run):
     msg = r0["early_error"]  # averager built before fully_shard
     assert "parameter 'scale' is now a DTensor" in msg, msg
     assert "create the averager after sharding the model" in msg, msg
+    msg = r0["offload_error"]
+    assert "device= (averages kept on another device) is not supported for sharded" in msg, msg
 
 
 # ---------------------------------------------------------------- DCP

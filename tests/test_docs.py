@@ -84,6 +84,7 @@ TAGS = {
     "pandas": "test_lab_exports.py::test_the_docs_pandas_example_reads_a_run",
     "switch-rule": "test_switch_rule",
     "checkpoints": "test_checkpoints",
+    "offload": "test_offload",
 }
 
 
@@ -271,3 +272,34 @@ def test_no_page_quotes_a_run_folder_figure():
     for path in sorted((ROOT / "docs").rglob("*.md")):
         assert not interval.search(path.read_text()), path.relative_to(ROOT)
     assert block("loop")[0].name == "getting-started.md"
+
+
+def test_offload(one_thread):
+    """The offloaded averages are the in-place ones, bit for bit (the same block, in place;
+    on a machine without CUDA the staged path is forced, as on one with it)."""
+    path, code = block("offload")
+
+    def variant(old, new):
+        namespace = {}
+        exec(compile(code.replace(old, new), str(path.relative_to(ROOT)), "exec"), namespace)
+        return namespace
+
+    ns = run("offload")
+    if ns["device"] == "cpu":
+        ns = variant('device="cpu")', 'device="cpu", offload="staged")')
+    ema, model = ns["ema"], ns["model"]
+    assert ema.step == ema.n_updates == 10 and ema._store.staged
+    assert all(g["flat"].device.type == "cpu" for g in ema.storage())
+    assert all(p.device == model.weight.device for p in ns["teacher"].parameters())
+    reference = variant('device="cpu"', "device=None")
+    expected = reference["ema"]
+    assert not expected._store.staged
+    # the host's lerp and the GPU's may round differently (a fused multiply-add); on the CPU
+    # the two paths run the same kernels and agree bit for bit
+    tol = {"rtol": 1e-6, "atol": 1e-7} if ns["device"] == "cuda" else {"rtol": 0, "atol": 0}
+    for k in range(2):
+        got = ema.averaged_state_dict(k)
+        for name, value in expected.averaged_state_dict(k).items():
+            torch.testing.assert_close(got[name].to(value.device), value, **tol)
+    for name, value in reference["exported"].items():
+        torch.testing.assert_close(ns["exported"][name].to(value.device), value, **tol)

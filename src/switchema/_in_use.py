@@ -37,6 +37,16 @@ class AverageInUse:
     """The averager's methods that use an average without changing it (a mixin of
     :class:`switchema.WeightAverager`, whose attributes it reads)."""
 
+    def synchronize(self) -> None:
+        """Finish any averaging update still in flight (``device=``: offloaded averages).
+
+        Every reader (``switch``, ``swapped``, the views, ``state_dict``, ...) does this
+        itself when it needs the averages; call it to time the averaging, or before reading
+        :meth:`storage` buffers another way. A no-op when the averages are on the model's
+        device.
+        """
+        self._store.synchronize()
+
     @contextmanager
     def swapped(self, index: int = 0) -> Iterator[nn.Module]:
         """The model holds average ``index`` inside the ``with`` block; afterwards, its own again.

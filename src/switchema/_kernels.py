@@ -101,7 +101,9 @@ class FlatGroup:
             one row of ``flat`` (after :meth:`flatten_sources`).
     """
 
-    def __init__(self, tensors: Sequence[Tensor], k: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self, tensors: Sequence[Tensor], k: int, dtype: torch.dtype, pin_memory: bool = False
+    ) -> None:
         if not tensors:
             raise ValueError("a FlatGroup needs at least one tensor")
         self.src_flat: Tensor | None = None
@@ -115,7 +117,7 @@ class FlatGroup:
         for n in self.numels[:-1]:
             self.offsets.append(self.offsets[-1] + n)
         n_total = sum(self.numels)
-        self.flat = torch.empty((k, n_total), dtype=dtype, device=device)
+        self.flat = torch.empty((k, n_total), dtype=dtype, device=device, pin_memory=pin_memory)
         self.views = [
             [dense_view(self.flat[j], t, o) for t, o in zip(self.tensors, self.offsets)]
             for j in range(k)
@@ -232,15 +234,16 @@ def multi_lerp_(
 
 
 @torch.no_grad()
-def copy_(dst: list[Tensor], src: list[Tensor]) -> None:
+def copy_(dst: list[Tensor], src: list[Tensor], non_blocking: bool = False) -> None:
     """``dst[i] <- src[i]`` for every pair, casting dtype where needed; one fused call.
 
-    Twin: :func:`reference_copy_`.
+    ``non_blocking``: an accelerator-to-pinned-host copy does not wait for the device (the
+    caller waits on an event before reading ``dst``). Twin: :func:`reference_copy_`.
     """
     if len(dst) == 1:
-        dst[0].copy_(src[0])
+        dst[0].copy_(src[0], non_blocking=non_blocking)
     elif dst:
-        torch._foreach_copy_(dst, src)
+        torch._foreach_copy_(dst, src, non_blocking=non_blocking)
 
 
 @torch.no_grad()

@@ -38,9 +38,12 @@ def pack_averages(store: Storage) -> dict[str, Tensor]:
     return averages
 
 
-def saved_settings(state: Any, kind: str, cls: type[Options], avg_fn: Any = None) -> Options:
-    """The settings a state was saved with, after checking it is a state of this ``kind``
-    (``avg_fn``: the custom average to restore with them, never saved)."""
+def saved_settings(state: Any, kind: str, cls: type[Options], current: Options) -> Options:
+    """The settings a state was saved with, after checking it is a state of this ``kind``.
+
+    From ``current``, the loading averager's settings, come what a state never decides: the
+    custom ``avg_fn`` (never saved) and where the averages live (``device``, ``offload``), so a
+    state saved on a GPU machine loads into an offloaded averager and back."""
     if not isinstance(state, Mapping) or state.get("format") not in STATE_FORMATS:
         raise ValueError(
             f"not a switchema averager state (format {STATE_FORMAT} expected), got keys "
@@ -50,7 +53,8 @@ def saved_settings(state: Any, kind: str, cls: type[Options], avg_fn: Any = None
         raise ValueError(
             f"state was saved by a {state.get('kind')!r} averager, loading into {kind!r}"
         )
-    return cls.from_dict(state["config"], avg_fn=avg_fn)
+    saved = cls.from_dict(state["config"], avg_fn=current.avg_fn)
+    return saved.replace(device=current.device, offload=current.offload)
 
 
 def check_state(

@@ -6,6 +6,14 @@ averages of each (device, source dtype, average dtype) group in one ``(K, N)`` b
 with the kernels. It checks, in C through ``map()``, that the model still holds the tensors it
 bound to (identity of the registered object, ``data_ptr`` of the storage), follows FSDP2 when it
 moves a shard without changing it, and refuses anything else with what to do.
+
+Averages on another device (``device=``, or ``offload="staged"``): each group's sources are
+then a staging copy of the model's tensors on the average's device (one flat buffer, pinned
+host memory for an accelerator's model), and every kernel runs there against it. An update
+that reads the model (:meth:`Storage.defer`) takes the copy (:meth:`Storage.stage`, on CUDA
+through a device snapshot and a side stream, without waiting) and runs when something next
+needs the averages (:meth:`Storage.synchronize`, which every reader here calls first). On the
+model's own device the same path gives the in-place averages bit for bit.
 """
 
 from __future__ import annotations
@@ -81,6 +89,61 @@ def averaged_entries(model: nn.Module, settings: Options) -> tuple[list[Entry], 
     return entries, [e for group in plan(entries, settings.dtype).values() for e in group]
 
 
+def same_device(model: torch.device, average: torch.device | None) -> bool:
+    """Whether averages on ``average`` (``None``: the model's) sit on the model's device."""
+    if average is None:
+        return True
+    if average.type != model.type:
+        return False
+    return average.index is None or model.index is None or average.index == model.index
+
+
+def _side_stream(device: torch.device) -> Any:
+    """The copy stream of a CUDA ``device`` (one per device), or ``None`` elsewhere."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    stream = _STREAMS.get(index)
+    if stream is None:
+        stream = _STREAMS[index] = torch.cuda.Stream(index)
+    return stream
+
+
+_STREAMS: dict[int, Any] = {}
+
+
+def _staged_group(live: list[Tensor], k: int, dtype: torch.dtype, device: Any) -> K.FlatGroup:
+    """A group whose sources are copies of ``live`` on ``device``, in one flat buffer.
+
+    Host memory is pinned when the model is on an accelerator, so the copies out of it can be
+    non-blocking. The kernels then run on ``device`` against the staged copy.
+    """
+    device = torch.device(device)
+    pin = device.type == "cpu" and live[0].device.type != "cpu"
+    n = sum(t.numel() for t in live)
+    stage = torch.empty(n, dtype=live[0].dtype, device=device, pin_memory=pin)
+    views, offset = [], 0
+    for t in live:
+        views.append(K.dense_view(stage, t, offset))
+        offset += t.numel()
+    K.copy_(views, live)
+    g = K.FlatGroup(views, k, dtype, pin_memory=pin)
+    g.src_flat = stage  # laid out like a row of g.flat: every kernel is one flat op
+    return g
+
+
+def _stage_pairs(
+    g: K.FlatGroup, live: list[Tensor], live_flat: Tensor | None, into: Tensor | None = None
+) -> tuple[list[Tensor], list[Tensor]]:
+    """(the staged copy, or ``into`` laid out like it; the model's tensors) of one staged
+    group, flat when both are."""
+    if live_flat is not None:
+        return [g.src_flat if into is None else into], [live_flat]
+    if into is None:
+        return g.tensors, live
+    return [K.dense_view(into, t, o) for t, o in zip(live, g.offsets)], live
+
+
 class Storage:
     """The K averages of ``model``'s averaged tensors under ``settings`` (see the module doc)."""
 
@@ -111,12 +174,32 @@ class Storage:
         self.entries = entries
         self.averaged = [e for group in by_key.values() for e in group]
         k = settings.num_averages
+        self.staged = settings.offload == "staged" or any(
+            not same_device(key[0], settings.device) for key in by_key
+        )
+        if self.staged and any(e.sharded for e in self.averaged):
+            raise ValueError(
+                "device= (averages kept on another device) is not supported for sharded "
+                "(DTensor, FSDP2) parameters yet; FSDP2 already spreads the averages over the "
+                "ranks: leave device=None"
+            )
+        # The model's tensors per group: the kernels' sources, except on the staged path,
+        # where the sources are copies of them on the average's device (see Offload).
+        self.live = [[e.source for e in group] for group in by_key.values()]
+        self.live_flat: list[Tensor | None] = [None] * len(by_key)
+        self._pending: Any = None  # the deferred update (staged path)
+        self._events: list[Any] = []  # when its copies are done (CUDA)
+        self._snapshots: dict[int, Any] = {}  # per group: the weights on their device (CUDA)
         # Built outside inference mode, so an averager made under torch.inference_mode()
         # still works after the block.
         with torch.inference_mode(False):
-            self.groups = [
-                K.FlatGroup([e.source for e in group], k, key[2]) for key, group in by_key.items()
-            ]
+            if self.staged:
+                self.groups = [
+                    _staged_group(live, k, key[2], settings.device or key[0])
+                    for live, key in zip(self.live, by_key)
+                ]
+            else:
+                self.groups = [K.FlatGroup(live, k, key[2]) for live, key in zip(self.live, by_key)]
             if settings.flat_params:
                 self._flatten_params(list(by_key.values()))
         self.names = [e.name for e in self.averaged]
@@ -149,8 +232,17 @@ class Storage:
                 "flat_params=True is not supported for sharded (DTensor) parameters; FSDP2 "
                 "already keeps each rank's shards in its own flat buffers"
             )
-        for g, group in zip(self.groups, groups):
-            for e, view in zip(group, g.flatten_sources()):
+        for gi, (g, group) in enumerate(zip(self.groups, groups)):
+            if self.staged:  # the model's own flat buffer, on its device
+                live = self.live[gi]
+                flat = torch.empty(g.numel, dtype=g.source_dtype, device=live[0].device)
+                views = [K.dense_view(flat, t, o) for t, o in zip(live, g.offsets)]
+                K.copy_(views, live)
+                self.live_flat[gi] = flat
+            else:
+                views = g.flatten_sources()
+                self.live_flat[gi] = g.src_flat
+            for e, view in zip(group, views):
                 e.tensor.data = view
 
     # ------------------------------------------------------------------ binding checks
@@ -201,8 +293,8 @@ class Storage:
     def _rebind_source(self, e: Entry, local: Tensor) -> None:
         """Point the kernels at a DTensor's new local shard (same layout; off the hot path)."""
         g, i = self.where[id(e.tensor)]
-        e.source = g.tensors[i] = local.detach()
         gi = next(j for j, h in enumerate(self.groups) if h is g)
+        e.source = g.tensors[i] = self.live[gi][i] = local.detach()
         self.caches[gi] = _weight_cache(g)
         self._ptrs_dt = list(map(_data_ptr, map(_local_tensor, self.live_dt)))
 
@@ -216,9 +308,61 @@ class Storage:
         for m in self._fsdp_modules:
             m.reshard()
 
+    # ------------------------------------------------------------------ staging
+    def stage(self) -> None:
+        """Staged path: the sources (copies on the average's device) <- the model, non-blocking.
+
+        On CUDA the weights are first copied on the device into a snapshot (one copy of the
+        averaged tensors in the model's dtype, which the step's own stream does at device
+        bandwidth), and the snapshot is copied into pinned host memory on a side stream while
+        training goes on: the next optimizer step may change the weights at once, and the host
+        never waits here. :meth:`synchronize` waits for the copy before the staged copy is read.
+        """
+        events = []
+        for gi, (g, live, flat) in enumerate(zip(self.groups, self.live, self.live_flat)):
+            stream = _side_stream(live[0].device)
+            if stream is None:
+                K.copy_(*_stage_pairs(g, live, flat))
+                continue
+            if gi not in self._snapshots:
+                snap = torch.empty_like(g.src_flat, device=live[0].device)
+                snap.record_stream(stream)  # read there: not reused before those reads end
+                self._snapshots[gi] = (snap, _stage_pairs(g, live, flat, snap))
+            snap, pairs = self._snapshots[gi]
+            K.copy_(*pairs)  # device to device, in stream order
+            current = torch.cuda.current_stream(stream.device)
+            stream.wait_stream(current)
+            with torch.cuda.stream(stream):
+                g.src_flat.copy_(snap, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(stream)
+            events.append(event)
+        self._events = events
+
+    def defer(self, op: Any) -> None:
+        """Run ``op`` (which reads the sources) now, or, staged, on the weights staged now when
+        next needed: the previous one is finished first, then the copy is issued."""
+        if not self.staged:
+            op()
+            return
+        self.synchronize()
+        self.stage()
+        self._pending = op
+
+    def synchronize(self) -> None:
+        """Finish a deferred update: wait for its staged copy, then run it (no-op otherwise)."""
+        op = self._pending
+        if op is None:
+            return
+        self._pending = None
+        for event in self._events:
+            event.synchronize()
+        self._events = []
+        op()
+
     # ------------------------------------------------------------------ moving values
     def fill_from_model(self) -> None:
-        """Every average <- the model (before the start step)."""
+        """Every average <- the model (before the start step); staged: the staged copy."""
         for g in self.groups:
             avg, src = g.row_pairs(0)
             K.copy_(avg, src)
@@ -253,30 +397,46 @@ class Storage:
                 if out is not None:
                     g.flat[k].copy_(out)
 
+    def _model_pairs(self, gi: int, index: int) -> tuple[list[Tensor], list[Tensor]]:
+        """(the model's averaged tensors of group ``gi``, average ``index``), flat when both are."""
+        g, flat = self.groups[gi], self.live_flat[gi]
+        if flat is not None:
+            return [flat], [g.flat[index]]
+        return self.live[gi], g.views[index]
+
     def copy_into_model(self, index: int) -> None:
         """The model's averaged tensors <- average ``index`` (cast to their dtype)."""
-        for g in self.groups:
-            avg, src = g.row_pairs(index)
-            K.copy_(src, avg)
+        self.synchronize()
+        for gi in range(len(self.groups)):
+            K.copy_(*self._model_pairs(gi, index))
 
     def move_model(self, index: int, weight: float) -> None:
         """``x <- x + weight * (avg - x)`` for the model's averaged tensors, computed in the
         average's precision and rounded once into the model."""
-        for g in self.groups:
+        self.synchronize()
+        for gi, g in enumerate(self.groups):
+            if self.staged:  # on the average's device, through the staged copy
+                live, flat = self.live[gi], self.live_flat[gi]
+                K.copy_(*_stage_pairs(g, live, flat))
+                avg, src = g.row_pairs(index)
+                K.partial_switch_(src, avg, weight)
+                K.copy_(*_stage_pairs(g, live, flat)[::-1])
+                continue
             avg, src = g.row_pairs(index)
             K.partial_switch_(src, avg, weight)
 
     def backup_model(self) -> list[tuple[list[Tensor], list[Tensor]]]:
         """Copies of the model's averaged tensors and other buffers, with where they go back."""
+        self.synchronize()
         backups = []
-        for g in self.groups:
-            if g.src_flat is not None:
-                backups.append(([g.src_flat], [g.src_flat.clone()]))
+        for g, live, live_flat in zip(self.groups, self.live, self.live_flat):
+            if live_flat is not None:
+                backups.append(([live_flat], [live_flat.clone()]))
             else:
-                flat = torch.empty(g.numel, dtype=g.source_dtype, device=g.flat.device)
-                saved = [K.dense_view(flat, t, o) for t, o in zip(g.tensors, g.offsets)]
-                K.copy_(saved, g.tensors)
-                backups.append((g.tensors, saved))
+                flat = torch.empty(g.numel, dtype=g.source_dtype, device=live[0].device)
+                saved = [K.dense_view(flat, t, o) for t, o in zip(live, g.offsets)]
+                K.copy_(saved, live)
+                backups.append((live, saved))
         buffers = [e.source for e in self.other_buffers]
         backups.append((buffers, [b.clone() for b in buffers]))
         return backups
@@ -284,15 +444,18 @@ class Storage:
     # ------------------------------------------------------------------ what is stored
     def kview(self, e: Entry) -> Tensor:
         """Entry ``e``'s K averages, shape ``(K, *local shape)``."""
+        self.synchronize()
         g, i = self.where[id(e.tensor)]
         return g.kviews[i]
 
     def view(self, e: Entry, index: int) -> Tensor:
+        self.synchronize()
         g, i = self.where[id(e.tensor)]
         return g.views[index][i]
 
     def layout(self) -> list[dict[str, Any]]:
         """Per group, its ``(K, N)`` buffer and where each tensor lies in it."""
+        self.synchronize()
         slots: dict[int, list[Any]] = {}
         for e in self.averaged:
             g, i = self.where[id(e.tensor)]

@@ -92,7 +92,7 @@ class ViewCache:
                 params[e.path] = e.tensor.detach()  # copy/skip policy: the model's own
                 continue
             g, i = where
-            if g.same_dtype:
+            if g.same_dtype and not store.staged:
                 params[e.path] = g.views[index][i]
             else:
                 params[e.path] = torch.empty_like(e.tensor.detach())
@@ -105,6 +105,7 @@ class ViewCache:
 
     def state(self, index: int) -> ViewState:
         """Average ``index``'s view tensors, refreshed if the average or a buffer changed."""
+        self._store.synchronize()  # an update in flight changes the average (device=)
         state = self._states.get(index)
         if state is None:
             state = self._states[index] = self._build(index)
@@ -143,6 +144,7 @@ class ViewCache:
         self, index: int, dtype: torch.dtype | str | None, params: bool
     ) -> dict[str, Tensor]:
         """Fresh tensors of average ``index``'s state dict (its buffers only, unless ``params``)."""
+        self._store.synchronize()
         store, dt = self._store, dtensor_type()
         stats = self._bn_stats.get(index, {})
         out: dict[str, Tensor] = {}

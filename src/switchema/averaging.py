@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -208,17 +209,17 @@ class WeightAverager(AverageInUse):
     def _lerp_weights(self) -> list[float]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _follow_model(self) -> None:
-        """Before the start step (and on reset): every average <- the model."""
+    def _follow_model(self) -> None:  # before the start step, and on reset: avg <- model
         self._store.fill_from_model()
 
     def _average(self, step: int) -> None:
-        """One averaging update at ``step``: the fused lerp, or a custom ``avg_fn``."""
+        """One averaging update at ``step`` (deferred on the staged path, see ``device``)."""
         weights = self._lerp_weights()  # also moves a subclass's own clock (PowerEMA)
-        if self.settings.avg_fn is None:
-            self._store.lerp(weights)
-        else:
-            self._store.apply(self.settings.avg_fn, step)
+        self._store.defer(partial(self._apply_average, step, weights))
+
+    def _apply_average(self, step: int, weights: list[float]) -> None:  # lerp or avg_fn
+        fn, store = self.settings.avg_fn, self._store
+        store.lerp(weights) if fn is None else store.apply(fn, step)
 
     def update(
         self, step: int | None = None, *, epoch: int | None = None, optimizer: Any = None
@@ -274,7 +275,7 @@ class WeightAverager(AverageInUse):
             self._check_rule_optimizer(optimizer)  # before anything changes
         self.step, self.epoch = new, epochs
         if new <= settings.start_step:
-            self._follow_model()
+            store.defer(self._follow_model)
             self._changed()
         elif _clock.crossed(prev, new, settings.update_every, settings.start_step):
             self._average(new)
@@ -327,7 +328,7 @@ class WeightAverager(AverageInUse):
         """Every average <- the model's current weights (timm's ``set``); counters are kept."""
         self._store.check()
         self._check_not_swapped("reset")
-        self._follow_model()
+        self._store.defer(self._follow_model)
         self._changed()
         self.events.record("reset", step=self.step, epoch=self.epoch)
 
@@ -410,7 +411,7 @@ class WeightAverager(AverageInUse):
         averager must call it.
         """
         self._check_not_swapped("load_state_dict")
-        saved = saved_settings(state, self.kind, self.Settings, self.settings.avg_fn)
+        saved = saved_settings(state, self.kind, self.Settings, self.settings)
         check_state(state, self._store, self.settings, saved)
         differences = self.settings.differences(saved)
         if differences:
@@ -501,7 +502,7 @@ class EMA(WeightAverager):
             averager takes (:class:`switchema.settings.Options`): ``update_every``,
             ``start_step``, ``switch`` (``"1e"``, ``"50s"`` or a
             :class:`~switchema.switching.SwitchRule`), ``dtype``, ``buffers``, ``params``,
-            ``frozen``, ``flat_params``, ``avg_fn``.
+            ``frozen``, ``flat_params``, ``avg_fn``, ``device`` (``"cpu"``: offloaded).
 
     :attr:`decay` is the decay when there is one; :attr:`decays` the tuple.
 

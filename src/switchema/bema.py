@@ -80,7 +80,7 @@ class BEMA(WeightAverager):
         return [base**-kappa for kappa in s.kappa]
 
     @torch.no_grad()
-    def _average(self, step: int) -> None:
+    def _apply_average(self, step: int, weights: list[float]) -> None:
         s = self.settings
         base = s.rho + s.gamma * (step - s.start_step)
         for g, ema, theta0 in zip(self._store.groups, self._ema, self._theta0):
@@ -92,9 +92,10 @@ class BEMA(WeightAverager):
                 K.lerp_(raw, x, base**-kappa)  # EMA_t
                 out = torch._foreach_mul(drift, base**-eta)
                 torch._foreach_add_(out, raw)
-                K.copy_(g.row_pairs(k)[0], out)  # BEMA_t, the average everyone reads
+                K.copy_(g.views[k], out)  # BEMA_t, the average everyone reads
 
     def _counters(self) -> dict[str, Any]:
+        self._store.synchronize()
         ema, theta0 = {}, {}
         for e in self._store.averaged:
             g, i = self._store.where[id(e.tensor)]
@@ -104,6 +105,7 @@ class BEMA(WeightAverager):
         return {"bema_ema": ema, "bema_theta0": theta0}
 
     def _load_counters(self, state: Mapping[str, Any]) -> None:
+        self._store.synchronize()
         for e in self._store.averaged:
             g, i = self._store.where[id(e.tensor)]
             j = next(n for n, h in enumerate(self._store.groups) if h is g)

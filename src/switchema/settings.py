@@ -13,7 +13,7 @@ saved with another layout rebuilds the storage when loaded.
     >>> s.switch.every, EMASettings.from_dict(s.to_dict()) == s
     (Interval(n=1, unit='epochs'), True)
     >>> sorted(option_names(EMASettings))[:4]
-    ['avg_fn', 'buffers', 'decay', 'dtype']
+    ['avg_fn', 'buffers', 'decay', 'device']
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ __all__ = [
 
 TIME_UNITS = ("steps", "samples")
 FROZEN_POLICIES = ("copy", "average", "skip")
+OFFLOAD_MODES = ("auto", "staged")
 
 
 def _layout(default: Any, **kw: Any) -> Any:
@@ -81,6 +82,13 @@ class Options:
             parameters are averaged when trainable and follow ``frozen`` otherwise.
         frozen: frozen parameters: ``"copy"`` (from the model), ``"average"`` or ``"skip"``.
         flat_params: make the model's averaged parameters views into one buffer per group.
+        device: where the averages live (``"cpu"``: offloaded; ``None``: the model's device).
+            Host memory is pinned when the model is on an accelerator; :meth:`update` copies
+            the weights out without waiting and the averaging happens when next needed
+            (:mod:`switchema._storage`).
+        offload: ``"auto"`` (stage the weights only when ``device`` differs from the model's)
+            or ``"staged"`` (always: the offload path on the model's own device, which gives
+            the same averages bit for bit; for tests).
         avg_fn: a custom average (torch ``AveragedModel``'s ``avg_fn``): at every averaging
             update, ``avg_fn(average, model, step)`` is called per (device, dtype) group and
             per average with the group's flat average ``(N,)`` (in its dtype) and the model's
@@ -98,6 +106,8 @@ class Options:
     params: str | dict[str, str] | None = _layout(None)
     frozen: str = _layout("copy")
     flat_params: bool = False
+    device: torch.device | None = _layout(None)
+    offload: str = _layout("auto")
     avg_fn: Callable[[Tensor, Tensor, int], Tensor | None] | None = None
 
     kind = "base"
@@ -116,6 +126,17 @@ class Options:
         if self.params is not None:
             set_(self, "params", check_policy_spec(self.params, "params"))
         check_choice(self.frozen, "frozen", FROZEN_POLICIES)
+        if self.device is not None:
+            if not isinstance(self.device, (str, torch.device)):
+                raise TypeError(
+                    f"device must be a torch.device, a device string ('cpu', 'cuda:0') or None, "
+                    f"got {self.device!r}"
+                )
+            try:
+                set_(self, "device", torch.device(self.device))
+            except RuntimeError as err:
+                raise ValueError(f"device {self.device!r} is not a device: {err}") from None
+        check_choice(self.offload, "offload", OFFLOAD_MODES)
         if not isinstance(self.flat_params, bool):
             raise TypeError(f"flat_params must be a bool, got {self.flat_params!r}")
         if self.avg_fn is not None and not callable(self.avg_fn):
@@ -185,6 +206,8 @@ def _encode(value: Any, name: str = "") -> Any:
         return None if value is None else "custom"
     if isinstance(value, torch.dtype):
         return _dtype_name(value)
+    if isinstance(value, torch.device):
+        return str(value)
     if isinstance(value, (SwitchRule, DecaySchedule)):
         return value.to_dict()
     if isinstance(value, tuple):
@@ -195,6 +218,8 @@ def _encode(value: Any, name: str = "") -> Any:
 def _decode(name: str, value: Any) -> Any:
     if name == "dtype":
         return _dtype_from_name(value)
+    if name == "device":
+        return None if value is None else torch.device(value)
     if name == "switch":
         return None if value is None else SwitchRule.from_dict(value)
     if name == "warmup":
