@@ -85,3 +85,36 @@ def test_reset_sets_every_average_to_the_model_and_is_recorded():
     for k in range(2):
         assert torch.equal(ema.averaged_state_dict(k)["weight"], net.weight)
     assert [e.kind for e in ema.events.events] == ["reset"] and ema.n_updates == 1
+
+
+def test_a_decay_per_sample_follows_a_changing_batch_size():
+    """time="samples": the decay is per sample; steps of 32, 96 and 64 samples keep d^32,
+    d^96 and d^64 of the old average (closed form, float64), and a half-life is in samples."""
+    d = 0.99
+    net = model().double()
+    ema = EMA(net, decay=d, time="samples", dtype=torch.float64)
+    expected = net.weight.detach().clone()
+    for n in (32, 96, 64):
+        net.weight.data.add_(1.0)
+        ema.update(samples=n)
+        expected = d**n * expected + (1 - d**n) * net.weight.detach()
+    torch.testing.assert_close(ema.module.weight, expected, rtol=1e-12, atol=1e-12)
+    assert ema.samples == 192
+    # the same run at a constant batch equals a per-step EMA of decay d ** batch
+    a_net, b_net = model(), model()
+    a = EMA(a_net, decay=d, time="samples")
+    b = EMA(b_net, decay=scale_decay(d, 50))
+    for net_, avg in ((a_net, a), (b_net, b)):
+        for _ in range(3):
+            net_.weight.data.add_(1.0)
+            avg.update(samples=50) if avg is a else avg.update()
+    torch.testing.assert_close(a.module.weight, b.module.weight, rtol=0, atol=1e-6)
+    assert EMA(model(), half_life=1000, time="samples").decay == pytest.approx(0.5 ** (1 / 1000))
+    with pytest.raises(TypeError, match="samples"):
+        ema.update()
+    with pytest.raises(ValueError, match="only used with time='samples'"):
+        EMA(model(), decay=0.9).update(samples=4)
+    # saved and restored with the averager
+    twin = EMA(copy.deepcopy(net), decay=d, time="samples", dtype=torch.float64)
+    twin.load_state_dict(ema.state_dict())
+    assert twin.samples == 192

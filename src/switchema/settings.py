@@ -238,11 +238,14 @@ class EMASettings(Options):
         warmup: the decay warm-up, a :class:`~switchema.schedules.DecaySchedule` or its name.
         min_decay: a floor under the warmed-up decay, ``d_t = max(min_decay, warmup(d, t))``
             (diffusers' and ema-pytorch's ``min_decay``; 0: none).
+        time: ``"steps"`` (the decay is per averaging update) or ``"samples"`` (per sample:
+            ``update(samples=n)`` says how many each optimizer step used).
     """
 
     decay: tuple[float, ...] = (0.999,)
     warmup: DecaySchedule = field(default_factory=Constant)
     min_decay: float = 0.0
+    time: str = "steps"
 
     kind = "ema"
 
@@ -254,6 +257,7 @@ class EMASettings(Options):
         object.__setattr__(self, "decay", tuple(check_decay(d) for d in values))
         object.__setattr__(self, "warmup", resolve_schedule(self.warmup))
         object.__setattr__(self, "min_decay", check_decay(self.min_decay))
+        check_choice(self.time, "time", TIME_UNITS)
         if self.min_decay > min(self.decay):
             raise ValueError(
                 f"min_decay {self.min_decay} is above the decay {min(self.decay)}: it bounds the "
