@@ -83,6 +83,7 @@ TAGS = {
     "transformers": "test_transformers",
     "pandas": "test_lab_exports.py::test_the_docs_pandas_example_reads_a_run",
     "switch-rule": "test_switch_rule",
+    "options": "test_options",
     "checkpoints": "test_checkpoints",
     "offload": "test_offload",
 }
@@ -193,6 +194,24 @@ def test_switch_rule(one_thread):
     assert ema.step == ema.n_updates == 30 and ema.epoch == 6
     for name, p in model.named_parameters():
         assert torch.equal(p, ema.averaged_state_dict()[name]), name
+
+
+def test_options():
+    """The averagers page's options, checked against their closed forms."""
+    ns = run("options")
+    model, floor, per_sample = ns["model"], ns["floor"], ns["per_sample"]
+    assert floor.events.of("reset") and torch.equal(floor.module.weight, model.weight)
+    assert floor.current_decays == (max(0.9, 4 / 13),) and per_sample.samples == 224
+    assert ns["large_batch"].decay == pytest.approx(0.999**4)
+    assert ns["halfway"].n_averaged == 3 and ns["bema"].n_updates == 3
+    # the per-sample EMA: d^32, d^128, d^64 of the old average at the three steps
+    d = 0.5 ** (1 / 50_000)
+    assert per_sample.decay == pytest.approx(d)
+    w = model.weight.detach().double()
+    expected = w - 0.3
+    for i, n in enumerate((32, 128, 64)):
+        expected = d**n * expected + (1 - d**n) * (w - 0.3 + 0.1 * (i + 1))
+    torch.testing.assert_close(per_sample.module.weight.double(), expected, rtol=0, atol=1e-6)
 
 
 def test_checkpoints(tmp_path, monkeypatch):
