@@ -588,6 +588,7 @@ def test_paper_effects_smallest_effects_regimes_and_the_tally(runs, tmp_path, ca
         _claim("none", **same, direction="greater", sesoi=0.005, regime="toy"),
         _claim("out", **LOSS_PLUS_1, direction="greater", regime="far"),
         _claim("declared", **LOSS_PLUS_1, direction="greater", role="sensitivity"),
+        _claim("own", **LOSS_PLUS_1, direction="greater", role="lab"),
     )
     out = tmp_path / "CLAIMS.md"
     assert main(["claims", "--spec", str(spec), "--runs", str(runs), "--out", str(out)]) == 0
@@ -604,9 +605,11 @@ def test_paper_effects_smallest_effects_regimes_and_the_tally(runs, tmp_path, ca
     assert "**out of regime**" in rows[2]["regime (lab; paper)"]
     assert rows[2]["verdict"] == "**supported** *(sensitivity row)*"
     assert rows[3]["verdict"] == "**supported** *(sensitivity row)*"
+    assert rows[4]["verdict"] == "**supported** *(the lab's own comparison)*"
     assert (
         "2 headline claims measured: 0 supported, 0 contradicted, 1 smaller than the paper's "
-        "effect, 1 no effect larger than ±X, 0 inconclusive. 2 sensitivity rows" in text
+        "effect, 1 no effect larger than ±X, 0 inconclusive. 2 sensitivity rows (out of the "
+        "paper's regime, or declared so) and 1 of the lab's own comparisons" in text
     )
     for label in ("CPU", "torch CPU instruction set", "MKL", "oneDNN", "torch threads per run"):
         assert f"- {label}: " in text

@@ -151,13 +151,16 @@ def _tally(rows: list[ClaimRow]) -> str:
         f"{n} {'no effect larger than ±X' if w == 'no effect larger than' else w}"
         for w, n in counts.items()
     )
-    n_sens = sum(r.status == "tested" and r.sensitivity for r in rows)
+    own = [r.claim.get("role") == "lab" for r in rows]
+    n_lab = sum(r.status == "tested" and o for r, o in zip(rows, own))
+    n_sens = sum(r.status == "tested" and r.sensitivity and not o for r, o in zip(rows, own))
     n_un = sum(r.status == "untestable" for r in rows)
     n_miss = sum(r.status == "not run" for r in rows)
     n_nm = sum(r.status == "not measurable" for r in rows)
     return (
         f"{head} headline claims measured: {words}. {n_sens} sensitivity rows (out of the "
-        f"paper's regime, or declared so) are measured but not counted; {n_un} not testable "
+        f"paper's regime, or declared so) and {n_lab} of the lab's own comparisons are measured "
+        f"but not counted; {n_un} not testable "
         f"here; {n_miss} not run yet"
         + (f"; {n_nm} not measurable in the runs made." if n_nm else ".")
     )

@@ -39,7 +39,8 @@ The spec::
     paper_effect = 0.0092              # optional: the paper's effect, claimed direction (> 0)
     sesoi = 0.005                      # optional: the smallest effect of interest (> 0)
     regime = "ema-cifar"               # optional: the paper's regime to match
-    role = "sensitivity"               # optional: never counted in the headline
+    role = "sensitivity"               # optional: never counted in the headline ("lab": the
+                                       # lab's own comparison, counted apart from the papers')
     quantifier = "always"              # optional: the claim holds in every seed
 
     [[claim]]                          # a claim this lab cannot test says why
@@ -102,7 +103,7 @@ _COMMON = {"id", "paper", "source", "claim"}
 _TESTED = {"recipe", "measure", "direction", "margin", "scale", "unit", "digits", "family"}
 _TESTED |= {"paper_effect", "sesoi", "regime", "role", "quantifier", "better", "regime_model"}
 DIRECTIONS = ("greater", "less", "equal", "noninferior")
-ROLES = ("headline", "sensitivity")
+ROLES = ("headline", "sensitivity", "lab")  # "lab": the lab's own comparison, not a paper's
 CORRECTIONS = ("holm", "bonferroni")
 DEFAULT_FAMILY = "all"
 
@@ -359,7 +360,7 @@ def _add_regime(r: ClaimRow, spec: Spec, store: RunStore) -> None:
     if r.status == "tested":
         run = store.get(MEASURES[c["measure"]].runs(c)[0])
         r.regime = lab_regime(run, _model_of(c))
-    r.sensitivity = c.get("role") == "sensitivity" or (
+    r.sensitivity = c.get("role") in ("sensitivity", "lab") or (
         r.regime is not None
         and r.paper_regime is not None
         and not in_regime(r.regime, r.paper_regime)
@@ -400,6 +401,8 @@ def verdict_text(r: ClaimRow) -> str:
         word += f" at n = {r.effect.n}"
     if d.word == "smaller than the paper's effect":
         word += f" ({d.why})"
+    if r.claim.get("role") == "lab":
+        return word + " *(the lab's own comparison)*"
     return word + (" *(sensitivity row)*" if r.sensitivity else "")
 
 
