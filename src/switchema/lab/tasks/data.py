@@ -20,6 +20,7 @@ import torch
 
 from ..._checks import check_int, check_real
 from .base import TaskData, keyword_options
+from .cache import cached_data
 
 __all__ = [
     "CHARLM_SOURCES",
@@ -100,13 +101,15 @@ MNIST1D_CANONICAL = "the canonical MNIST-1D, the mnist1d package's default data 
 
 
 @keyword_options
+@cached_data(version=1, packages=("mnist1d", "numpy", "scipy"))
 def mnist1d_data(seed: int, *, n_total: int = 5000, train_split: float = 0.8) -> TaskData:
     """MNIST-1D generated offline with the package's default arguments.
 
     ``n_total`` examples (rounded down to a multiple of 10 by the generator)
     are split ``train_split`` / rest; the default reproduces the published
     4000 / 1000 layout. The seed drives the whole generation, so different
-    seeds give different examples as well as a different split.
+    seeds give different examples as well as a different split. Generated once per setting
+    and then read from the data cache (:mod:`switchema.lab.tasks.cache`).
     """
     from mnist1d.data import get_dataset_args, make_dataset
 
