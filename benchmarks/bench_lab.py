@@ -42,6 +42,7 @@ def main() -> int:
     p.add_argument("--floor-steps", type=int, default=300)
     p.add_argument("--cache-dir", default=None, help="data cache (default: a fresh temporary one)")
     p.add_argument("--json", default=None)
+    p.add_argument("--out", default=None, help="keep the run folder here (default: deleted)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("compare", nargs=argparse.REMAINDER, help="flags for switchema compare")
     args = p.parse_args()
@@ -62,7 +63,9 @@ def _parent(args, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out_json = Path(tmp) / "child.json"
         cmd = [sys.executable, __file__, "--child", "--jobs", args.jobs, "--json", str(out_json)]
-        cmd += ["--floor-steps", str(args.floor_steps), "--", *extra]
+        cmd += ["--floor-steps", str(args.floor_steps)]
+        cmd += ["--out", str(Path(args.out).resolve())] if args.out else []
+        cmd += ["--", *extra]
         load0 = os.getloadavg()
         env["BENCH_T0"] = repr(time.time())
         t0 = time.perf_counter()
@@ -145,7 +148,8 @@ def _child(args, extra: list[str]) -> int:
     timer.wrap(train, "evaluate_epoch", "evaluate", after=saw_epoch)
     t_main = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as null:
-        argv = ["compare", "--jobs", args.jobs, "--no-progress", "--out", f"{tmp}/run", *extra]
+        run = args.out or f"{tmp}/run"
+        argv = ["compare", "--jobs", args.jobs, "--no-progress", "--out", run, *extra]
         stdout, sys.stdout = sys.stdout, null
         try:
             code = cli.main(argv)
@@ -153,9 +157,9 @@ def _child(args, extra: list[str]) -> int:
             sys.stdout = stdout
         if code != 0:
             raise SystemExit(f"switchema compare failed with exit status {code}")
-        timing = json.loads(Path(f"{tmp}/run/timing.json").read_text())
-        config = json.loads(Path(f"{tmp}/run/config.json").read_text())["config"]
-        rows = [json.loads(line) for line in Path(f"{tmp}/run/metrics.jsonl").open()]
+        timing = json.loads(Path(f"{run}/timing.json").read_text())
+        config = json.loads(Path(f"{run}/config.json").read_text())["config"]
+        rows = [json.loads(line) for line in Path(f"{run}/metrics.jsonl").open()]
     main_s = time.perf_counter() - t_main
     # one job per seed and trajectory: methods sharing one have the same online rows
     last = [r for r in rows if r["model"] == "online" and r["epoch"] == config["epochs"]]

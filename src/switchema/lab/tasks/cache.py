@@ -18,16 +18,18 @@ Where the cache lives: ``$SWITCHEMA_CACHE_DIR`` if set (``none`` turns the cache
 ``$XDG_CACHE_HOME/switchema``, else ``~/.cache/switchema``; ``--cache-dir`` sets it for one
 run. Example::
 
-    >>> import os, tempfile
-    >>> os.environ[CACHE_ENV] = tempfile.mkdtemp()
+    >>> import tempfile
+    >>> calls = []
     >>> @cached_data(version=1)
-    ... def squares(seed: int, *, n: int = 3) -> TaskData:
+    ... def shifted(seed: int, *, n: int = 3) -> TaskData:
+    ...     calls.append(seed)
     ...     x = torch.arange(n, dtype=torch.float32) + seed
-    ...     return TaskData(x, x.long(), x, x.long(), "regression", None)
-    >>> a = squares(1); b = squares(1, n=3)     # generated once, then read from disk
-    >>> torch.equal(a.x_train, b.x_train), len(list(cache_dir().glob("*.pt")))
-    (True, 1)
-    >>> del os.environ[CACHE_ENV]
+    ...     return TaskData(x, x, x, x, "regression", None)
+    >>> with using_cache_dir(tempfile.mkdtemp()):
+    ...     a, b = shifted(1), shifted(1, n=3)  # generated once, then read from disk
+    ...     files = len(list(cache_dir().glob("*.pt")))
+    >>> torch.equal(a.x_train, b.x_train), calls, files
+    (True, [1], 1)
 """
 
 from __future__ import annotations

@@ -37,6 +37,10 @@ __all__ = [
 ]
 
 
+#: what generates the scikit-learn data sets: cached data are keyed by their versions
+_SKLEARN = ("scikit-learn", "numpy", "scipy")
+
+
 def _check_fraction(value: object, name: str) -> float:
     return check_real(value, name, minimum=0.0, maximum=1.0, min_open=True, max_open=True)
 
@@ -46,6 +50,7 @@ def _check_seed(seed: object) -> int:
 
 
 @keyword_options
+@cached_data(version=1, packages=_SKLEARN)
 def circles_data(
     seed: int, *, n_train: int = 50, n_test: int = 500, noise: float = 0.1, factor: float = 0.5
 ) -> TaskData:
@@ -146,6 +151,7 @@ def mnist1d_data(seed: int, *, n_total: int = 5000, train_split: float = 0.8) ->
 
 
 @keyword_options
+@cached_data(version=1, packages=_SKLEARN)
 def digits_data(seed: int, *, n_test: int = 450) -> TaskData:
     """scikit-learn's 8x8 digits (1797 images), stratified split by seed.
 
@@ -182,6 +188,7 @@ def digits_data(seed: int, *, n_test: int = 450) -> TaskData:
 
 
 @keyword_options
+@cached_data(version=1, packages=_SKLEARN)
 def friedman_data(
     seed: int, *, n_train: int = 2000, n_test: int = 1000, noise: float = 1.0
 ) -> TaskData:
