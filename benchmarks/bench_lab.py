@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +41,13 @@ def main() -> int:
     p.add_argument("--src", default=str(ROOT / "src"), help="the lab's code to time")
     p.add_argument("--jobs", default="1", help="--jobs of the study (1: broken down by phase)")
     p.add_argument("--floor-steps", type=int, default=300)
+    p.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="what the phases are measured in: CPU seconds of the timed process (steady on a "
+        "shared machine; the default) or wall seconds",
+    )
     p.add_argument("--cache-dir", default=None, help="data cache (default: a fresh temporary one)")
     p.add_argument("--json", default=None)
     p.add_argument("--out", default=None, help="keep the run folder here (default: deleted)")
@@ -63,17 +71,19 @@ def _parent(args, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out_json = Path(tmp) / "child.json"
         cmd = [sys.executable, __file__, "--child", "--jobs", args.jobs, "--json", str(out_json)]
+        cmd += ["--clock", args.clock]
         cmd += ["--floor-steps", str(args.floor_steps)]
         cmd += ["--out", str(Path(args.out).resolve())] if args.out else []
         cmd += ["--", *extra]
         load0 = os.getloadavg()
         env["BENCH_T0"] = repr(time.time())
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _children_cpu()
         subprocess.run(cmd, env=env, check=True, cwd=tmp)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
         result = json.loads(out_json.read_text())
     result.update(
-        wall_s=wall,
+        wall_s=wall - result["post_wall_s"],
+        cpu_s=cpu - result["post_cpu_s"],
         src=args.src,
         jobs=args.jobs,
         compare=extra,
@@ -84,9 +94,18 @@ def _parent(args, extra: list[str]) -> dict:
     return result
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes, workers included."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 class _Timer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.clock = time.perf_counter
         self.calls: dict[str, int] = {}
         self.sizes: dict[int, str] = {}
 
@@ -98,14 +117,14 @@ class _Timer:
         fn = getattr(module, attr)
 
         def wrapper(*a, **kw):
-            t = time.perf_counter()
+            t = self.clock()
             try:
                 out = fn(*a, **kw)
             finally:
                 label = name
                 if split and len(a) > 1:
                     label = f"{name}/{self.sizes.get(len(a[1]), 'other')}"
-                self.add(label, time.perf_counter() - t)
+                self.add(label, self.clock() - t)
             if after is not None:
                 after(a, out)
             return out
@@ -123,7 +142,13 @@ def _child(args, extra: list[str]) -> int:
     import switchema.lab.train as train
 
     timer = _Timer()
-    timer.add("start+imports", time.time() - t_launch)
+    if args.clock == "cpu":
+        # every phase in CPU seconds of this process, the epochs' train_time_s included
+        timer.clock = time.process_time
+        train.time = types.SimpleNamespace(perf_counter=time.process_time)
+        timer.add("start+imports", time.process_time())
+    else:
+        timer.add("start+imports", time.time() - t_launch)
 
     def saw_data(a, out):
         data = out[0]
@@ -180,12 +205,17 @@ def _child(args, extra: list[str]) -> int:
     from switchema.lab.resolve import resolve
 
     study = resolve(StudyConfig.from_dict(config, "bench"))
-    result["floor_step_s"] = _floor(study, jobs.prepare_data(study), args.floor_steps)
+    result["clock"] = args.clock
+    post_wall, post_cpu = time.perf_counter(), time.process_time()
+    result["floor_step_s"] = _floor(study, jobs.prepare_data(study), args.floor_steps, timer.clock)
+    # the floor's own time, taken off the study's totals
+    result["post_wall_s"] = time.perf_counter() - post_wall
+    result["post_cpu_s"] = time.process_time() - post_cpu
     Path(args.json).write_text(json.dumps(result))
     return 0
 
 
-def _floor(study, prepared, n_steps: int) -> float:
+def _floor(study, prepared, n_steps: int, clock) -> float:
     """Seconds per training step of forward + loss + backward + optimizer step alone."""
     import torch
 
@@ -204,24 +234,27 @@ def _floor(study, prepared, n_steps: int) -> float:
     model.train()
     for _ in range(n_steps):
         idx = torch.randint(0, data.n_train, (cfg.batch_size,), generator=g).to(study.device)
-        t = time.perf_counter()
+        t = clock()
         loss = train.batch_loss(study.task, data.kind, model, x_all[idx], y_all[idx], teacher)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     times = sorted(times[n_steps // 10 :])  # the first steps warm up
     return times[len(times) // 2]
 
 
 def _print(r: dict) -> None:
     wall = r["wall_s"]
+    cpu_clock = r.get("clock") == "cpu"
+    total = r["cpu_s"] if cpu_clock else wall  # what the shares are of
+    unit = "CPU time" if cpu_clock else "wall time"
     print(
         f"{r['task']}: {len(r['seeds'])} seed(s), {r['epochs']} epochs, methods "
         f"{' '.join(r['methods'])}, --jobs {r['jobs']}, code {r['src']}"
     )
     print(
-        f"wall {wall:.1f} s; load average before {r['load_before'][0]:.2f}, after "
+        f"wall {wall:.1f} s, CPU {r.get('cpu_s', 0.0):.1f} s; load average before {r['load_before'][0]:.2f}, after "
         f"{r['load_after'][0]:.2f}; {r['cpus']} cpus"
     )
     ph = r["phases_s"]
@@ -250,23 +283,23 @@ def _print(r: dict) -> None:
         known = (
             ph.get("start+imports", 0) + ph.get("data", 0) + ph.get("job", 0) + ph.get("cell", 0)
         )
-        print(f"{'phase':42s} {'s':>8s} {'share':>7s}")
+        print(f"{'phase (' + unit + ')':42s} {'s':>8s} {'share':>7s}")
         for name, s in rows:
             if name.strip() == "models evaluated":
                 print(f"{name:42s} {r['calls'].get('evaluate/models', 0):>8d}")
             elif s is not None:
-                print(f"{name:42s} {s:8.2f} {100 * s / wall:6.1f}%")
+                print(f"{name:42s} {s:8.2f} {100 * s / total:6.1f}%")
         print(
-            f"{'other (run start-up, bookkeeping)':42s} {wall - known:8.2f} "
-            f"{100 * (wall - known) / wall:6.1f}%"
+            f"{'other (run start-up, bookkeeping)':42s} {total - known:8.2f} "
+            f"{100 * (total - known) / total:6.1f}%"
         )
     if "floor_step_s" in r:
         floor = r["floor_step_s"] * r["steps"]
         print(
             f"arithmetic floor: {1e3 * r['floor_step_s']:.2f} ms/step x {r['steps']} steps = "
-            f"{floor:.1f} s = {100 * floor / wall:.1f}% of the wall time"
+            f"{floor:.1f} s = {100 * floor / total:.1f}% of the {unit}"
             + (
-                f" ({100 * floor / wall / int(r['jobs']):.1f}% of {r['jobs']} cores' time)"
+                f" ({100 * floor / wall / int(r['jobs']):.1f}% of {r['jobs']} cores' wall time)"
                 if r["jobs"] not in ("1", "auto")
                 else ""
             )
