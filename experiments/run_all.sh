@@ -8,6 +8,35 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-runs/experiments} JOBS=${JOBS:-2}
 mkdir -p "$OUT"
+# Before anything starts: what is left, estimated from each recipe's wall time with JOBS=2 on the
+# 2-core machine (benchmarks/results_lab.md says how these seconds were estimated). A recipe counts
+# as done when the folder that makes run() skip it exists.
+estimate() {
+  local total=0 n=0 name folder secs
+  while read -r name folder secs; do
+    if [ ! -e "$OUT/$folder" ]; then total=$((total + secs)); n=$((n + 1)); fi
+  done <<'TABLE'
+00_default 00_default 80
+01_circles 01_circles_decay0.99 200
+02_label_noise 02_label_noise_sema 190
+03_sweep 03_sweep/sweep.md 300
+04_bn 04_bn_start_keep 1480
+05_analyze 00_default/analysis.json 250
+06_posthoc 06_posthoc_constant_lr 380
+07_regression_lm done_07_regression_lm 1150
+08_lr_tuning done_08_lr_tuning 250
+09_sgd_noise done_09_sgd_noise 45
+10_sema_official done_10_sema_official 60
+11_lr_decay done_11_lr_decay 600
+12_switch_control done_12_switch_control 560
+13_teacher done_13_teacher 190
+14_generative done_14_generative 600
+15_transfer done_15_transfer 700
+TABLE
+  echo "run_all.sh: $n recipe(s) to run, about $((total / 60)) min with JOBS=2 on 2 cores" \
+    "(scale by your cores; the per-recipe estimates are in this script)"
+}
+estimate
 run() {  # run NAME FOLDER COMMAND...: skip if FOLDER exists, else time COMMAND
   local name=$1 folder=$2; shift 2
   if [ -e "$OUT/$folder" ]; then echo "skip $name: $OUT/$folder exists"; return; fi

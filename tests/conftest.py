@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
+
+# Tests never touch the user's data cache: generated data sets go to one temporary folder for
+# the session (shared by the tests, and by the CLI processes they start, which inherit it).
+os.environ.setdefault("SWITCHEMA_CACHE_DIR", tempfile.mkdtemp(prefix="switchema-test-cache-"))
+# `--jobs auto` runs the tests' small studies in this process, as they always ran.
+os.environ.setdefault("SWITCHEMA_AUTO_JOBS", "1")
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ from .errors import MissingDependencyError, UsageError
 from .jobs import Job, close_status, job_dir, run_job
 from .lock import FolderLock
 from .options import RunOptions
+from .tasks.cache import using_cache_dir
 
 __all__ = ["run_jobs"]
 
@@ -62,17 +63,23 @@ def run_jobs(
     Locally, a ``KeyboardInterrupt`` (Ctrl-C) stops every job within about a second: each
     running job records itself as ``interrupted`` (resumable) and the interrupt is raised.
     """
+    with using_cache_dir(options.cache_dir):  # workers started here inherit it
+        return _run_jobs(run_dir, jobs, options, on_epoch, on_done)
+
+
+def _run_jobs(run_dir, jobs, options: RunOptions, on_epoch, on_done):
     checkpoints = options.checkpoints
+    workers = options.workers_for(len(jobs), max((_threads(j) for j in jobs), default=1))
     if options.executor == "ray":
-        return _ray(run_dir, jobs, options, None, _whole_jobs(on_epoch, on_done))
-    if options.workers == 1 or len(jobs) <= 1:
+        return _ray(run_dir, jobs, options, workers, _whole_jobs(on_epoch, on_done))
+    if workers == 1 or len(jobs) <= 1:
         out = {}
         for job in jobs:
             out[job.id] = run_job(run_dir, job, on_epoch=on_epoch, checkpoints=checkpoints)
             if on_done is not None:
                 on_done(job, out[job.id])
         return out
-    return _pool(run_dir, jobs, options.workers, on_epoch, on_done, checkpoints)
+    return _pool(run_dir, jobs, workers, on_epoch, on_done, checkpoints)
 
 
 def _whole_jobs(on_epoch, on_done: Done | None) -> Done:
@@ -277,7 +284,7 @@ _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 _SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def _ray(run_dir, jobs, options: RunOptions, on_epoch, on_done):
+def _ray(run_dir, jobs, options: RunOptions, workers: int, on_done):
     try:
         import ray
     except ImportError:
@@ -289,7 +296,7 @@ def _ray(run_dir, jobs, options: RunOptions, on_epoch, on_done):
         if options.address:
             _ray_connect(ray, options.address)
         else:
-            _ray_start_local(ray, options.workers)
+            _ray_start_local(ray, workers)
         started = True
     try:
         task = ray.remote(max_retries=0)(_ray_job)
@@ -312,8 +319,6 @@ def _ray(run_dir, jobs, options: RunOptions, on_epoch, on_done):
                     "job": job.id,
                     "error": f"{type(e).__name__}: {e}",
                 }
-            if on_epoch is not None:
-                on_epoch(job.epochs * len(job.methods))
             if on_done is not None:
                 on_done(job, out[job.id])
         return out

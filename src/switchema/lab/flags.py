@@ -22,7 +22,7 @@ from typing import Any
 from .config import SETTINGS, Setting, StudyConfig, canonical_keys, settings
 from .errors import ConfigError
 from .methods import METHODS
-from .options import EXECUTORS, FIGURE_FORMATS, RunOptions
+from .options import AUTO, EXECUTORS, FIGURE_FORMATS, RunOptions
 from .tasks import TASKS
 
 __all__ = [
@@ -185,12 +185,21 @@ def add_run_option_flags(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument_group("how and where jobs run (never changes a number)")
     p.add_argument(
         "--jobs",
-        type=int,
-        default=RunOptions.workers,
+        type=_jobs,
+        default=AUTO,
         metavar="N",
         help="run N jobs (a seed and the methods that share its trajectory) at once, in N "
-        "worker processes of 1 torch thread each (or --threads); results do not depend on N "
-        "(default: 1)",
+        "worker processes of 1 torch thread each (or --threads); results do not depend on N. "
+        "'auto' (the default): as many as the cores available to this process hold, at most "
+        "the number of jobs ($SWITCHEMA_AUTO_JOBS overrides the count); the choice is printed",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="where generated data sets are cached between runs and shared between workers "
+        "(keyed by every setting that decides them; 'none': no cache). Default: "
+        "$SWITCHEMA_CACHE_DIR, else $XDG_CACHE_HOME/switchema or ~/.cache/switchema",
     )
     p.add_argument(
         "--executor",
@@ -228,6 +237,7 @@ def run_options_from_flags(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
         executor=args.executor,
         workers=args.jobs,
+        cache_dir=args.cache_dir,
         address=args.address,
         progress=not args.no_progress,
         checkpoints=not args.no_checkpoint,
@@ -299,3 +309,16 @@ def unrecognized(
             hints.append(f"{flag}: did you mean {close[0]}?")
     message = f"unrecognized arguments: {' '.join(extras)}"
     return message + (" (" + "; ".join(hints) + ")" if hints else "")
+
+
+def _jobs(value: str) -> int | str:
+    """``--jobs``: a positive int or ``auto``."""
+    if value == AUTO:
+        return AUTO
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int or 'auto', got {value!r}")
+    return n

@@ -315,20 +315,19 @@ def run_job(
         def save(st: dict[str, Any]) -> None:
             if checkpoints or st["done"]:
                 save_checkpoint(ckpt, st)
-            # the averagers' own records of what they did, for reports (never re-derived)
-            events = [
-                {"method": m, "seed": job.seed, **log} for m, log in st.get("events", {}).items()
-            ]
-            atomic_write_text(folder / "events.json", json.dumps(events))
+            _write_events(folder, job, st)
             new = st["rows"][written[0] :]
             written[0] = len(st["rows"])
             with open(metrics, "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in new)
 
+        phases: dict[str, float] = {}
         try:  # from here on, every way out records the job's state
             _rebuild_metrics(metrics, state, status)
             _set_threads(job.study)
+            t_data = time.perf_counter()
             data, y_train, flipped = prepare_data(job.study)
+            phases["data"] = time.perf_counter() - t_data
             train_run(
                 job.study,
                 data,
@@ -339,10 +338,11 @@ def run_job(
                 resume=state,
                 checkpoint=save,
                 on_epoch=None if on_epoch is None else (lambda rows: on_epoch(_event(job, rows))),
+                phases=phases,
             )
         except KeyboardInterrupt:  # Ctrl-C, or the run stopping its workers: resumable
             status["state"] = "interrupted"
-            _write_status(folder, status, t0)
+            _write_status(folder, status, t0, phases)
             raise
         except Exception as e:  # recorded, not raised: the rest of the sweep goes on
             status.update(
@@ -352,12 +352,26 @@ def run_job(
             )
         else:
             status["state"] = "done"
-        _write_status(folder, status, t0)
+        _write_status(folder, status, t0, phases)
         return status
 
 
-def _write_status(folder: Path, status: dict[str, Any], t0: float) -> None:
+def _write_events(folder: Path, job: Job, state: dict[str, Any]) -> None:
+    """The averagers' own records of what they did (``events.json``), for reports: never
+    re-derived from the settings."""
+    events = [{"method": m, "seed": job.seed, **log} for m, log in state.get("events", {}).items()]
+    atomic_write_text(folder / "events.json", json.dumps(events))
+
+
+def _write_status(
+    folder: Path, status: dict[str, Any], t0: float, phases: dict[str, float]
+) -> None:
+    """The job's final status, with its wall time and the seconds of each phase in it
+    (``phases_s``: data, setup, train, evaluate, checkpoint; ``other``: the rest)."""
     status["wall_s"] = time.perf_counter() - t0
+    known = {k: round(v, 4) for k, v in phases.items()}
+    known["other"] = round(max(0.0, status["wall_s"] - sum(phases.values())), 4)
+    status["phases_s"] = known
     atomic_write_text(folder / "status.json", json.dumps(status, indent=2))
 
 

@@ -21,9 +21,11 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,7 @@ from .jobs import (
 )
 from .lock import FolderLock
 from .machine import machine_facts
-from .options import RunOptions
+from .options import AUTO, RunOptions, available_cores
 from .preflight import check_studies, check_writable
 from .progress import Progress
 from .report import Figures, tensorboard_writer, write_report, write_sweep_report
@@ -83,11 +85,9 @@ def versions() -> dict[str, str]:
         "platform": platform.platform(),
         **machine_facts(),  # CPU model, instruction set, MKL and oneDNN versions
     }
-    try:
-        import sklearn
-
-        out["scikit-learn"] = sklearn.__version__
-    except ImportError:  # pragma: no cover - sklearn is in the lab extra
+    try:  # the installed version, read without importing scikit-learn (seconds)
+        out["scikit-learn"] = metadata.version("scikit-learn")
+    except metadata.PackageNotFoundError:  # pragma: no cover - sklearn is in the lab extra
         pass
     return out
 
@@ -315,7 +315,7 @@ def run_sweep(
         result = run_cells(out, [(out / "cells" / c.name, c.study) for c in cells], options)
         timing = {
             "executor": options.executor,
-            "workers": options.workers,
+            "workers": result["workers"],
             "wall_s": result["wall_s"],
             "jobs": result["jobs"],
             "ran": result["ran"],
@@ -359,6 +359,14 @@ def run_cells(
         for job in js:
             jobs.setdefault(job.id, job)
     todo = _pending(run_dir, list(jobs.values()), options.retry_failed)
+    threads = max((int(j.study.config.threads or 1) for j in todo), default=1)
+    workers = options.workers_for(len(todo), threads)
+    if options.workers == AUTO and options.executor == "local" and todo:
+        print(
+            f"--jobs auto: {workers} job(s) at once ({len(todo)} to run, "
+            f"{available_cores()} core(s) available, {threads} torch thread(s) per job)",
+            file=sys.stderr,
+        )
     progress = None
     if options.progress and todo:
         done = {j.id: epochs_done(run_dir, j) for j in todo}
@@ -410,6 +418,7 @@ def run_cells(
         "done": sum(s == "done" for s in states.values()),
         "failed": sorted(j for j, s in states.items() if s == "failed"),
         "wall_s": time.perf_counter() - t0,
+        "workers": workers,
         "cells": infos,
     }
 
@@ -465,8 +474,10 @@ def assemble_cell(
     arrays: dict[str, np.ndarray] = {}
     states: dict[str, Any] = {}
     events: list[dict[str, Any]] = []  # each averager's event log, with its method and seed
+    t_cell = time.perf_counter()
     failures = []
     wall = 0.0
+    phases: dict[str, float] = {}
     for job in jobs:
         st = job_status(run_dir, job)
         if st.get("state") != "done":
@@ -482,13 +493,22 @@ def assemble_cell(
         arrays.update(job_arrays)
         states.update(job_states)
         wall += float(st.get("wall_s", 0.0))
+        for name, seconds in st.get("phases_s", {}).items():
+            phases[name] = phases.get(name, 0.0) + float(seconds)
     cell_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cell_dir / "config.json", json.dumps(run_header(study), indent=2))
     atomic_write_text(cell_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     _save(cell_dir / "predictions.npz", arrays, npz=True)
     _save(cell_dir / "models.pt", states)
     atomic_write_text(cell_dir / "events.json", json.dumps(events, indent=1))
-    atomic_write_text(cell_dir / "timing.json", json.dumps({"wall_s": wall, "jobs": len(jobs)}))
+    # what the cell cost: its jobs' wall time (summed over jobs, whatever ran at once) and
+    # that time by phase; after the report, also the seconds spent writing this folder
+    timing = {
+        "wall_s": wall,
+        "jobs": len(jobs),
+        "phases_s": {k: round(v, 3) for k, v in phases.items()},
+    }
+    atomic_write_text(cell_dir / "timing.json", json.dumps(timing, indent=2))
     atomic_write_text(cell_dir / "failures.json", json.dumps(failures, indent=2))
     if rows:
         write_report(cell_dir, figures=_figures(options), tensorboard=options.tensorboard)
@@ -499,6 +519,8 @@ def assemble_cell(
             "Every job of this cell failed:\n\n"
             + "".join(f"- `{f['job']}`: {f['error']}\n" for f in failures),
         )
+    timing["report_s"] = round(time.perf_counter() - t_cell, 3)
+    atomic_write_text(cell_dir / "timing.json", json.dumps(timing, indent=2))
     info = {
         "complete": not failures,
         "jobs": [j.id for j in jobs],

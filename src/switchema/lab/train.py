@@ -70,6 +70,43 @@ class Outcome:
     states: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
+class _Seen:
+    """The models evaluated in this epoch, by state: a model whose weights and buffers are bit
+    for bit those of one already evaluated (an average that still copies the model before its
+    start, SWA before ``swa_start``, the model just after a Switch EMA switch) computes the
+    same outputs, so its evaluation is reused instead of repeated."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[dict[str, torch.Tensor], dict[str, Any], dict]] = []
+
+    def add(self, model: nn.Module, row: dict[str, Any], probs: dict, copy: bool = False) -> None:
+        state = model.state_dict()
+        if copy:  # the evaluation model is reloaded for the next average
+            state = {k: v.detach().clone() for k, v in state.items()}
+        self.entries.append((state, dict(row), probs))
+
+    def find(self, model: nn.Module) -> tuple[dict[str, Any], dict] | None:
+        state = model.state_dict()
+        for seen, row, probs in self.entries:
+            if same_state(seen, state):
+                return dict(row), probs
+        return None
+
+
+def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Whether two state dicts hold the same tensors bit for bit (names, dtypes, shapes,
+    values, and the signs of zeros; a NaN anywhere makes them differ)."""
+    if a.keys() != b.keys():
+        return False
+    for k, x in a.items():
+        y = b[k]
+        if x.dtype != y.dtype or x.shape != y.shape or not torch.equal(x, y):
+            return False
+        if x.is_floating_point() and not torch.equal(torch.signbit(x), torch.signbit(y)):
+            return False
+    return True
+
+
 def train_run(
     study: Study,
     data: TaskData,
@@ -81,6 +118,7 @@ def train_run(
     on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
     resume: dict[str, Any] | None = None,
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    phases: dict[str, float] | None = None,
 ) -> Results:
     """Train one model for ``seed`` carrying the averagers of ``method_names``.
 
@@ -96,7 +134,9 @@ def train_run(
     the one of an uninterrupted run (the loop draws no randomness that the state does not
     hold). A non-finite mean training loss raises :class:`DivergedError` at the epoch's end;
     ``on_epoch(rows)`` is then called with the epoch's rows (after its checkpoint).
+    ``phases`` gets each phase's seconds added (``setup``, ``train``, ``evaluate``, ``checkpoint``).
     """
+    t_setup, phases = time.perf_counter(), {} if phases is None else phases
     check_shared(method_names, separate=study.task.uses_teacher)
     if resume is not None and resume.get("done"):
         return _results(resume)
@@ -114,12 +154,10 @@ def train_run(
     run = Run(
         study, data, y_train, flipped, model, eval_model, optimizer, scheduler, methods, order
     )
-    out = Outcome()
-    step, first_epoch = 0, 1
+    out, step, first_epoch = Outcome(), 0, 1
     if resume is not None:
-        step, first_epoch, out.rows = _restore(
-            resume, method_names, model, optimizer, scheduler, methods, order, device
-        )
+        step, first_epoch, out.rows = _restore(resume, method_names, run)
+    _add(phases, "setup", time.perf_counter() - t_setup)
     for epoch in range(first_epoch, cfg.epochs + 1):
         model.train()
         perm = torch.randperm(data.n_train, generator=order).to(device)
@@ -149,12 +187,26 @@ def train_run(
             "step": step,
             "train_time_s": time.perf_counter() - t0,
         }
-        evaluate_epoch(run, switched, info, running, out)
-        if checkpoint is not None:
-            checkpoint(checkpoint_state(run, info, out))
+        _end_epoch(run, switched, info, running, out, checkpoint, phases)
         if on_epoch is not None:  # one row per method and model
             on_epoch(out.rows[-sum(1 + len(m.labels) for m in methods) :])
     return out.rows, out.arrays, out.states
+
+
+def _add(phases: dict[str, float], name: str, seconds: float) -> None:
+    phases[name] = phases.get(name, 0.0) + seconds
+
+
+def _end_epoch(run, switched, info, running, out, checkpoint, phases) -> None:
+    """Evaluate the epoch and hand its state to ``checkpoint``, timing each phase."""
+    _add(phases, "train", info["train_time_s"])
+    t_eval = time.perf_counter()
+    evaluate_epoch(run, switched, info, running, out)
+    t_saved = time.perf_counter()
+    _add(phases, "evaluate", t_saved - t_eval)
+    if checkpoint is not None:
+        checkpoint(checkpoint_state(run, info, out))
+        _add(phases, "checkpoint", time.perf_counter() - t_saved)
 
 
 def batch_loss(task, kind: str, model: nn.Module, x, y, teacher) -> torch.Tensor:
@@ -219,6 +271,8 @@ def evaluate_epoch(
     bs = cfg.eval_batch_size
     extra = study.task.metrics
     online, probs = evaluate(model, data, y_train, bs, device, flipped, extra)
+    seen = _Seen()
+    seen.add(model, online, probs)
     online["train_loss_running"] = running
     if last:
         online.update(temperature_scaled(probs, data))
@@ -242,7 +296,12 @@ def evaluate_epoch(
             eval_model.load_state_dict({**run.initial_buffers, **ev.state})
             if study.task.has_batchnorm and (cfg.bn_recompute or ev.always_recompute_bn):
                 recompute_bn(eval_model, bn_batches)
-            avg_row, avg_probs = evaluate(eval_model, data, y_train, bs, device, flipped, extra)
+            found = seen.find(eval_model)
+            if found is None:
+                avg_row, avg_probs = evaluate(eval_model, data, y_train, bs, device, flipped, extra)
+                seen.add(eval_model, avg_row, avg_probs, copy=True)
+            else:  # the very weights and buffers evaluated already: the same outputs
+                avg_row, avg_probs = found
             if last:
                 avg_row.update(temperature_scaled(avg_probs, data))
             out.rows.append({**base, "model": label, **avg_row, **ev.extra})
@@ -306,8 +365,10 @@ def checkpoint_state(run: Run, info: dict[str, Any], out: Outcome) -> dict[str, 
     }
 
 
-def _restore(state, method_names, model, optimizer, scheduler, methods, order, device):
+def _restore(state, method_names, run: Run):
     """Load a checkpoint written by :func:`train_run`; returns (step, next epoch, rows)."""
+    model, optimizer, scheduler, methods = run.model, run.optimizer, run.scheduler, run.methods
+    order, device = run.order, run.study.device
     if state.get("format") != CHECKPOINT_FORMAT or state.get("methods") != list(method_names):
         raise ValueError(
             f"checkpoint is for methods {state.get('methods')!r} (format {state.get('format')!r}), "

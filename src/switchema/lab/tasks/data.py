@@ -21,6 +21,7 @@ import torch
 
 from ..._checks import check_int, check_real
 from .base import FRACTION, Range, TaskData, keyword_options
+from .cache import cached_data
 
 __all__ = [
     "CHARLM_SOURCES",
@@ -37,6 +38,10 @@ __all__ = [
 ]
 
 
+#: what generates the scikit-learn data sets: cached data are keyed by their versions
+_SKLEARN = ("scikit-learn", "numpy", "scipy")
+
+
 def _check_fraction(value: object, name: str) -> float:
     return check_real(value, name, minimum=0.0, maximum=1.0, min_open=True, max_open=True)
 
@@ -46,6 +51,7 @@ def _check_seed(seed: object) -> int:
 
 
 @keyword_options
+@cached_data(version=1, packages=_SKLEARN)
 def circles_data(
     seed: int,
     *,
@@ -106,6 +112,7 @@ MNIST1D_CANONICAL = "the canonical MNIST-1D, the mnist1d package's default data 
 
 
 @keyword_options
+@cached_data(version=1, packages=("mnist1d", "numpy", "scipy"))
 def mnist1d_data(
     seed: int,
     *,
@@ -117,7 +124,8 @@ def mnist1d_data(
     ``n_total`` examples (rounded down to a multiple of 10 by the generator)
     are split ``train_split`` / rest; the default reproduces the published
     4000 / 1000 layout. The seed drives the whole generation, so different
-    seeds give different examples as well as a different split.
+    seeds give different examples as well as a different split. Generated once per setting
+    and then read from the data cache (:mod:`switchema.lab.tasks.cache`).
     """
     from mnist1d.data import get_dataset_args, make_dataset
 
@@ -154,6 +162,7 @@ def mnist1d_data(
 
 
 @keyword_options
+@cached_data(version=1, packages=_SKLEARN)
 def digits_data(seed: int, *, n_test: Annotated[int, Range(10)] = 450) -> TaskData:
     """scikit-learn's 8x8 digits (1797 images), stratified split by seed.
 
@@ -190,6 +199,7 @@ def digits_data(seed: int, *, n_test: Annotated[int, Range(10)] = 450) -> TaskDa
 
 
 @keyword_options
+@cached_data(version=1, packages=_SKLEARN)
 def friedman_data(
     seed: int,
     *,

@@ -42,6 +42,7 @@ from ..distances import energy_distance, sliced_wasserstein
 from ..generative import VelocityMLP, flow_matching_loss, sample, sample_scores
 from ..toy2d import GaussianMixture, Scaling, dataset_2d, ring_mixture
 from .base import Range, TaskData, expect_kind, keyword_options, task_defaults
+from .cache import cached_data
 from .registry import register_task
 
 __all__ = [
@@ -66,6 +67,8 @@ NOISE_SEEDS = {"test": 0, "val": 100}
 #: validation split, a random part of the training sample, is larger: its first points are a
 #: random subset, and the energy distance's cost grows with the square of their number).
 REFERENCE_POINTS = 1000
+#: what generates the samples (a new version may draw other points): cached data are keyed by them
+_GENERATORS = ("scikit-learn", "numpy", "torch")
 _PROJECTION_SEED = 7  # the directions of the sliced Wasserstein distance
 _PROJECTIONS = 128
 
@@ -87,6 +90,7 @@ def _flow_data(name: str, seed: int, n_train: int, n_test: int, ev: dict, **opti
 
 
 @keyword_options
+@cached_data(version=1, packages=_GENERATORS)
 def moons_data(
     seed: int,
     *,
@@ -103,6 +107,7 @@ def moons_data(
 
 
 @keyword_options
+@cached_data(version=1, packages=_GENERATORS)
 def swissroll_data(
     seed: int,
     *,
@@ -119,6 +124,7 @@ def swissroll_data(
 
 
 @keyword_options
+@cached_data(version=1, packages=_GENERATORS)
 def ring_data(
     seed: int,
     *,
