@@ -3,7 +3,8 @@
 # OUT (default runs/experiments) holds the run folders; each recipe's wall time goes to
 # $OUT/wall_times.txt. A recipe whose folders exist already is skipped (delete them to rerun), so
 # a killed run_all.sh continues where it stopped; a killed sweep continues with its --resume.
-# About 2 hours on the 2-core machine with JOBS=2 (the per-recipe times are in RESULTS.md).
+# About 2 hours on the 2-core machine with JOBS=2 (the per-recipe times are in RESULTS.md; the
+# estimate printed first is explained in benchmarks/results_lab.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-runs/experiments} JOBS=${JOBS:-2}
@@ -16,22 +17,22 @@ estimate() {
   while read -r name folder secs; do
     if [ ! -e "$OUT/$folder" ]; then total=$((total + secs)); n=$((n + 1)); fi
   done <<'TABLE'
-00_default 00_default 80
-01_circles 01_circles_decay0.99 200
-02_label_noise 02_label_noise_sema 190
-03_sweep 03_sweep/sweep.md 300
-04_bn 04_bn_start_keep 1480
-05_analyze 00_default/analysis.json 250
-06_posthoc 06_posthoc_constant_lr 380
-07_regression_lm done_07_regression_lm 1150
-08_lr_tuning done_08_lr_tuning 250
-09_sgd_noise done_09_sgd_noise 45
-10_sema_official done_10_sema_official 60
-11_lr_decay done_11_lr_decay 600
-12_switch_control done_12_switch_control 560
-13_teacher done_13_teacher 190
-14_generative done_14_generative 600
-15_transfer done_15_transfer 700
+00_default 00_default 134
+01_circles 01_circles_decay0.99 178
+02_label_noise 02_label_noise_sema 198
+03_sweep 03_sweep/sweep.md 283
+04_bn 04_bn_start_keep 1614
+05_analyze 00_default/analysis.json 109
+06_posthoc 06_posthoc_constant_lr 417
+07_regression_lm done_07_regression_lm 1096
+08_lr_tuning done_08_lr_tuning 241
+09_sgd_noise done_09_sgd_noise 43
+10_sema_official done_10_sema_official 56
+11_lr_decay done_11_lr_decay 570
+12_switch_control done_12_switch_control 646
+13_teacher done_13_teacher 178
+14_generative done_14_generative 628
+15_transfer done_15_transfer 713
 TABLE
   echo "run_all.sh: $n recipe(s) to run, about $((total / 60)) min with JOBS=2 on 2 cores" \
     "(scale by your cores; the per-recipe estimates are in this script)"

@@ -33,8 +33,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
             "Train every method for every seed from the same initial weights and batch order, "
             "evaluate the online and averaged models each epoch, and write a run folder with "
             "config.json, metrics.jsonl, metrics.csv, predictions.npz, summary.md and plots. "
-            "With no arguments: MNIST-1D CNN, 3 seeds, baseline vs EMA vs SEMA vs SWA (about "
-            "3-5 minutes on 2 CPU cores). Example of nested options: switchema compare --task "
+            "With no arguments: MNIST-1D CNN, 5 seeds, baseline vs EMA vs SEMA vs SWA (about "
+            "1-2 minutes on 2 CPU cores). Example of nested options: switchema compare --task "
             "mnist1d-cnn --set epochs=20 data.n_total=1000 model.channels=32"
         ),
         epilog=EXIT_STATUS,

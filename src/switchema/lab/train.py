@@ -80,17 +80,22 @@ class _Seen:
         self.entries: list[tuple[dict[str, torch.Tensor], dict[str, Any], dict]] = []
 
     def add(self, model: nn.Module, row: dict[str, Any], probs: dict, copy: bool = False) -> None:
-        state = model.state_dict()
+        state = _tensors(model)
         if copy:  # the evaluation model is reloaded for the next average
             state = {k: v.detach().clone() for k, v in state.items()}
         self.entries.append((state, dict(row), probs))
 
     def find(self, model: nn.Module) -> tuple[dict[str, Any], dict] | None:
-        state = model.state_dict()
+        state = _tensors(model)
         for seen, row, probs in self.entries:
             if same_state(seen, state):
                 return dict(row), probs
         return None
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer, non-persistent buffers included (all that the outputs use)."""
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
 
 def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
