@@ -66,6 +66,8 @@ class WeightAverager(AverageInUse):
         self.settings = settings
         self.step = 0  # optimizer steps done (calls to update(), or the step passed to it)
         self.epoch = 0  # epochs complete (end_epoch() calls, or the epoch passed to update())
+        self.samples = 0  # samples seen (averagers whose time is counted in samples)
+        self._samples_seen = 0  # samples when the average last moved (or copied the model)
         self.events = EventLog()  # what this averager did; counts its averaging updates
         self._version = 0  # bumped whenever the averages or their BatchNorm statistics change
         self._bn_stats: dict[int, dict[str, Tensor]] = {}  # per average: recomputed statistics
@@ -186,7 +188,12 @@ class WeightAverager(AverageInUse):
         store.lerp(weights) if fn is None else store.apply(fn, step)
 
     def update(
-        self, step: int | None = None, *, epoch: int | None = None, optimizer: Any = None
+        self,
+        step: int | None = None,
+        *,
+        samples: int | None = None,
+        epoch: int | None = None,
+        optimizer: Any = None,
     ) -> None:
         """Record an optimizer step; average when due; switch when a rule in steps is due.
 
@@ -195,8 +202,9 @@ class WeightAverager(AverageInUse):
         after the step, timm's ``num_updates``); without it the averager counts calls.
         ``epoch``, if given, is the number of epochs complete before this step (Lightning's
         ``current_epoch``); without it, :meth:`end_epoch` calls count. ``optimizer`` (one or a
-        list) is the optimizer whose state a switch with ``reset_optimizer`` clears. The clock
-        decides everything (:mod:`switchema._clock`):
+        list) is the optimizer whose state a switch with ``reset_optimizer`` clears. With
+        ``time="samples"`` (EMA, PowerEMA), ``samples`` is the number of samples this optimizer
+        step used. The clock decides everything (:mod:`switchema._clock`):
 
         * until ``start_step`` steps the averages copy the model;
         * after it, the averages are updated when ``step - start_step`` reaches a multiple of
@@ -210,6 +218,14 @@ class WeightAverager(AverageInUse):
         accumulation is fine); a smaller one is an error.
         """
         store, settings = self._store, self.settings
+        if getattr(settings, "time", "steps") == "samples":
+            n = check_int(samples, "samples", minimum=1)
+        elif samples is not None:
+            raise ValueError(
+                f"samples is only used with time='samples'; this {type(self).__name__} counts steps"
+            )
+        else:
+            n = 0
         store.check()
         if self._swapped_index is not None:
             self._check_not_swapped("update")
@@ -238,8 +254,10 @@ class WeightAverager(AverageInUse):
         if switch:
             self._check_rule_optimizer(optimizer)  # before anything changes
         self.step, self.epoch = new, epochs
+        self.samples += n  # before averaging: the update covers this step's samples
         if new <= settings.start_step:
             store.defer(self._follow_model)
+            self._samples_seen = self.samples  # the average copies the model until then
             self._changed()
         elif _clock.crossed(prev, new, settings.update_every, settings.start_step):
             self._average(new)

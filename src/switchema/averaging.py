@@ -62,6 +62,8 @@ class EMA(WeightAverager):
         avg_0 = x_0                                 (the weights at construction)
         avg_{t+1} = d_t * avg_t + (1 - d_t) * x     d_t = max(min_decay, warmup(d, t))
 
+    With ``time="samples"`` the decay is per sample: ``update(samples=n)`` says how many each
+    optimizer step used, and an averaging update covering ``n`` samples keeps ``d_t ** n``.
     ``x`` are the model's weights when :meth:`update` averages (every ``update_every``
     optimizer steps, after ``start_step``). With ``update_every=16`` and ``d = 0.968`` the
     average spans about ``16 / (1 - 0.968) = 500`` optimizer steps (the EMA paper's setting).
@@ -108,8 +110,6 @@ class EMA(WeightAverager):
         update_every = check_int(options.get("update_every", 1), "update_every", minimum=1)
         per = 1 if options.get("time") == "samples" else update_every  # a half-life in samples
         decays = resolve_decays(decay, half_life, per)
-        self.samples = 0  # samples seen (time="samples")
-        self._samples_seen = 0  # samples when the average was last updated
         settings = settings_from_options(EMASettings, "EMA", decay=decays, warmup=warmup, **options)
         self._setup(model, settings)
 
@@ -149,38 +149,6 @@ class EMA(WeightAverager):
             n, self._samples_seen = self.samples - self._samples_seen, self.samples
             decays = [d**n for d in decays]
         return [1.0 - d for d in decays]
-
-    def update(
-        self,
-        step: int | None = None,
-        *,
-        samples: int | None = None,
-        epoch: int | None = None,
-        optimizer: Any = None,
-    ) -> None:
-        """Record an optimizer step (see :meth:`WeightAverager.update`); average when due.
-
-        With ``time="samples"``, ``samples`` is the number of samples this optimizer step used
-        (for runs whose batch size changes): the decay is per sample, and an averaging update
-        that covers ``n`` samples keeps ``d_t ** n`` of the old average.
-        """
-        if self.settings.time == "samples":
-            n = check_int(samples, "samples", minimum=1)
-        elif samples is not None:
-            raise ValueError("samples is only used with time='samples'; this EMA counts steps")
-        else:
-            n = 0
-        if step is not None and step == self.step:
-            return  # the same optimizer step again: nothing happens (and no samples count)
-        before = self.samples
-        self.samples += n  # before averaging: the update covers this step's samples
-        try:
-            super().update(step, epoch=epoch, optimizer=optimizer)
-        except BaseException:
-            self.samples = before
-            raise
-        if self.step <= self.settings.start_step:
-            self._samples_seen = self.samples  # the average copies the model until then
 
     def _counters(self) -> dict[str, Any]:
         if self.settings.time != "samples":

@@ -96,7 +96,6 @@ class PowerEMA(WeightAverager):
         )
 
     def _setup(self, model: nn.Module, settings: Any) -> None:
-        self.samples = 0  # samples seen (time="samples")
         self.time = 0.0  # the time of the last averaging update: what the averages stand for
         self._snapshot_rule: tuple[Any, int, Any] | None = None
         super()._setup(model, settings)
@@ -129,21 +128,8 @@ class PowerEMA(WeightAverager):
         With ``time="samples"``, ``samples`` is the number of samples this optimizer step used.
         With :meth:`snapshot_every`, a snapshot is written at every multiple of its interval.
         """
-        if self.time_unit == "samples":
-            n = check_int(samples, "samples", minimum=1)
-        elif samples is not None:
-            raise ValueError("samples is only used with time='samples'; this PowerEMA counts steps")
-        if step is not None and step == self.step:
-            return  # the same optimizer step again: nothing happens (and no samples count)
         prev = self.step
-        if self.time_unit == "samples":
-            self.samples += n  # before averaging: the update's time includes this step
-        try:
-            super().update(step, epoch=epoch, optimizer=optimizer)
-        except BaseException:
-            if self.time_unit == "samples":
-                self.samples -= n
-            raise
+        super().update(step, samples=samples, epoch=epoch, optimizer=optimizer)
         rule = self._snapshot_rule
         if rule is not None and self.step // rule[1] > prev // rule[1]:
             self.snapshot(rule[0], dtype=rule[2])
