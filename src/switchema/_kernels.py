@@ -234,7 +234,11 @@ def multi_lerp_(
 
 
 @torch.no_grad()
-def copy_(dst: list[Tensor], src: list[Tensor], non_blocking: bool = False) -> None:
+def copy_(
+    dst: list[Tensor] | tuple[Tensor, ...],
+    src: list[Tensor] | tuple[Tensor, ...],
+    non_blocking: bool = False,
+) -> None:
     """``dst[i] <- src[i]`` for every pair, casting dtype where needed; one fused call.
 
     ``non_blocking``: an accelerator-to-pinned-host copy does not wait for the device (the

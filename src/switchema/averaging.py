@@ -97,6 +97,7 @@ class EMA(WeightAverager):
 
     kind = "ema"
     Settings = EMASettings
+    settings: EMASettings
 
     def __init__(
         self,
@@ -182,6 +183,7 @@ class SWA(WeightAverager):
 
     kind = "swa"
     Settings = SWASettings
+    settings: SWASettings
 
     def __init__(self, model: nn.Module, **options: Any) -> None:
         self._setup(model, settings_from_options(SWASettings, "SWA", **options))

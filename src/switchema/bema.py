@@ -58,6 +58,7 @@ class BEMA(WeightAverager):
 
     kind = "bema"
     Settings = BEMASettings
+    settings: BEMASettings
 
     def __init__(self, model: nn.Module, **options: Any) -> None:
         self._setup(model, settings_from_options(BEMASettings, "BEMA", **options))

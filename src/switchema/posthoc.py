@@ -203,7 +203,8 @@ class FolderStore:
     def owner(self) -> str | None:
         """The run id recorded in the folder (None: none recorded)."""
         try:
-            return json.loads((self.path / "run.json").read_text())["run_id"]
+            run_id: str = json.loads((self.path / "run.json").read_text())["run_id"]
+            return run_id
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError):

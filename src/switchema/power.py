@@ -81,6 +81,7 @@ class PowerEMA(WeightAverager):
 
     kind = "power"
     Settings = PowerSettings
+    settings: PowerSettings
 
     def __init__(
         self,

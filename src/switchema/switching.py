@@ -181,7 +181,8 @@ def as_rule(switch: Any) -> SwitchRule | None:
     if switch is None or isinstance(switch, SwitchRule):
         return switch
     if isinstance(switch, (str, int, Interval)) and not isinstance(switch, bool):
-        return SwitchRule(switch)  # a bare number is refused there, with what to write
+        # the text is parsed in __post_init__ (a bare number is refused there, with what to write)
+        return SwitchRule(switch)  # type: ignore[arg-type]
     raise TypeError(
         f"switch must be None, a SwitchRule or an interval such as '1e' or '50s', got {switch!r}"
     )
