@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+from switchema.lab.machine import cpu_model
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import build  # noqa: E402
 
@@ -77,16 +79,6 @@ else:
 seconds = time.perf_counter() - t0
 print(json.dumps({"seconds": seconds, "peak": status("VmHWM") - base, "base": base}))
 """
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write(folder: Path, n: int, suffix: str) -> tuple[dict[str, int], float]:
