@@ -8,6 +8,6 @@ set -euo pipefail
 OUT=${OUT:-runs/experiments}
 source "$(dirname "$0")/settings.sh"
 for decay in 0.9 0.99; do
-  switchema compare --task circles --methods baseline ema sema swa --seeds "${SEEDS[@]}" \
-    --decay "$decay" --out "$OUT/01_circles_decay$decay" --no-progress "$@"
+  lab compare "$OUT/01_circles_decay$decay" --task circles --methods baseline ema sema swa \
+    --seeds "${SEEDS[@]}" --decay "$decay" "$@"
 done

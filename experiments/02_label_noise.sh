@@ -5,7 +5,7 @@
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
 source "$(dirname "$0")/settings.sh"
-switchema compare "${MNIST1D[@]}" --label-noise 0.4 --methods baseline ema swa \
-  --decay 0.99 0.998 --seeds "${SEEDS[@]}" --out "$OUT/02_label_noise" --no-progress "$@"
-switchema compare "${MNIST1D[@]}" --label-noise 0.4 --methods baseline ema sema \
-  --decay 0.99 --seeds "${SEEDS[@]}" --out "$OUT/02_label_noise_sema" --no-progress "$@"
+lab compare "$OUT/02_label_noise" "${MNIST1D[@]}" --label-noise 0.4 --methods baseline ema swa \
+  --decay 0.99 0.998 --seeds "${SEEDS[@]}" "$@"
+lab compare "$OUT/02_label_noise_sema" "${MNIST1D[@]}" --label-noise 0.4 --methods baseline ema sema \
+  --decay 0.99 --seeds "${SEEDS[@]}" "$@"

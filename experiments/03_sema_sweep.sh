@@ -6,5 +6,5 @@
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
 JOBS=${JOBS:-2}
-switchema sweep --grid "$(dirname "$0")/03_sema_sweep.toml" --jobs "$JOBS" \
-  --out "$OUT/03_sweep" --no-progress "$@"
+source "$(dirname "$0")/settings.sh"
+lab sweep "$OUT/03_sweep" --grid "$(dirname "$0")/03_sema_sweep.toml" --jobs "$JOBS" "$@"

@@ -9,21 +9,21 @@ set -euo pipefail
 OUT=${OUT:-runs/experiments}
 source "$(dirname "$0")/settings.sh"
 DECAYS="0.9756 0.9878 0.9939 0.9969 0.9985 0.99975"
-switchema compare "${MNIST1D[@]}" --task mnist1d-cnnbn --methods baseline ema --decay $DECAYS --seeds "${SEEDS[@]}" \
-  --bn-recompute --out "$OUT/04_bn_recompute" --no-progress "$@"
-switchema compare "${MNIST1D[@]}" --task mnist1d-cnnbn --methods baseline ema --decay $DECAYS --seeds "${SEEDS[@]}" \
-  --no-bn-recompute --out "$OUT/04_bn_keep" --no-progress "$@"
+lab compare "$OUT/04_bn_recompute" "${MNIST1D[@]}" --task mnist1d-cnnbn --methods baseline ema --decay $DECAYS --seeds "${SEEDS[@]}" \
+  --bn-recompute "$@"
+lab compare "$OUT/04_bn_keep" "${MNIST1D[@]}" --task mnist1d-cnnbn --methods baseline ema --decay $DECAYS --seeds "${SEEDS[@]}" \
+  --no-bn-recompute "$@"
 # The audit's confound: without a warm-up the long windows above still hold part of the random
 # initial weights, so "recompute BatchNorm" also measures "forget the initialisation". Two
 # controls: (a) the EMA paper's own setting, decays 0.968 ... 0.998 per averaging update with
 # an update every 16 steps and its warm-up min(d, (1 + t) / (10 + t)); (b) the per-step decays
 # started at epoch 5 (the average copies the model until then), no warm-up.
 PAPER="--decay 0.968 0.984 0.992 0.996 0.998 --ema-update-every 16 --ema-warmup ema_paper"
-switchema compare "${MNIST1D[@]}" --task mnist1d-cnnbn --methods baseline ema $PAPER --seeds "${SEEDS[@]}" \
-  --bn-recompute --out "$OUT/04_bn_paper_recompute" --no-progress "$@"
-switchema compare "${MNIST1D[@]}" --task mnist1d-cnnbn --methods baseline ema $PAPER --seeds "${SEEDS[@]}" \
-  --no-bn-recompute --out "$OUT/04_bn_paper_keep" --no-progress "$@"
-switchema compare "${MNIST1D[@]}" --task mnist1d-cnnbn --methods baseline ema --decay $DECAYS --ema-start 5e \
-  --seeds "${SEEDS[@]}" --bn-recompute --out "$OUT/04_bn_start_recompute" --no-progress "$@"
-switchema compare "${MNIST1D[@]}" --task mnist1d-cnnbn --methods baseline ema --decay $DECAYS --ema-start 5e \
-  --seeds "${SEEDS[@]}" --no-bn-recompute --out "$OUT/04_bn_start_keep" --no-progress "$@"
+lab compare "$OUT/04_bn_paper_recompute" "${MNIST1D[@]}" --task mnist1d-cnnbn --methods baseline ema $PAPER --seeds "${SEEDS[@]}" \
+  --bn-recompute "$@"
+lab compare "$OUT/04_bn_paper_keep" "${MNIST1D[@]}" --task mnist1d-cnnbn --methods baseline ema $PAPER --seeds "${SEEDS[@]}" \
+  --no-bn-recompute "$@"
+lab compare "$OUT/04_bn_start_recompute" "${MNIST1D[@]}" --task mnist1d-cnnbn --methods baseline ema --decay $DECAYS --ema-start 5e \
+  --seeds "${SEEDS[@]}" --bn-recompute "$@"
+lab compare "$OUT/04_bn_start_keep" "${MNIST1D[@]}" --task mnist1d-cnnbn --methods baseline ema --decay $DECAYS --ema-start 5e \
+  --seeds "${SEEDS[@]}" --no-bn-recompute "$@"

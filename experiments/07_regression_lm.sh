@@ -25,9 +25,9 @@ source "$(dirname "$0")/settings.sh"
 # budgets below are 4x those, pinned with every other setting, so a later change of a task's
 # defaults moves no number; the claims read the final epoch and the validation-best one.
 # (Wall time at 4x: about 4x the estimate above, ~1 hour per task with --jobs 2.)
-COMMON=(--methods baseline ema sema --seeds "${SEEDS[@]}" --jobs 2 --no-progress --decay 0.99
+COMMON=(--methods baseline ema sema --seeds "${SEEDS[@]}" --jobs 2 --decay 0.99
   --switch-every 1 --switch-start 0 --ema-warmup none --ema-update-every 1 --lr-schedule cosine
   --lr-final 0 --warmup-epochs 0 --data-seed 0 --val-fraction 0.2)
-switchema compare --task friedman-mlp --epochs 240 "${COMMON[@]}" --out "$OUT/07_friedman" "$@"
-switchema compare --task charlm --epochs 24 "${COMMON[@]}" --out "$OUT/07_charlm" "$@"
-switchema compare --task chargpt --epochs 24 "${COMMON[@]}" --out "$OUT/07_chargpt" "$@"
+lab compare "$OUT/07_friedman" --task friedman-mlp --epochs 240 "${COMMON[@]}" "$@"
+lab compare "$OUT/07_charlm" --task charlm --epochs 24 "${COMMON[@]}" "$@"
+lab compare "$OUT/07_chargpt" --task chargpt --epochs 24 "${COMMON[@]}" "$@"

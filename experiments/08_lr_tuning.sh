@@ -8,5 +8,5 @@
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
 source "$(dirname "$0")/settings.sh"
-switchema sweep "${MNIST1D[@]}" --decay "$PAPER_DECAY" --methods baseline ema sema swa --lr 0.002 0.005 0.01 0.02 \
-  --seeds "${SEEDS[@]}" --jobs "${JOBS:-2}" --out "$OUT/08_lr_tuning" --no-progress "$@"
+lab sweep "$OUT/08_lr_tuning" "${MNIST1D[@]}" --decay "$PAPER_DECAY" --methods baseline ema sema swa --lr 0.002 0.005 0.01 0.02 \
+  --seeds "${SEEDS[@]}" --jobs "${JOBS:-2}" "$@"

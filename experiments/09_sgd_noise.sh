@@ -12,9 +12,9 @@
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
 source "$(dirname "$0")/settings.sh"
-switchema compare "${MNIST1D[@]}" --methods baseline ema swa bema lawa --decay 0.99 --optimizer sgd \
+lab compare "$OUT/09_sgd_cosine" "${MNIST1D[@]}" --methods baseline ema swa bema lawa --decay 0.99 --optimizer sgd \
   --lr 0.2 --momentum 0.9 --nesterov --epochs 30 --lr-schedule cosine --seeds "${SEEDS[@]}" \
-  --out "$OUT/09_sgd_cosine" --no-progress "$@"
-switchema compare "${MNIST1D[@]}" --methods baseline ema swa bema lawa --decay 0.99 --optimizer sgd \
+  "$@"
+lab compare "$OUT/09_sgd_constant" "${MNIST1D[@]}" --methods baseline ema swa bema lawa --decay 0.99 --optimizer sgd \
   --lr 0.2 --momentum 0.9 --nesterov --epochs 30 --lr-schedule constant --seeds "${SEEDS[@]}" \
-  --out "$OUT/09_sgd_constant" --no-progress "$@"
+  "$@"

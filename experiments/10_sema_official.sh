@@ -7,5 +7,5 @@
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
 JOBS=${JOBS:-2}
-switchema sweep --grid "$(dirname "$0")/10_sema_official.toml" --jobs "$JOBS" \
-  --out "$OUT/10_sema_official" --no-progress "$@"
+source "$(dirname "$0")/settings.sh"
+lab sweep "$OUT/10_sema_official" --grid "$(dirname "$0")/10_sema_official.toml" --jobs "$JOBS" "$@"

@@ -8,5 +8,5 @@
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
 source "$(dirname "$0")/settings.sh"
-switchema sweep "${MNIST1D[@]}" --decay "$PAPER_DECAY" --methods baseline ema sema --lr-final 0 0.1 0.3 1.0 \
-  --seeds "${SEEDS[@]}" --jobs "${JOBS:-2}" --out "$OUT/11_lr_decay" --no-progress "$@"
+lab sweep "$OUT/11_lr_decay" "${MNIST1D[@]}" --decay "$PAPER_DECAY" --methods baseline ema sema --lr-final 0 0.1 0.3 1.0 \
+  --seeds "${SEEDS[@]}" --jobs "${JOBS:-2}" "$@"

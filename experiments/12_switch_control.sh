@@ -11,8 +11,8 @@ set -euo pipefail
 OUT=${OUT:-runs/experiments}
 source "$(dirname "$0")/settings.sh"
 DECAY=${DECAY:-$PAPER_DECAY}
-switchema compare "${MNIST1D[@]}" --methods sema --decay "$DECAY" --switch-every 1 \
-  --seeds "${SEEDS[@]}" --out "$OUT/12_switch_sema" --no-progress "$@"
+lab compare "$OUT/12_switch_sema" "${MNIST1D[@]}" --methods sema --decay "$DECAY" --switch-every 1 \
+  --seeds "${SEEDS[@]}" "$@"
 # k (steps per epoch) and the peak rate, as the SEMA run used them
 LR_SCALED=$(python3 - "$OUT/12_switch_sema" "$DECAY" <<'PY'
 import json, sys
@@ -26,5 +26,5 @@ print(f"switch every {k} steps, decay {d}: f = {f:.4f}, learning rate {lr} -> {l
 print(f"{lr * f:.6g}")
 PY
 )
-switchema compare "${MNIST1D[@]}" --methods baseline ema --decay "$DECAY" --lr "$LR_SCALED" \
-  --seeds "${SEEDS[@]}" --out "$OUT/12_switch_scaled_baseline" --no-progress "$@"
+lab compare "$OUT/12_switch_scaled_baseline" "${MNIST1D[@]}" --methods baseline ema --decay "$DECAY" --lr "$LR_SCALED" \
+  --seeds "${SEEDS[@]}" "$@"

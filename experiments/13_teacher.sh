@@ -21,13 +21,11 @@
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
 source "$(dirname "$0")/settings.sh"
-RUN=(switchema compare --task mnist1d-meanteacher --seeds "${SEEDS[@]}" --jobs "${JOBS:-2}"
-  --no-progress)
-"${RUN[@]}" --methods baseline ema sema --decay 0.99 --ema-warmup ema_paper \
-  --out "$OUT/13_teacher" "$@"
-"${RUN[@]}" --methods ema --decay 0.9 --ema-warmup ema_paper \
-  --out "$OUT/13_teacher_decay0.9" "$@"
-"${RUN[@]}" --methods ema --decay 0.97 --ema-warmup ema_paper \
-  --out "$OUT/13_teacher_decay0.97" "$@"
-"${RUN[@]}" --methods ema --decay 0.999 --ema-warmup linear --ema-warmup-ratio 0.99 \
-  --ema-warmup-length 30e --out "$OUT/13_teacher_byol" "$@"
+RUN=(--task mnist1d-meanteacher --seeds "${SEEDS[@]}" --jobs "${JOBS:-2}")
+lab compare "$OUT/13_teacher" "${RUN[@]}" --methods baseline ema sema --decay 0.99 \
+  --ema-warmup ema_paper "$@"
+lab compare "$OUT/13_teacher_decay0.9" "${RUN[@]}" --methods ema --decay 0.9 --ema-warmup ema_paper "$@"
+lab compare "$OUT/13_teacher_decay0.97" "${RUN[@]}" --methods ema --decay 0.97 \
+  --ema-warmup ema_paper "$@"
+lab compare "$OUT/13_teacher_byol" "${RUN[@]}" --methods ema --decay 0.999 --ema-warmup linear \
+  --ema-warmup-ratio 0.99 --ema-warmup-length 30e "$@"

@@ -12,7 +12,7 @@
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
 source "$(dirname "$0")/settings.sh"
-switchema compare "${MNIST1D[@]}" --methods baseline ema sema --optimizer sgd --lr 0.05 \
+lab compare "$OUT/16_bootstrap" "${MNIST1D[@]}" --methods baseline ema sema --optimizer sgd --lr 0.05 \
   --momentum 0.9 --nesterov --weight-decay 1e-4 --warmup-epochs 5 --ema-warmup ema_paper \
   --decay "$PAPER_DECAY" --switch-start 0 --seeds "${SEEDS[@]}" \
-  --out "$OUT/16_bootstrap" --no-progress "$@"
+  "$@"

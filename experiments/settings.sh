@@ -12,3 +12,17 @@ MNIST1D=(--task mnist1d-cnn --epochs 100 --batch-size 100 --optimizer adamw --lr
   --weight-decay 0 --lr-schedule cosine --lr-final 0 --warmup-epochs 0 --data-seed 42
   --val-fraction 0.2 --ema-warmup none --ema-start 0 --ema-update-every 1 --buffers copy
   --switch-every 1 --switch-start 6 --swa-start 0.75 --swa-every 1 --label-noise 0)
+
+# lab compare|sweep FOLDER ARGS...: make the run FOLDER (`switchema compare|sweep ARGS --out
+# FOLDER`), or, if it exists (made before, or left by a killed run or an ended session),
+# continue it with --resume: only the epochs not yet trained run, and its reports are rewritten.
+# A run folder is never overwritten and never started again from scratch.
+lab() {
+  local cmd=$1 out=$2
+  shift 2
+  if [ -e "$out" ]; then
+    switchema "$cmd" --resume "$out" --jobs "${JOBS:-2}" --no-progress
+  else
+    switchema "$cmd" "$@" --out "$out" --no-progress
+  fi
+}

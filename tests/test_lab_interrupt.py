@@ -59,10 +59,16 @@ def test_ctrl_c_stops_at_once_and_resume_continues(tmp_path, jobs):
     out = tmp_path / "run"
     proc = _start(out, jobs)
     deadline = time.monotonic() + 120
-    # wait until `jobs` jobs are training and have written a checkpoint
+    # wait until `jobs` jobs are training and have recorded an epoch: a checkpoint and its
+    # metric rows (written just after it; resume counts the epochs from the rows)
     while time.monotonic() < deadline:
         running = [s for s in _states(out).values() if s == "running"]
-        if len(running) >= jobs and len(list(out.glob("jobs/*/checkpoint.pt"))) >= jobs:
+        recorded = [
+            f
+            for f in out.glob("jobs/*/metrics.jsonl")
+            if f.stat().st_size > 0 and (f.parent / "checkpoint.pt").exists()
+        ]
+        if len(running) >= jobs and len(recorded) >= jobs:
             break
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.1)
