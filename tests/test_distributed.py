@@ -653,3 +653,33 @@ def test_fsdp_power_ema_snapshots_are_sharded_and_synthesis_reads_them(tmp_path)
     plain = synthesize(store, sigma_rel=0.07)
     assert sharded.state_dict.keys() == plain.state_dict.keys()
     assert_sd_close(sharded.state_dict, plain.state_dict, "synthesis from FSDP2 snapshots")
+
+
+def snapshot_claim_worker(rank: int, world: int, tmp: Path) -> None:
+    from switchema import PowerEMA
+    from switchema.posthoc import FolderStore
+
+    model = shard(make_net())
+    ema = PowerEMA(model, sigma_rel=(0.05, 0.10))
+    ema.update()
+    if rank == 0:
+        time.sleep(0.5)  # the other rank reaches the save first (its shards must not be refused)
+    ema.snapshot(FolderStore(tmp / "fresh"))
+    refused = None
+    try:  # a folder of another run: every rank refuses it, none is left waiting in the save
+        ema.snapshot(FolderStore(tmp / "taken"))
+    except FileExistsError as e:
+        refused = str(e)
+    save_result("snapshot_claim_worker", rank, tmp, {"refused": refused})
+
+
+@NO_PG
+def test_fsdp_snapshots_claim_the_folder_once_for_every_rank(tmp_path):
+    from switchema.posthoc import FolderStore
+
+    FolderStore(tmp_path / "taken", run_id="other").claim()
+    (tmp_path / "taken" / "snapshot-0000000001.json").write_text('{"step": 1}')
+    results = run_workers(snapshot_claim_worker, tmp_path)
+    assert all("run 'other'" in (r["refused"] or "") for r in results), results
+    assert FolderStore(tmp_path / "fresh").owner() is not None
+    assert len(list((tmp_path / "fresh").glob("snapshot-*.json"))) == 1

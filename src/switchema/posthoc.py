@@ -191,6 +191,7 @@ class FolderStore:
         self.run_id = run_id or uuid.uuid4().hex
         self.overwrite = overwrite
         self._claimed = False
+        self._claimed_everywhere = False  # a sharded snapshot's collective claim (_write_dcp)
 
     def __len__(self) -> int:
         return len(self._jsons())
@@ -332,8 +333,7 @@ def _write_dcp(averager: Any, store: FolderStore, meta: dict[str, Any], dtype: A
         averages = {k: v.to(dtype) for k, v in averages.items()}
     name = f"snapshot-{meta['step']:010d}"
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    if rank == 0:  # every rank has its own random run id: rank 0's decides
-        store.claim()
+    claim_on_every_rank(store, rank)
     dcp.save({"averages": averages}, checkpoint_id=store.path / name)
     shapes = {k: list(v.shape) for k, v in averages.items()}
     meta = {**meta, "storage": "dcp", "file": name, "shapes": shapes}
@@ -341,6 +341,30 @@ def _write_dcp(averager: Any, store: FolderStore, meta: dict[str, Any], dtype: A
         tmp = store.path / f"{name}.json.tmp"
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, store.path / f"{name}.json")
+
+
+def claim_on_every_rank(store: FolderStore, rank: int) -> None:
+    """Rank 0 claims the folder (every rank has its own random run id: rank 0's decides), and
+    every rank learns the outcome before any writes: otherwise another rank's first shards can
+    land before the claim (and make it refuse its own run), or a refused claim leaves the other
+    ranks waiting in the collective save."""
+    import torch.distributed as dist
+
+    if store._claimed_everywhere:
+        return
+    problem = None
+    if rank == 0:
+        try:
+            store.claim()
+        except FileExistsError as e:
+            problem = str(e)
+    if dist.is_available() and dist.is_initialized():
+        box = [problem]
+        dist.broadcast_object_list(box, src=0)
+        problem = box[0]
+    if problem is not None:
+        raise FileExistsError(problem)
+    store._claimed_everywhere = True
 
 
 def _dcp_tensors(

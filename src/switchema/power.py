@@ -163,14 +163,17 @@ class PowerEMA(WeightAverager):
 
         A :class:`~switchema.posthoc.FolderStore` is claimed for this run at once: a folder
         holding another run's snapshots raises ``FileExistsError`` here, before training."""
-        from .posthoc import FolderStore, as_store
+        from .posthoc import FolderStore, as_store, claim_on_every_rank
 
         store = as_store(store)
         every = check_int(every, "every", minimum=1)
         dist = torch.distributed
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        if isinstance(store, FolderStore) and rank == 0:  # rank 0's run id decides
-            store.claim()  # a folder of another run's snapshots is refused now, not mid-run
+        # a folder of another run's snapshots is refused now, not mid-run
+        if isinstance(store, FolderStore) and self.is_sharded:
+            claim_on_every_rank(store, rank)  # a collective, as the sharded snapshots are
+        elif isinstance(store, FolderStore) and rank == 0:  # rank 0's run id decides
+            store.claim()
         self._snapshot_rule = (store, every, dtype)
 
     # ------------------------------------------------------------------ state

@@ -129,9 +129,10 @@ class StudyConfig:
     warmup_epochs: int = setting(
         0, kind="int", minimum=0, unit="epochs", help="linear learning-rate warm-up"
     )
-    decay: tuple[float, ...] = setting(
-        (0.99,),
+    decay: tuple[float, ...] | None = setting(
+        None,
         kind="float",
+        task_default=True,
         several=True,
         minimum=0.0,
         maximum=1.0,
@@ -216,9 +217,10 @@ class StudyConfig:
         help="Switch EMA interval",
         aliases=("switch_interval", "switch_intervals"),
     )
-    switch_start: int = setting(
-        0,
+    switch_start: int | None = setting(
+        None,
         kind="int",
+        task_default=True,
         minimum=0,
         unit="epochs",
         methods=_SWITCHING,

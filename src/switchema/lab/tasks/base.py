@@ -87,6 +87,8 @@ DEFAULT_KEYS = (
     "momentum",
     "nesterov",
     "data_seed",
+    "decay",
+    "switch_start",
 )
 
 
@@ -384,7 +386,16 @@ def task_defaults(
     momentum: float = 0.0,
     nesterov: bool = False,
     data_seed: int = 0,
+    decay: float | tuple[float, ...] = 0.99,
+    switch_start: int = 0,
 ) -> dict[str, Any]:
+    """A task's recommended settings (``Task.defaults``), used where a study leaves them unset.
+
+    ``decay`` (per step) and ``switch_start`` (epochs) are the averaging settings that put the
+    task in the papers' regime (see ``switchema.lab.report.regime``): the EMA window in epochs
+    and the fraction f of a period's progress a switch keeps depend on the steps per epoch, so a
+    task whose epochs are long or short recommends its own.
+    """
     return {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -394,6 +405,8 @@ def task_defaults(
         "momentum": momentum,
         "nesterov": nesterov,
         "data_seed": data_seed,
+        "decay": tuple(decay) if isinstance(decay, tuple | list) else (decay,),
+        "switch_start": switch_start,
     }
 
 
