@@ -85,6 +85,17 @@ def test_a_run_whose_jobs_fail_exits_3_and_says_why(tmp_path, capsys):
     assert "DivergedError" in err and "max()" not in err
 
 
+def test_a_sweep_whose_jobs_all_fail_says_to_delete_it_to_correct_its_settings(tmp_path, capsys):
+    out = tmp_path / "nan-sweep"
+    argv = ["sweep", *CIRCLES, "--out", str(out), "--epochs", "1", "--seeds", "0", "--methods"]
+    argv += ["baseline", "--optimizer", "sgd", "--lr", "1e6", "1e7", "--momentum", "0.9"]
+    assert main(argv) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "DivergedError" in err and f"switchema sweep --resume {out} --retry-failed" in err
+    assert f"delete {out} and run the sweep again with corrected settings" in err
+    assert "--set KEY=VALUE" not in err  # a sweep's grid cannot be changed by --resume
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a CPU-only machine")
 @pytest.mark.parametrize(
     "device, message",

@@ -99,3 +99,17 @@ def test_python_dash_m_with_a_plugin_on_pythonpath(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "demo-ring" in done.stdout
+
+
+def test_a_warning_raised_in_a_worker_process_prints_as_one_plain_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), *sys.path])}
+    argv = [sys.executable, "-m", "switchema", "compare", "--task"]
+    argv += ["switchema_demo_tasks.extra:demo-warn", "--methods", "baseline", "--seeds", "0", "1"]
+    argv += ["--jobs", "2", "--no-progress", "--out", str(tmp_path / "run")]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "this data set is tiny" in line]
+    assert lines and all(
+        line == "switchema: warning: demo-warn: this data set is tiny" for line in lines
+    )
+    assert "extra.py" not in done.stderr and "UserWarning" not in done.stderr

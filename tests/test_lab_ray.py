@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from switchema.lab import executors
 from switchema.lab.executors import run_jobs
 from switchema.lab.jobs import study_jobs
 from switchema.lab.options import RunOptions
@@ -126,14 +127,14 @@ def sandbox():
             shutil.rmtree(box.tmp, ignore_errors=True)
 
 
-def _one_job():
+def _one_job(epochs: int = 2):
     (cell,) = expand_grid(
-        parse_grid({"task": "circles", "methods": ["baseline"], "seeds": [0], "epochs": 2})
+        parse_grid({"task": "circles", "methods": ["baseline"], "seeds": [0], "epochs": epochs})
     )
     return study_jobs(cell.study)
 
 
-def _run_local_ray(run_dir: Path, exclude: set[int]) -> tuple[list[dict], set[str]]:
+def _run_local_ray(run_dir: Path, exclude: set[int], monkeypatch) -> tuple[list[dict], set[str]]:
     """Run one job on a local Ray instance; its nodes and the addresses its processes listen on."""
     seen: dict = {}
 
@@ -146,8 +147,19 @@ def _run_local_ray(run_dir: Path, exclude: set[int]) -> tuple[list[dict], set[st
             if c.status == psutil.CONN_LISTEN and c.pid in ours
         }
 
-    out = run_jobs(run_dir, _one_job(), RunOptions(executor="ray", progress=False), on_done=on_done)
+    events: list[tuple[int, str]] = []  # (epoch, the job's state then)
+
+    def on_epoch(event):
+        (status,) = run_dir.glob("jobs/*/status.json")
+        events.append((event["epoch"], json.loads(status.read_text())["state"]))
+
+    monkeypatch.setattr(executors, "RAY_POLL_S", 0.05)
+    options = RunOptions(executor="ray", progress=False)
+    out = run_jobs(run_dir, _one_job(60), options, on_epoch=on_epoch, on_done=on_done)
     assert [s["state"] for s in out.values()] == ["done"]
+    # every epoch once, in order (read from the job's rows), some while it was still training
+    assert [e for e, _ in events] == list(range(1, 61)), events
+    assert "running" in {s for _, s in events}, events
     assert not ray.is_initialized()  # the instance was shut down
     return seen["nodes"], seen["listen"]
 
@@ -175,7 +187,7 @@ def test_local_ray_is_on_loopback_and_never_joins_another_cluster(tmp_path, monk
     assert recorded.read_text().strip() == f"127.0.0.1:{port}"
 
     for state in ("alive", "killed"):
-        nodes, listen = _run_local_ray(tmp_path / state, exclude=sandbox.pids())
+        nodes, listen = _run_local_ray(tmp_path / state, sandbox.pids(), monkeypatch)
         assert [n["NodeManagerAddress"] for n in nodes] == ["127.0.0.1"], state
         assert "stale" not in nodes[0]["Resources"], state
         assert listen and listen <= LOOPBACK, (state, listen)

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__, cli_average, cli_reports
+from .lab.errors import show_warning
 
 EXIT_STATUS = (
     "exit status: 0 done (compare, sweep: every job finished); 2 usage error (bad flag, "
@@ -507,13 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
+        warnings.showwarning = show_warning
         return _run(parser, args, extras)
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A warning as one plain line, ``switchema: warning: ...`` (no source path)."""
-    print(f"switchema: warning: {message}", file=file or sys.stderr)
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> int:

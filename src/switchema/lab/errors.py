@@ -88,3 +88,11 @@ def did_you_mean(given: object, names: Iterable[str], n: int = 1) -> str:
         return ""
     listed = close[0] if len(close) == 1 else f"{', '.join(close[:-1])} or {close[-1]}"
     return f" (did you mean {listed}?)"
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """A warning as one plain line, ``switchema: warning: ...`` (no source path): the
+    ``warnings.showwarning`` of the command line and of the lab's worker processes."""
+    import sys
+
+    print(f"switchema: warning: {message}", file=file or sys.stderr, flush=True)

@@ -38,7 +38,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from .checkpoint import atomic_write_text
-from .errors import MissingDependencyError, UsageError
+from .errors import MissingDependencyError, UsageError, show_warning
 from .jobs import Job, close_status, job_dir, run_job
 from .lock import FolderLock
 from .options import RunOptions
@@ -71,7 +71,7 @@ def _run_jobs(run_dir, jobs, options: RunOptions, on_epoch, on_done):
     checkpoints = options.checkpoints
     workers = options.workers_for(len(jobs), max((_threads(j) for j in jobs), default=1))
     if options.executor == "ray":
-        return _ray(run_dir, jobs, options, workers, _whole_jobs(on_epoch, on_done))
+        return _ray(run_dir, jobs, options, workers, on_epoch, on_done)
     if workers == 1 or len(jobs) <= 1:
         out = {}
         for job in jobs:
@@ -80,20 +80,6 @@ def _run_jobs(run_dir, jobs, options: RunOptions, on_epoch, on_done):
                 on_done(job, out[job.id])
         return out
     return _pool(run_dir, jobs, workers, on_epoch, on_done, checkpoints)
-
-
-def _whole_jobs(on_epoch, on_done: Done | None) -> Done:
-    """``on_done`` that first reports all the job's epochs at once (executors that report
-    nothing while a job runs)."""
-
-    def done(job: Job, status: dict[str, Any]) -> None:
-        if on_epoch is not None and status.get("state") == "done":
-            event = {"job": job.id, "epoch": job.epochs, "epochs": job.epochs}
-            on_epoch({**event, "model": None, "metric": None, "value": None})
-        if on_done is not None:
-            on_done(job, status)
-
-    return done
 
 
 def _threads(job: Job) -> int:
@@ -146,6 +132,7 @@ def _worker_loop(run_dir, conn, checkpoints: bool) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    warnings.showwarning = show_warning  # as the command line shows its own (one plain line)
     try:
         while (job := conn.recv()) is not None:
             _in_job = True
@@ -284,7 +271,51 @@ _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 _SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def _ray(run_dir, jobs, options: RunOptions, workers: int, on_done):
+#: Seconds between reads of the running Ray jobs' metric files (their per-epoch progress).
+RAY_POLL_S = 2.0
+
+
+class _EpochsOnDisk:
+    """Per-epoch events of jobs that run elsewhere (Ray workers), read from the metric rows
+    they write to the run folder: each new epoch once, in order, as ``run_job`` reports it."""
+
+    def __init__(self, run_dir, jobs, on_epoch) -> None:
+        self.run_dir, self.on_epoch = run_dir, on_epoch
+        self.sizes: dict[str, int] = {}
+        self.reported = {j.id: _epochs_in(job_dir(run_dir, j)) for j in jobs}  # resumed jobs
+
+    def poll(self, jobs) -> None:
+        for job in jobs:
+            path = job_dir(self.run_dir, job) / "metrics.jsonl"
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            if size == self.sizes.get(job.id):
+                continue
+            self.sizes[job.id] = size
+            for epoch in range(self.reported[job.id] + 1, _epochs_in(path.parent) + 1):
+                self.reported[job.id] = epoch
+                event = {"job": job.id, "epoch": epoch, "epochs": job.epochs}
+                self.on_epoch({**event, "model": None, "metric": None, "value": None})
+
+
+def _epochs_in(folder) -> int:
+    """The last epoch whose rows a job's ``metrics.jsonl`` holds (a half-written line ignored)."""
+    try:
+        text = (folder / "metrics.jsonl").read_text()
+    except OSError:
+        return 0
+    last = 0
+    for line in text.splitlines():
+        try:
+            last = max(last, int(json.loads(line)["epoch"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return last
+
+
+def _ray(run_dir, jobs, options: RunOptions, workers: int, on_epoch, on_done):
     try:
         import ray
     except ImportError:
@@ -308,8 +339,15 @@ def _ray(run_dir, jobs, options: RunOptions, workers: int, on_done):
             for j in jobs
         }
         out: dict[str, dict[str, Any]] = {}
+        # Ray returns a job's result only at its end: its epochs are read from the run folder
+        epochs = None if on_epoch is None else _EpochsOnDisk(run_dir, jobs, on_epoch)
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            timeout = None if epochs is None else RAY_POLL_S
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
+            if epochs is not None:
+                epochs.poll(list(pending.values()))  # the finished job's included
+            if not ready:
+                continue
             job = pending.pop(ready[0])
             try:
                 out[job.id] = ray.get(ready[0])

@@ -111,9 +111,15 @@ class RunState:
             todo.append(f"continue with: {resume}")
         if self.failed:
             todo.append(f"rerun the failed jobs with: {resume} --retry-failed")
-        if self.command == "compare" and never_trained(self.resume_folder):
+        if never_trained(self.resume_folder):
             # nothing trained: the settings may be what failed, and can still be changed
-            todo.append(f"or correct the settings with: {resume} --set KEY=VALUE")
+            if self.command == "compare":
+                todo.append(f"or correct the settings with: {resume} --set KEY=VALUE")
+            else:  # a sweep's grid is its folder's: a corrected grid is a new sweep
+                todo.append(
+                    f"or, nothing in it having trained, delete {self.resume_folder} and run the "
+                    "sweep again with corrected settings"
+                )
         if todo:
             text += ". " + "; ".join(todo).capitalize()[0] + "; ".join(todo)[1:]
         return text + "."

@@ -22,3 +22,21 @@ def line_data(seed: int, *, n: int = 50) -> TaskData:
 )
 def line_model(data: TaskData) -> nn.Module:
     return nn.Sequential(nn.Linear(3, 1), nn.Flatten(0))
+
+
+def warning_data(seed: int) -> TaskData:
+    import warnings
+
+    warnings.warn("demo-warn: this data set is tiny", UserWarning, stacklevel=1)
+    return line_data(seed)
+
+
+@register_task(
+    "demo-warn",
+    kind="regression",
+    description="demo-line whose data warns (a warning raised inside a worker process)",
+    data=warning_data,
+    defaults=dict(epochs=1, batch_size=10, optimizer="sgd", lr=0.05),
+)
+def warning_model(data: TaskData) -> nn.Module:
+    return line_model(data)
