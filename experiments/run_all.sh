@@ -35,6 +35,7 @@ estimate() {
 14_generative done_14_generative 1256
 15_transfer done_15_transfer 1426
 16_bootstrap done_16_bootstrap 300
+17_long_epochs done_17_long_epochs 900
 TABLE
   echo "run_all.sh: $n recipe(s) to run, about $((total / 60)) min with JOBS=2 on 2 cores" \
     "(scale by your cores; the per-recipe estimates are in this script)"

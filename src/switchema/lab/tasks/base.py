@@ -222,6 +222,8 @@ class Task:
             f"{d['optimizer']} lr {d['lr']}, weight decay {d['weight_decay']}"
             + (f", momentum {d['momentum']}" if d.get("momentum") else "")
             + (", Nesterov" if d.get("nesterov") else ""),
+            f"{pad}averaging: decay {' '.join(str(v) for v in d['decay'])} per step, Switch EMA "
+            f"switching from epoch {d['switch_start']}",
             f"{pad}data seed: {d.get('data_seed', 0)} by default"
             + (f" ({self.canonical_data})" if self.canonical_data else ""),
         ]
