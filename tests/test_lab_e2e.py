@@ -71,6 +71,7 @@ def test_all_five_methods_and_switch_semantics(tmp_path):
         seeds=[0],
         epochs=4,
         data_options={"n_total": 300},
+        switch_start=0,  # from the first epoch (the task's own default starts at epoch 6)
     )
     rows = rows_of(run_study(cfg, tmp_path / "run"))
 

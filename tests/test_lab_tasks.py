@@ -57,6 +57,8 @@ DEFAULT_KEYS = {
     "momentum",
     "nesterov",
     "data_seed",
+    "decay",
+    "switch_start",
 }
 
 
@@ -483,3 +485,22 @@ def test_cifar_task_normalises_and_runs(tmp_path: Path, name: str, make, classes
     assert sum(p.numel() for p in deeper.parameters()) != sum(p.numel() for p in model.parameters())
     with pytest.raises(ValueError, match="6k"):
         task.build_model(data, depth=10)
+
+
+def test_the_mnist1d_tasks_recommend_averaging_in_the_papers_regime():
+    """Their 32 steps per epoch with decay 0.987: a 2.4-epoch window and f = 0.19 per switch, in
+    the SEMA paper's band (2.0-2.6 epochs, f = 0.17-0.21); a task without its own keeps 0.99."""
+    from switchema.lab.config import StudyConfig
+    from switchema.lab.report.regime import keep_fraction
+    from switchema.lab.resolve import resolve
+
+    study = resolve(StudyConfig())  # the default compare
+    assert study.config.task == "mnist1d-cnn"
+    assert study.config.decay == (0.987,) and study.config.switch_start == 6
+    steps = 32  # 0.64 x 5000 training examples in batches of 100
+    assert 0.17 <= keep_fraction(0.987, steps) <= 0.21
+    assert 2.0 <= 1 / (1 - 0.987) / steps <= 2.6
+    circles = resolve(StudyConfig(task="circles"))
+    assert circles.config.decay == (0.99,) and circles.config.switch_start == 0
+    # a flag overrides the task's recommendation
+    assert resolve(StudyConfig(decay=0.99, switch_start=0)).config.decay == (0.99,)
