@@ -667,3 +667,14 @@ def test_drift_is_the_change_over_the_last_part_of_the_budget(runs, tmp_path):
     d = [v[3] - v[2] for _, v in sorted(by_hand.items())]
     assert row.effect.values == pytest.approx(d)
     assert row.verdict == "**supported**"  # within ±10 in every seed, by far
+
+
+def test_a_row_without_a_paper_regime_says_so_beside_the_labs_numbers():
+    from switchema.lab.report.regime import regime_numbers, regime_text
+
+    lab = regime_numbers(steps_per_epoch=32, decay=0.987, epochs=100)
+    lab.update(decay=0.987, schedule="cosine to 0")
+    text = regime_text(lab, None)
+    assert text.startswith("lab: 32 steps/epoch, decay 0.987, window 77 steps = 2.40 epochs")
+    assert text.endswith("paper: no decay and steps per epoch stated for this claim")
+    assert regime_text(None, None) == "—"

@@ -191,6 +191,8 @@ def regime_text(lab: Mapping[str, Any] | None, paper: Mapping[str, Any] | None) 
             f"{_span(100 * p['run_fraction'][0], 100 * p['run_fraction'][1], 1)}% of the run, "
             f"f {_span(*p['f'], 3)}, {p['schedule']}"
         )
+    elif lab is not None:  # a claim whose setting the papers do not give in these numbers
+        parts.append("paper: no decay and steps per epoch stated for this claim")
     if lab is not None and paper is not None:
         parts.append("in regime" if in_regime(lab, paper) else "**out of regime**")
     return "; ".join(parts) if parts else "—"
