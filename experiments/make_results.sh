@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
 DEST=${DEST:-experiments}  # where CLAIMS.md and RESULTS.md go (another folder: a dry run)
 SWEEP="$RUNS/experiments/03_sweep"
-# The SEMA - EMA view of the sweep (its plot is a figure of RESULTS.md); made once per sweep.
-if [ -f "$SWEEP/sweep.json" ] && [ ! -f "$SWEEP/sema_vs_ema.png" ]; then
+# The SEMA - EMA view of the sweep (its plot is a figure of RESULTS.md); remade whenever the
+# sweep's table is newer (a sweep continued after an earlier make_results.sh).
+if [ -f "$SWEEP/sweep.md" ] && [ "$SWEEP/sweep.md" -nt "$SWEEP/sema_vs_ema.png" ]; then
   python experiments/collect_sweep.py "$SWEEP" "$SWEEP/sema_vs_ema.png" > "$SWEEP/sema_vs_ema.md"
 fi
 # The sweep's full table, linked from RESULTS.md.
