@@ -85,6 +85,18 @@ def test_each_sema_run_states_what_a_switch_keeps(tmp_path):
     assert "about 5.5 times slower" in text
 
 
+def test_a_window_is_called_too_long_only_beyond_the_sema_papers_regime(tmp_path):
+    # 4 steps per epoch: decay 0.9 is a 10-step window = 2.5 switch periods, the paper's
+    # 2.0-2.6 (1000 steps over 391-500); decay 0.99 is 100 steps = 25 periods
+    for decay, expected in ((0.9, None), (0.99, "spans 25.0 switch periods (4 steps each)")):
+        folder = run(tmp_path, f"d{decay}", methods=["baseline", "sema"], decay=decay, epochs=3)
+        text = summary(folder)
+        if expected is None:
+            assert "switch periods" not in text, text
+        else:
+            assert expected + ", beyond the SEMA paper's 2.0-2.6" in text
+
+
 @pytest.mark.parametrize("d, k", [(0.9, 40), (0.99, 40), (0.999, 200), (0.5, 1), (0.99, 1)])
 def test_the_closed_form_of_what_a_switch_keeps(d, k):
     # the model drifts at velocity 1 from 0; the EMA starts at the model (as after a switch)

@@ -34,6 +34,11 @@ __all__ = [
 ]
 
 MIN_SWA_MODELS = 5  # fewer averaged models than this and SWA is hardly an average
+# The SEMA paper's CIFAR setting: a window of 1000 steps (decay 0.999) over a switch period of
+# one epoch of 391-500 steps; a window beyond +20% of that (claims.toml's regime tolerance) is
+# out of its regime, and the summary says so.
+_PAPER_WINDOW_PERIODS = (1000 / 500, 1000 / 391)
+_REGIME_TOLERANCE = 0.2
 
 
 def sema_keep_fraction(decay: float, k: int) -> float:
@@ -296,10 +301,12 @@ def warnings_for(
                 f"{m} never switched ({why}): its online model follows the baseline and its "
                 f"average is plain EMA, so it cannot show what switching does."
             )
-        elif window > period:
+        elif window > _PAPER_WINDOW_PERIODS[1] * (1 + _REGIME_TOLERANCE) * period:
+            lo, hi = _PAPER_WINDOW_PERIODS
             out.append(
-                f"{m}: the EMA's window (about {window:.0f} steps) is longer than the switch "
-                f"period ({period} steps): each switch pulls the model back towards weights "
+                f"{m}: the EMA's window (about {window:.0f} steps) spans "
+                f"{window / period:.1f} switch periods ({period} steps each), beyond the SEMA "
+                f"paper's {lo:.1f}-{hi:.1f}: each switch pulls the model back towards weights "
                 f"from several periods ago."
             )
     n = swa_models(events)
