@@ -8,6 +8,6 @@ set -euo pipefail
 OUT=${OUT:-runs/experiments}
 source "$(dirname "$0")/settings.sh"
 for decay in 0.9 0.99; do
-  lab compare "$OUT/01_circles_decay$decay" --task circles --methods baseline ema sema swa \
+  lab compare "$OUT/01_circles_decay$decay" "${CIRCLES[@]}" --methods baseline ema sema swa \
     --seeds "${SEEDS[@]}" --decay "$decay" "$@"
 done

@@ -9,14 +9,14 @@
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
 source "$(dirname "$0")/settings.sh"
-lab compare "$OUT/06_posthoc_mnist1d-cnn" --task mnist1d-cnn --methods baseline ema posthoc --decay 0.99 \
+lab compare "$OUT/06_posthoc_mnist1d-cnn" "${MNIST1D[@]}" --methods baseline ema posthoc --decay 0.99 \
   --seeds "${SEEDS[@]}" --posthoc-check 0.03 0.07 0.15 \
   "$@"
-lab compare "$OUT/06_posthoc_mnist1d-cnnbn" --task mnist1d-cnnbn --methods baseline ema posthoc --decay 0.99 \
+lab compare "$OUT/06_posthoc_mnist1d-cnnbn" "${MNIST1D[@]}" --task mnist1d-cnnbn --methods baseline ema posthoc --decay 0.99 \
   --seeds "${SEEDS[@]}" --posthoc-check 0.03 0.07 0.15 \
   "$@"
 # At the end of a cosine schedule to zero every EMA length ends near the last iterate, so the
 # curve above is flat by construction; with a constant learning rate the length matters.
-lab compare "$OUT/06_posthoc_constant_lr" --task mnist1d-cnn --methods baseline ema posthoc --decay 0.99 \
+lab compare "$OUT/06_posthoc_constant_lr" "${MNIST1D[@]}" --methods baseline ema posthoc --decay 0.99 \
   --lr-schedule constant --seeds "${SEEDS[@]}" --posthoc-check 0.03 0.07 0.15 \
   "$@"

@@ -21,7 +21,7 @@
 set -euo pipefail
 OUT=${OUT:-runs/experiments}
 source "$(dirname "$0")/settings.sh"
-RUN=(--task mnist1d-meanteacher --seeds "${SEEDS[@]}" --jobs "${JOBS:-2}")
+RUN=("${MEANTEACHER[@]}" --seeds "${SEEDS[@]}" --jobs "${JOBS:-2}")
 lab compare "$OUT/13_teacher" "${RUN[@]}" --methods baseline ema sema --decay 0.99 \
   --ema-warmup ema_paper "$@"
 lab compare "$OUT/13_teacher_decay0.9" "${RUN[@]}" --methods ema --decay 0.9 --ema-warmup ema_paper "$@"

@@ -21,9 +21,9 @@ source "$(dirname "$0")/settings.sh"
 generative() {  # TASK FOLDER SEMA_FOLDER [extra flags]
   local task=$1 out=$2 out_sema=$3
   shift 3
-  lab compare "$out" --task "$task" --methods baseline ema posthoc --decay 0.99 0.995 0.998 \
+  lab compare "$out" --task "$task" "${FLOW[@]}" --methods baseline ema posthoc --decay 0.99 0.995 0.998 \
     --posthoc-check 0.07 --lr-schedule constant --seeds "${SEEDS[@]}" --jobs 2 "$@"
-  lab compare "$out_sema" --task "$task" --methods sema --decay 0.995 --lr-schedule constant \
+  lab compare "$out_sema" --task "$task" "${FLOW[@]}" --methods sema --decay 0.995 --lr-schedule constant \
     --seeds "${SEEDS[@]}" --jobs 2 "$@"
 }
 generative flow-moons "$OUT/14_generative_flow-moons" "$OUT/14_generative_flow-moons_sema" "$@"

@@ -15,7 +15,7 @@ OUT=${OUT:-runs/experiments}
 source "$(dirname "$0")/settings.sh"
 RUN="$OUT/15_transfer"
 # (a run folder is never overwritten: an existing one is only drawn again)
-lab compare "$RUN" --task mnist1d-transfer --methods baseline ema sema --decay 0.99 \
+lab compare "$RUN" "${TRANSFER[@]}" --methods baseline ema sema --decay 0.99 \
   --seeds "${SEEDS[@]}" --jobs "${JOBS:-2}" "$@"
 # The probe's test accuracy per epoch, drawn from the saved rows with the lab's curve style.
 python - "$RUN" <<'PY'
