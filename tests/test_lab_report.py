@@ -4,6 +4,7 @@ run cannot show what it is meant to, what a switch keeps, and a legend of the co
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -83,6 +84,8 @@ def test_each_sema_run_states_what_a_switch_keeps(tmp_path):
     text = summary(folder)
     assert "a switch every 40 steps" in text and "= 0.18 of the way the model went" in text
     assert "about 5.5 times slower" in text
+    # the jobs' wall times are summed, and said to be (less time passes with --jobs 2)
+    assert re.search(r", \d+ s of job time \(\d+ jobs, summed\)\.", text), text[:600]
 
 
 def test_a_window_is_called_too_long_only_beyond_the_sema_papers_regime(tmp_path):

@@ -175,7 +175,10 @@ def settings_sentence(
     if _has_batchnorm(config) and methods & {"ema", "sema", "sema-openmixup", "swa"}:
         recompute = "yes" if cfg["bn_recompute"] else "no (always for SWA)"
         parts.append(f"BatchNorm statistics recomputed for averages: {recompute}")
-    wall = f", wall time {timing['wall_s']:.0f} s" if timing else ""
+    wall = ""
+    if timing:  # the jobs' own wall times added up: less time passes when jobs run side by side
+        jobs = f"{timing['jobs']} jobs, " if "jobs" in timing else ""
+        wall = f", {timing['wall_s']:.0f} s of job time ({jobs}summed)"
     parts.append(f"torch {config['versions']['torch']} on {config['device']}{wall}")
     return ", ".join(parts) + "."
 

@@ -93,7 +93,7 @@ def provenance_lines(runs: list[Run], recipes: Mapping[str, str] | None = None) 
     groups: dict[str, list[Run]] = {}
     for r in runs:
         groups.setdefault(_group(r.name), []).append(r)
-    head = ["run folder", "recipe", "settings", "written (UTC)", "wall (s)"] + differ
+    head = ["run folder", "recipe", "settings", "written (UTC)", "job time (s, summed)"] + differ
     lines += ["", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, members in sorted(groups.items()):
         recipe = next((recipes[m.name] for m in members if m.name in recipes), None)
