@@ -18,6 +18,7 @@ Exit statuses of ``switchema`` (:data:`EXIT_CODES`):
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Iterable
 
 __all__ = [
@@ -90,9 +91,7 @@ def did_you_mean(given: object, names: Iterable[str], n: int = 1) -> str:
     return f" (did you mean {listed}?)"
 
 
-def show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A warning as one plain line, ``switchema: warning: ...`` (no source path): the
     ``warnings.showwarning`` of the command line and of the lab's worker processes."""
-    import sys
-
     print(f"switchema: warning: {message}", file=file or sys.stderr, flush=True)
